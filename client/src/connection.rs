@@ -1,0 +1,155 @@
+//! One connection to the daemon: send a request line, read the reply.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use goodnight::{LockPolicy, SecretBuffer, SecretError};
+
+use crate::protocol::{self, ProtocolError, Reply, Request, MAX_LINE};
+
+/// Everything that can go wrong talking to the daemon, each with a fix.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    NoDaemon {
+        /// The socket path tried.
+        path: PathBuf,
+        /// Why the connection failed.
+        cause: io::Error,
+    },
+    /// Another heartbeat is already attached.
+    Busy(String),
+    /// The daemon refused the request; its reason.
+    Refused(String),
+    /// The daemon's reply did not parse.
+    Protocol(ProtocolError),
+    /// The daemon closed the connection.
+    DaemonGone,
+    /// Reading or writing the socket failed.
+    Io(io::Error),
+    /// The secret could not be held in locked memory.
+    Secret(SecretError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoDaemon { path, cause } => write!(
+                f,
+                "no daemon answers on {} ({cause}); fix: start `dazai daemon`, or pass --socket / set DAZAI_SOCKET to its socket",
+                path.display()
+            ),
+            Self::Busy(text) => write!(
+                f,
+                "the daemon refused the heartbeat: {text}; fix: one session holds the heartbeat at a time, end the other `dazai client` first"
+            ),
+            Self::Refused(text) => write!(f, "the daemon refused: {text}"),
+            Self::Protocol(error) => write!(
+                f,
+                "the daemon's reply is not understood ({error}); fix: use the same dazai version for daemon and client"
+            ),
+            Self::DaemonGone => write!(f, "the daemon closed the connection (it panicked or shut down)"),
+            Self::Io(error) => write!(f, "talking to the daemon failed: {error}"),
+            Self::Secret(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(error: io::Error) -> Self {
+        Self::Io(error)
+    }
+}
+
+/// A connection to the daemon's socket.
+pub struct Connection {
+    stream: UnixStream,
+}
+
+impl Connection {
+    /// Connects to the daemon listening on `path`.
+    pub fn open(path: &Path) -> Result<Self, ClientError> {
+        UnixStream::connect(path)
+            .map(|stream| Self { stream })
+            .map_err(|cause| ClientError::NoDaemon {
+                path: path.to_owned(),
+                cause,
+            })
+    }
+
+    /// The socket, for polling.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one line (the newline is added).
+    pub fn send_line(&mut self, line: &str) -> Result<(), ClientError> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.stream.write_all(&bytes)?;
+        Ok(())
+    }
+
+    /// Sends a request line and reads the reply line.
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.send_line(&request.to_string())?;
+        self.read_reply()
+    }
+
+    /// Reads one reply line.
+    ///
+    /// Byte by byte on purpose: a buffered reader would pull the secret bytes
+    /// that follow a `SECRET` line into an ordinary heap buffer.
+    pub fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let mut line = Vec::with_capacity(64);
+        let mut byte = [0u8; 1];
+        loop {
+            match self.stream.read(&mut byte) {
+                Ok(0) => return Err(ClientError::DaemonGone),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) if line.len() >= MAX_LINE => {
+                    return Err(ClientError::Protocol(ProtocolError::LineTooLong))
+                }
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+        protocol::parse_reply(&line).map_err(ClientError::Protocol)
+    }
+
+    /// Fetches the secret `name` straight into a new locked buffer.
+    pub fn fetch_secret(mut self, name: &str) -> Result<SecretBuffer, ClientError> {
+        let request = Request::Get {
+            name: name.to_owned(),
+        };
+        let len = match self.request(&request)? {
+            Reply::Secret(len) => len,
+            other => return Err(unexpected(other)),
+        };
+        let mut secret =
+            SecretBuffer::new(len.max(1), LockPolicy::Required).map_err(ClientError::Secret)?;
+        let held = secret
+            .read_from(self.stream.as_fd())
+            .map_err(ClientError::Secret)?;
+        if held != len {
+            return Err(ClientError::DaemonGone);
+        }
+        Ok(secret)
+    }
+}
+
+/// Turns a reply that is not the expected one into the error it stands for.
+pub fn unexpected(reply: Reply) -> ClientError {
+    match reply {
+        Reply::Busy(text) => ClientError::Busy(text),
+        Reply::Err(text) => ClientError::Refused(text),
+        other => ClientError::Protocol(ProtocolError::UnknownCommand(other.to_string())),
+    }
+}

@@ -1,0 +1,155 @@
+//! Holding the heartbeat: the connection whose life is the session's life.
+//!
+//! The client must notice the end of its session by itself. An SSH session
+//! without a pty sends no SIGHUP when it drops (the remote command survives,
+//! re-parented), so besides SIGHUP the client watches its stdin and stdout for a
+//! hang-up and asks the kernel for a signal when its parent dies. A plain EOF on
+//! stdin is not a hang-up: `dazai client </dev/null &` keeps working.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{fstat, SFlag};
+
+use crate::connection::{unexpected, ClientError, Connection};
+use crate::protocol::{self, Reply, Request, PING};
+
+/// How the client is asked to hold the heartbeat.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeartbeatOptions {
+    /// Send `PING` this often; `None` derives it from the daemon's ping timeout.
+    pub ping_interval: Option<Duration>,
+}
+
+/// Why the heartbeat ended (each ends the session on purpose, except the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatEnd {
+    /// A session-ending signal arrived (SIGHUP, SIGTERM, SIGINT; SIGHUP also on parent death).
+    Signal(Signal),
+    /// stdin or stdout hung up: the terminal or SSH channel is gone.
+    SessionHungUp(&'static str),
+    /// The parent was already gone when the client started watching it.
+    ParentGone,
+}
+
+/// Signals that end the session; blocked and read through a signalfd.
+fn session_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Attaches the heartbeat on `socket` and holds it until the session ends.
+///
+/// Returns how the session ended; an `Err` means the heartbeat could not be
+/// attached or the daemon went away while it was held.
+pub fn hold_heartbeat(
+    socket: &Path,
+    options: HeartbeatOptions,
+) -> Result<HeartbeatEnd, ClientError> {
+    let parent = nix::unistd::getppid();
+    let signals = session_signals();
+    signals.thread_block().map_err(io::Error::from)?;
+    let signal_fd =
+        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
+    // The parent's death is the session's end even when nobody sends SIGHUP.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGHUP).map_err(io::Error::from)?;
+    if nix::unistd::getppid() != parent {
+        return Ok(HeartbeatEnd::ParentGone);
+    }
+
+    let mut connection = Connection::open(socket)?;
+    let ping_interval = match connection.request(&Request::Heartbeat)? {
+        Reply::Ok(text) => options.ping_interval.or_else(|| {
+            protocol::ping_timeout_of(&text).map(|secs| Duration::from_millis(secs * 1000 / 3))
+        }),
+        other => return Err(unexpected(other)),
+    };
+
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    let watched_stdin = is_hangup_capable(stdin.as_fd()).then(|| stdin.as_fd());
+    let watched_stdout = is_hangup_capable(stdout.as_fd()).then(|| stdout.as_fd());
+    let mut next_ping = ping_interval.map(|every| Instant::now() + every);
+
+    loop {
+        let mut fds = vec![
+            PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
+        ];
+        // Events 0: only POLLHUP/POLLERR are reported, so readable data on
+        // stdin (which is not ours to consume) never wakes the loop.
+        for fd in [watched_stdin, watched_stdout].into_iter().flatten() {
+            fds.push(PollFd::new(fd, PollFlags::empty()));
+        }
+        let timeout = next_ping.map_or(PollTimeout::NONE, |at| {
+            let left = at.saturating_duration_since(Instant::now());
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(ClientError::Io(errno.into())),
+        }
+        let revents: Vec<PollFlags> = fds
+            .iter()
+            .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+
+        if revents[0].contains(PollFlags::POLLIN) {
+            if let Some(info) = signal_fd.read_signal().map_err(io::Error::from)? {
+                let signal = Signal::try_from(info.ssi_signo as i32).unwrap_or(Signal::SIGHUP);
+                return Ok(HeartbeatEnd::Signal(signal));
+            }
+        }
+        if !revents[1].is_empty() {
+            drain_pongs(&connection)?;
+        }
+        let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+        let mut session_fds = revents[2..].iter();
+        for (name, watched) in [("stdin", watched_stdin), ("stdout", watched_stdout)] {
+            if watched.is_some() && session_fds.next().is_some_and(|r| r.intersects(hung_up)) {
+                return Ok(HeartbeatEnd::SessionHungUp(name));
+            }
+        }
+        if let (Some(at), Some(every)) = (next_ping, ping_interval) {
+            if Instant::now() >= at {
+                connection.send_line(PING)?;
+                next_ping = Some(Instant::now() + every);
+            }
+        }
+    }
+}
+
+/// Reads what the daemon sent on the heartbeat: `PONG`s, or the end.
+fn drain_pongs(connection: &Connection) -> Result<(), ClientError> {
+    let mut buffer = [0u8; 64];
+    match connection.stream().read(&mut buffer) {
+        Ok(0) => Err(ClientError::DaemonGone),
+        Ok(n) if buffer[..n].starts_with(b"ERR") => Err(ClientError::Refused(
+            String::from_utf8_lossy(&buffer[4..n]).trim_end().to_owned(),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(ClientError::Io(e)),
+    }
+}
+
+/// Only pipes, sockets and terminals can hang up; a file or `/dev/null` cannot.
+fn is_hangup_capable(fd: BorrowedFd<'_>) -> bool {
+    let Ok(stat) = fstat(fd) else {
+        return false;
+    };
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    kind == SFlag::S_IFIFO
+        || kind == SFlag::S_IFSOCK
+        || (kind == SFlag::S_IFCHR && nix::unistd::isatty(fd).unwrap_or(false))
+}

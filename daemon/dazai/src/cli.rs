@@ -1,0 +1,143 @@
+//! The command line of `dazai`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::daemon::secrets::SecretSpec;
+
+/// A dead-man's switch for secrets: while your session lives, secrets live in
+/// locked memory; when it dies, they are wiped and every process given them is killed.
+#[derive(Debug, Parser)]
+#[command(name = "dazai", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold secrets in locked memory and panic when the session's heartbeat dies.
+    Daemon(DaemonArgs),
+    /// Hold the heartbeat for this session (shell, terminal or SSH login).
+    Client(ClientArgs),
+    /// Show the daemon's state (never a secret's value).
+    Status(StatusArgs),
+    /// Run the panic: kill registered processes, wipe secrets, end the daemon.
+    Panic(PanicArgs),
+    /// Write a secret to stdout (only for a process the panic would kill).
+    Get(GetArgs),
+    /// Register a process (default: the caller's parent, e.g. your shell) so the panic kills it.
+    Register(RegisterArgs),
+}
+
+/// Where the daemon's socket is.
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The daemon's UNIX socket [default: $XDG_RUNTIME_DIR/dazai/dazai.sock]
+    #[arg(
+        long,
+        env = "DAZAI_SOCKET",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// The path given, or the default one.
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(dazai_client::default_socket_path)
+    }
+}
+
+/// `dazai daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Pidfile, created mode 0600 [default: dazai.pid beside the socket]
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+    /// A secret to hold, as NAME=SOURCE; SOURCE is fd:N, env:VAR, file:PATH or prompt. Repeatable.
+    #[arg(long = "secret", value_name = "NAME=SOURCE")]
+    pub secrets: Vec<SecretSpec>,
+    /// Treat N seconds without a PING on the heartbeat as liveness lost.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_timeout: Option<u64>,
+    /// Give a lost session N seconds to re-attach a heartbeat before the panic.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub grace: u64,
+    /// Panic if no heartbeat attaches within N seconds of start-up.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub arm_timeout: Option<u64>,
+    /// INSECURE: keep going when memory cannot be locked, marked no-dump, or the
+    /// process cannot be made non-dumpable. Status and logs say so.
+    #[arg(long)]
+    pub insecure_allow_unlocked: bool,
+    /// Print the seccomp allowlist this build would install, and exit.
+    #[arg(long)]
+    pub print_seccomp: bool,
+    /// Supervise PROGRAM [ARGS...] (everything after --exec): killed by the panic;
+    /// its exit ends the daemon with its status.
+    #[arg(
+        long,
+        value_name = "PROGRAM",
+        num_args = 1..,
+        allow_hyphen_values = true,
+        trailing_var_arg = true
+    )]
+    pub exec: Vec<String>,
+}
+
+/// `dazai client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Send PING this often [default: a third of the daemon's --ping-timeout]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval: Option<u64>,
+}
+
+/// `dazai status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Print the daemon's JSON status as is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dazai panic`.
+#[derive(Debug, Args)]
+pub struct PanicArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Bypass the grace window.
+    #[arg(long)]
+    pub hard: bool,
+}
+
+/// `dazai get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The secret's name.
+    pub name: String,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// `dazai register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The process to register [default: the parent of this command]
+    pub pid: Option<i32>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}

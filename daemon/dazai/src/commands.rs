@@ -1,0 +1,138 @@
+//! The control subcommands: `client`, `status`, `panic`, `get`, `register`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use dazai_client::connection::unexpected;
+use dazai_client::protocol::{Reply, Request};
+use dazai_client::{hold_heartbeat, Connection, HeartbeatEnd, HeartbeatOptions};
+use serde_json::Value;
+
+use crate::cli::{ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs};
+use crate::failure::{Exit, Failure};
+
+/// `dazai client`: holds the heartbeat until the session ends.
+pub fn client(args: &ClientArgs) -> Result<u8, Failure> {
+    let options = HeartbeatOptions {
+        ping_interval: args.ping_interval.map(Duration::from_secs),
+    };
+    let end = hold_heartbeat(&args.socket.path(), options)?;
+    let why = match end {
+        HeartbeatEnd::Signal(signal) => format!("{signal}"),
+        HeartbeatEnd::SessionHungUp(stream) => format!("{stream} hung up"),
+        HeartbeatEnd::ParentGone => "parent process gone".to_owned(),
+    };
+    eprintln!("dazai: session ended ({why}); heartbeat released");
+    Ok(0)
+}
+
+/// `dazai status`: human summary, or the daemon's JSON with `--json`.
+pub fn status(args: &StatusArgs) -> Result<u8, Failure> {
+    let json = match Connection::open(&args.socket.path())?.request(&Request::Status)? {
+        Reply::Status(json) => json,
+        other => return Err(unexpected(other).into()),
+    };
+    if args.json {
+        println!("{json}");
+        return Ok(0);
+    }
+    let status: Value = serde_json::from_str(&json)
+        .map_err(|e| Failure::new(Exit::Internal, format!("unreadable status ({e})")))?;
+    print!("{}", human_status(&status));
+    Ok(0)
+}
+
+/// A compact, human view of the status JSON.
+fn human_status(status: &Value) -> String {
+    let mut out = String::new();
+    let field = |key: &str| status[key].to_string().trim_matches('"').to_owned();
+    out.push_str(&format!(
+        "daemon pid {}: {}{}\n",
+        field("pid"),
+        field("liveness"),
+        if status["armed"] == true {
+            " (armed)"
+        } else {
+            " (not armed)"
+        }
+    ));
+    if let Some(heartbeat) = status["heartbeat"].as_object() {
+        out.push_str(&format!(
+            "heartbeat: pid {} since {}\n",
+            heartbeat["pid"],
+            heartbeat["since"].as_str().unwrap_or("?")
+        ));
+    }
+    out.push_str(&format!(
+        "ping timeout: {}  grace: {}s  arm timeout: {}\n",
+        secs_or_none(&status["ping_timeout_secs"]),
+        field("grace_secs"),
+        secs_or_none(&status["arm_timeout_secs"])
+    ));
+    for secret in status["secrets"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "secret {}: {} bytes, {}\n",
+            secret["name"].as_str().unwrap_or("?"),
+            secret["bytes"],
+            secret["backend"].as_str().unwrap_or("?")
+        ));
+    }
+    out.push_str(&format!(
+        "registered: {}  locked memory: {} bytes  seccomp: {}\n",
+        status["registered"],
+        field("locked_bytes"),
+        field("seccomp")
+    ));
+    if let Some(supervised) = status["supervised"].as_object() {
+        out.push_str(&format!(
+            "supervised: pid {} (group {}, killed by {})\n",
+            supervised["pid"],
+            supervised["pgid"],
+            supervised["kill"].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+fn secs_or_none(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or("none".to_owned(), |secs| format!("{secs}s"))
+}
+
+/// `dazai panic`.
+pub fn panic(args: &PanicArgs) -> Result<u8, Failure> {
+    let request = Request::Panic { hard: args.hard };
+    match Connection::open(&args.socket.path())?.request(&request)? {
+        Reply::Ok(_) => Ok(0),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+/// `dazai get NAME`: the secret's bytes on stdout, straight from locked memory.
+pub fn get(args: &GetArgs) -> Result<u8, Failure> {
+    let secret = Connection::open(&args.socket.path())?.fetch_secret(&args.name)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(secret.expose())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            Failure::new(
+                Exit::Internal,
+                format!("cannot write the secret to stdout ({e})"),
+            )
+        })?;
+    Ok(0)
+}
+
+/// `dazai register [PID]`.
+pub fn register(args: &RegisterArgs) -> Result<u8, Failure> {
+    let pid = args.pid.unwrap_or_else(|| nix::unistd::getppid().as_raw());
+    match Connection::open(&args.socket.path())?.request(&Request::Register { pid: Some(pid) })? {
+        Reply::Ok(text) => {
+            println!("{text}");
+            Ok(0)
+        }
+        other => Err(unexpected(other).into()),
+    }
+}

@@ -1,0 +1,759 @@
+//! The single-threaded event loop: one `poll(2)` over the signalfd, the
+//! listening socket, the heartbeat and the control connections. It sleeps in
+//! the kernel until something happens; it wakes on a timer only while a
+//! deadline (ping timeout, grace, arm timeout, a stalled connection) is running.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant, SystemTime};
+
+use dazai_client::protocol::{self, ProtocolError, Reply, Request, MAX_LINE, PING};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{getpgid, Pid, Uid};
+
+use super::endpoint::Endpoint;
+use super::panic::{panic_sequence, PanicReason};
+use super::registry::Registry;
+use super::secrets::Vault;
+use super::status::{Hardening, HeartbeatStatus, SecretStatus, Status, SupervisedStatus};
+use super::supervisor::Supervised;
+use crate::confinement::Confinement;
+use crate::log::{utc_timestamp, Log};
+
+/// A control connection that has not sent a full request by then is dropped.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(3);
+/// At most this many control connections wait at once; more get `ERR busy`.
+const MAX_CONTROLS: usize = 64;
+/// A reply that cannot be written in this time is abandoned.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The configured timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// `--ping-timeout`.
+    pub ping: Option<Duration>,
+    /// `--grace` (zero: none).
+    pub grace: Duration,
+    /// `--arm-timeout`.
+    pub arm: Option<Duration>,
+}
+
+/// Where the session stands.
+enum Liveness {
+    /// No heartbeat has attached yet: nothing to lose.
+    Waiting { arm_deadline: Option<Instant> },
+    /// A heartbeat is attached (the daemon is armed).
+    Attached,
+    /// The session was lost; a heartbeat may re-attach until the deadline.
+    Grace {
+        deadline: Instant,
+        reason: PanicReason,
+    },
+}
+
+/// Bytes received on a connection, split into lines no longer than [`MAX_LINE`].
+#[derive(Default)]
+struct LineBuffer {
+    bytes: Vec<u8>,
+}
+
+impl LineBuffer {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// The next complete line (without its newline), if one has arrived.
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+        match self.bytes.iter().position(|&b| b == b'\n') {
+            Some(end) if end < MAX_LINE => {
+                let line = self.bytes[..end].to_vec();
+                self.bytes.drain(..=end);
+                Ok(Some(line))
+            }
+            Some(_) => Err(ProtocolError::LineTooLong),
+            None if self.bytes.len() >= MAX_LINE => Err(ProtocolError::LineTooLong),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What one non-blocking read brought.
+enum Received {
+    Data,
+    Nothing,
+    Closed,
+}
+
+/// Reads what is available on a non-blocking stream into `lines`.
+fn receive(stream: &UnixStream, lines: &mut LineBuffer) -> Received {
+    let mut chunk = [0u8; MAX_LINE];
+    match (&*stream).read(&mut chunk) {
+        Ok(0) => Received::Closed,
+        Ok(n) => {
+            lines.push(&chunk[..n]);
+            Received::Data
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Received::Nothing
+        }
+        Err(_) => Received::Closed,
+    }
+}
+
+/// Writes a reply line and, for a secret, its bytes, within [`WRITE_TIMEOUT`].
+fn send(mut stream: &UnixStream, reply: &Reply, payload: &[u8]) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.write_all(format!("{reply}\n").as_bytes())?;
+    stream.write_all(payload)?;
+    stream.set_nonblocking(true)
+}
+
+/// The heartbeat connection.
+struct Heartbeat {
+    stream: UnixStream,
+    lines: LineBuffer,
+    pid: i32,
+    since: SystemTime,
+    last_ping: Instant,
+}
+
+/// A connection that has not sent its request yet.
+struct Control {
+    stream: UnixStream,
+    lines: LineBuffer,
+    pid: i32,
+    deadline: Instant,
+}
+
+/// What the poll set's entries stand for.
+#[derive(Clone, Copy)]
+enum Source {
+    Signals,
+    Listener,
+    Heartbeat,
+    Control(usize),
+}
+
+/// The daemon's state while it runs.
+pub struct EventLoop {
+    log: Log,
+    signals: SignalFd,
+    endpoint: Endpoint,
+    vault: Vault,
+    supervised: Option<Supervised>,
+    registry: Registry,
+    timeouts: Timeouts,
+    hardening: Hardening,
+    confinement: Confinement,
+    liveness: Liveness,
+    armed: bool,
+    heartbeat: Option<Heartbeat>,
+    controls: Vec<Control>,
+}
+
+impl EventLoop {
+    /// The loop over everything start-up made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        log: Log,
+        signals: SignalFd,
+        endpoint: Endpoint,
+        vault: Vault,
+        supervised: Option<Supervised>,
+        timeouts: Timeouts,
+        hardening: Hardening,
+        confinement: Confinement,
+    ) -> Self {
+        Self {
+            liveness: Liveness::Waiting {
+                arm_deadline: timeouts.arm.map(|t| Instant::now() + t),
+            },
+            log,
+            signals,
+            endpoint,
+            vault,
+            supervised,
+            registry: Registry::default(),
+            timeouts,
+            hardening,
+            confinement,
+            armed: false,
+            heartbeat: None,
+            controls: Vec::new(),
+        }
+    }
+
+    /// Logs what start-up achieved and prints the ready line on stdout.
+    pub fn announce_ready(&self) {
+        for step in &self.hardening.steps {
+            self.log.line(format_args!("hardening: {step}"));
+        }
+        for replaced in &self.endpoint.replaced {
+            self.log.line(format_args!("replaced {replaced}"));
+        }
+        for (name, secret) in self.vault.iter() {
+            self.log.line(format_args!(
+                "holding secret {name} ({} bytes, {})",
+                secret.len(),
+                secret.backend()
+            ));
+        }
+        if let Some(supervised) = &self.supervised {
+            self.log.line(format_args!(
+                "supervising pid {} in process group {} (panic kills it by {}{})",
+                supervised.program,
+                supervised.pgid(),
+                supervised.kill_mechanism(),
+                supervised
+                    .cgroup_unavailable
+                    .as_deref()
+                    .map(|why| format!("; no cgroup: {why}"))
+                    .unwrap_or_default()
+            ));
+        }
+        println!(
+            "dazai daemon ready: pid={} socket={} state=waiting-for-heartbeat secrets={} seccomp={}",
+            std::process::id(),
+            self.endpoint.socket_path.display(),
+            self.vault.iter().count(),
+            self.confinement
+        );
+    }
+
+    /// Runs until a clean exit (returns its exit code) or the panic (never returns).
+    pub fn run(mut self) -> u8 {
+        loop {
+            let sources = self.sources();
+            let revents = {
+                let mut fds: Vec<PollFd<'_>> = sources
+                    .iter()
+                    .map(|source| PollFd::new(self.fd_of(*source), PollFlags::POLLIN))
+                    .collect();
+                match poll(&mut fds, self.poll_timeout()) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(errno) => {
+                        self.log
+                            .line(format_args!("poll failed ({errno}); retrying"));
+                    }
+                }
+                fds.iter()
+                    .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
+                    .collect::<Vec<_>>()
+            };
+            // Signals first (they may end everything), controls last and in
+            // reverse so removing one does not shift the others' indices.
+            for (source, events) in sources.iter().zip(&revents).rev() {
+                if events.is_empty() {
+                    continue;
+                }
+                let exit = match *source {
+                    Source::Signals => self.on_signals(),
+                    Source::Listener => {
+                        self.accept_connections();
+                        None
+                    }
+                    Source::Heartbeat => {
+                        self.on_heartbeat_input();
+                        None
+                    }
+                    Source::Control(index) => {
+                        self.on_control_input(index);
+                        None
+                    }
+                };
+                if let Some(code) = exit {
+                    return code;
+                }
+            }
+            self.expire_deadlines();
+        }
+    }
+
+    fn sources(&self) -> Vec<Source> {
+        let mut sources = vec![Source::Signals, Source::Listener];
+        if self.heartbeat.is_some() {
+            sources.push(Source::Heartbeat);
+        }
+        sources.extend((0..self.controls.len()).map(Source::Control));
+        // Reversed iteration handles signals last otherwise: put them at the end.
+        sources.rotate_left(1);
+        sources
+    }
+
+    fn fd_of(&self, source: Source) -> BorrowedFd<'_> {
+        match source {
+            Source::Signals => self.signals.as_fd(),
+            Source::Listener => self.endpoint.listener.as_fd(),
+            Source::Heartbeat => self
+                .heartbeat
+                .as_ref()
+                .map(|h| h.stream.as_fd())
+                .expect("heartbeat source only while attached"),
+            Source::Control(index) => self.controls[index].stream.as_fd(),
+        }
+    }
+
+    /// Sleeps forever unless a deadline is running.
+    fn poll_timeout(&self) -> PollTimeout {
+        let next = self.deadlines().min();
+        next.map_or(PollTimeout::NONE, |at| {
+            let left = at.saturating_duration_since(Instant::now());
+            // Round up: waking a millisecond early would only loop once more.
+            let millis = left.as_micros().div_ceil(1000);
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+        })
+    }
+
+    fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        let liveness = match &self.liveness {
+            Liveness::Waiting { arm_deadline } => *arm_deadline,
+            Liveness::Grace { deadline, .. } => Some(*deadline),
+            Liveness::Attached => None,
+        };
+        let ping = self
+            .heartbeat
+            .as_ref()
+            .zip(self.timeouts.ping)
+            .map(|(heartbeat, timeout)| heartbeat.last_ping + timeout);
+        liveness
+            .into_iter()
+            .chain(ping)
+            .chain(self.controls.iter().map(|c| c.deadline))
+    }
+
+    fn on_signals(&mut self) -> Option<u8> {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match signal {
+                Signal::SIGTERM | Signal::SIGINT => return Some(self.clean_shutdown(signal)),
+                Signal::SIGUSR2 => self.panic(PanicReason::Signal(signal)),
+                Signal::SIGUSR1 | Signal::SIGHUP => self.session_lost(PanicReason::Signal(signal)),
+                Signal::SIGCHLD => {
+                    if let Some(code) = self.on_child_status() {
+                        return Some(code);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn accept_connections(&mut self) {
+        loop {
+            let stream = match self.endpoint.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog for now.
+                    self.log.line(format_args!("accept failed ({e})"));
+                    return;
+                }
+            };
+            let Ok(peer) = getsockopt(&stream, PeerCredentials) else {
+                continue;
+            };
+            if peer.uid() != Uid::current().as_raw() {
+                let _ = send(
+                    &stream,
+                    &Reply::Err(format!(
+                        "refused: peer uid {} is not the daemon's uid {}",
+                        peer.uid(),
+                        Uid::current()
+                    )),
+                    &[],
+                );
+                self.log.line(format_args!(
+                    "refused a connection from uid {} (pid {})",
+                    peer.uid(),
+                    peer.pid()
+                ));
+                continue;
+            }
+            if self.controls.len() >= MAX_CONTROLS {
+                let _ = send(
+                    &stream,
+                    &Reply::Err("busy: too many open connections; retry".into()),
+                    &[],
+                );
+                continue;
+            }
+            if stream.set_nonblocking(true).is_ok() {
+                self.controls.push(Control {
+                    stream,
+                    lines: LineBuffer::default(),
+                    pid: peer.pid(),
+                    deadline: Instant::now() + CONTROL_DEADLINE,
+                });
+            }
+        }
+    }
+
+    fn on_heartbeat_input(&mut self) {
+        let Some(heartbeat) = self.heartbeat.as_mut() else {
+            return;
+        };
+        if let Received::Closed = receive(&heartbeat.stream, &mut heartbeat.lines) {
+            return self.session_lost(PanicReason::HeartbeatClosed);
+        }
+        loop {
+            match heartbeat.lines.next_line() {
+                Ok(None) => return,
+                Ok(Some(line)) if line == PING.as_bytes() => {
+                    heartbeat.last_ping = Instant::now();
+                    if send(&heartbeat.stream, &Reply::Pong, &[]).is_err() {
+                        return self.session_lost(PanicReason::HeartbeatClosed);
+                    }
+                }
+                Ok(Some(_)) | Err(_) => {
+                    let _ = send(
+                        &heartbeat.stream,
+                        &Reply::Err(
+                            "only PING is allowed on the heartbeat; treating the session as lost"
+                                .into(),
+                        ),
+                        &[],
+                    );
+                    return self.session_lost(PanicReason::HeartbeatGarbage);
+                }
+            }
+        }
+    }
+
+    fn on_control_input(&mut self, index: usize) {
+        let received = {
+            let control = &mut self.controls[index];
+            receive(&control.stream, &mut control.lines)
+        };
+        let line = self.controls[index].lines.next_line();
+        match (line, received) {
+            (Ok(Some(line)), _) => {
+                let control = self.controls.swap_remove(index);
+                self.serve(control, &line);
+            }
+            (Err(error), _) => {
+                let control = self.controls.swap_remove(index);
+                self.refuse(&control, &error);
+            }
+            (Ok(None), Received::Closed) => {
+                self.controls.swap_remove(index);
+            }
+            (Ok(None), _) => {}
+        }
+    }
+
+    fn refuse(&self, control: &Control, error: &ProtocolError) {
+        let _ = send(&control.stream, &Reply::Err(error.to_string()), &[]);
+        self.log.line(format_args!(
+            "refused a request from pid {}: {error}",
+            control.pid
+        ));
+    }
+
+    /// Answers one request; the connection closes afterwards unless it becomes the heartbeat.
+    fn serve(&mut self, control: Control, line: &[u8]) {
+        let request = match protocol::parse_request(line) {
+            Ok(request) => request,
+            Err(error) => return self.refuse(&control, &error),
+        };
+        match request {
+            Request::Heartbeat => self.attach_heartbeat(control),
+            Request::Status => {
+                let json = serde_json::to_string(&self.status()).unwrap_or_default();
+                let _ = send(&control.stream, &Reply::Status(json), &[]);
+            }
+            Request::Register { pid } => self.register(&control, pid.unwrap_or(control.pid)),
+            Request::Get { name } => self.hand_out_secret(&control, &name),
+            Request::Panic { hard } => {
+                let _ = send(&control.stream, &Reply::Ok("panic requested".into()), &[]);
+                let reason = PanicReason::Request {
+                    pid: control.pid,
+                    hard,
+                };
+                if hard {
+                    self.panic(reason);
+                } else {
+                    self.session_lost(reason);
+                }
+            }
+        }
+    }
+
+    fn attach_heartbeat(&mut self, control: Control) {
+        if let Some(current) = &self.heartbeat {
+            let _ = send(
+                &control.stream,
+                &Reply::Busy(format!("heartbeat already held by pid {}", current.pid)),
+                &[],
+            );
+            self.log.line(format_args!(
+                "refused a second heartbeat from pid {} (BUSY)",
+                control.pid
+            ));
+            return;
+        }
+        let ping = self
+            .timeouts
+            .ping
+            .map_or("none".to_owned(), |t| t.as_secs().to_string());
+        let reply = Reply::Ok(format!("heartbeat attached ping-timeout={ping}"));
+        if send(&control.stream, &reply, &[]).is_err() {
+            return;
+        }
+        let rescued = matches!(self.liveness, Liveness::Grace { .. });
+        self.log.line(format_args!(
+            "heartbeat attached by pid {}{}",
+            control.pid,
+            if rescued {
+                " within the grace window: panic cancelled"
+            } else {
+                ""
+            }
+        ));
+        self.heartbeat = Some(Heartbeat {
+            stream: control.stream,
+            lines: control.lines,
+            pid: control.pid,
+            since: SystemTime::now(),
+            last_ping: Instant::now(),
+        });
+        self.liveness = Liveness::Attached;
+        self.armed = true;
+        // A PING sent right behind the request is already buffered.
+        self.on_heartbeat_lines();
+    }
+
+    fn on_heartbeat_lines(&mut self) {
+        if self
+            .heartbeat
+            .as_ref()
+            .is_some_and(|h| !h.lines.bytes.is_empty())
+        {
+            self.on_heartbeat_input();
+        }
+    }
+
+    fn register(&mut self, control: &Control, pid: i32) {
+        let target = Pid::from_raw(pid);
+        // The requester has the daemon's uid; registering needs the right to signal.
+        let result = kill(target, None).and_then(|()| self.registry.register(target));
+        let reply = match result {
+            Ok(()) => {
+                self.log.line(format_args!(
+                    "registered pid {pid} (requested by pid {})",
+                    control.pid
+                ));
+                Reply::Ok(format!("registered pid {pid}"))
+            }
+            Err(errno) => Reply::Err(format!("cannot register pid {pid}: {errno}")),
+        };
+        let _ = send(&control.stream, &reply, &[]);
+    }
+
+    /// Hands a secret only to a process the panic would kill.
+    fn hand_out_secret(&self, control: &Control, name: &str) {
+        let requester = Pid::from_raw(control.pid);
+        let in_supervised_group = self
+            .supervised
+            .as_ref()
+            .is_some_and(|s| getpgid(Some(requester)) == Ok(s.pgid()));
+        let allowed = in_supervised_group || self.registry.contains(requester);
+        let (reply, payload) = match self.vault.get(name) {
+            _ if !allowed => (
+                Reply::Err(format!(
+                    "refused: pid {} is neither registered nor in the supervised process group; fix: run it under --exec or `dazai register` it first",
+                    control.pid
+                )),
+                &[][..],
+            ),
+            None => (Reply::Err(format!("no secret named {name}")), &[][..]),
+            Some(secret) => (Reply::Secret(secret.len()), secret.expose()),
+        };
+        let outcome = if payload.is_empty() {
+            "refused"
+        } else {
+            "handed out"
+        };
+        let _ = send(&control.stream, &reply, payload);
+        self.log.line(format_args!(
+            "secret {name} {outcome} to pid {}",
+            control.pid
+        ));
+    }
+
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        match &self.liveness {
+            Liveness::Waiting {
+                arm_deadline: Some(deadline),
+            } if now >= *deadline => self.panic(PanicReason::ArmTimeout(
+                self.timeouts.arm.unwrap_or_default(),
+            )),
+            Liveness::Grace { deadline, reason } if now >= *deadline => {
+                self.panic(PanicReason::GraceExpired(Box::new(reason.clone())))
+            }
+            _ => {}
+        }
+        if let (Some(heartbeat), Some(timeout)) = (&self.heartbeat, self.timeouts.ping) {
+            if now >= heartbeat.last_ping + timeout {
+                self.session_lost(PanicReason::PingTimeout(timeout));
+            }
+        }
+        let (stalled, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.controls)
+            .into_iter()
+            .partition(|control| now >= control.deadline);
+        self.controls = live;
+        for control in stalled {
+            let _ = send(
+                &control.stream,
+                &Reply::Err(format!(
+                    "timeout: no complete request within {}s",
+                    CONTROL_DEADLINE.as_secs()
+                )),
+                &[],
+            );
+        }
+    }
+
+    /// The session is gone (or SIGUSR1 says so): panic, unless a grace window
+    /// lets a heartbeat re-attach first. Repeats during the window change nothing.
+    fn session_lost(&mut self, reason: PanicReason) {
+        match &self.liveness {
+            Liveness::Grace { deadline, .. } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.log.line(format_args!(
+                    "{reason} during the grace window: the panic stays due in {:.1}s",
+                    left.as_secs_f64()
+                ));
+            }
+            Liveness::Attached if !self.timeouts.grace.is_zero() => {
+                self.heartbeat = None;
+                self.log.line(format_args!(
+                    "session lost ({reason}); grace window of {}s for a heartbeat to re-attach",
+                    self.timeouts.grace.as_secs()
+                ));
+                self.liveness = Liveness::Grace {
+                    deadline: Instant::now() + self.timeouts.grace,
+                    reason,
+                };
+            }
+            _ => self.panic(reason),
+        }
+    }
+
+    fn panic(&mut self, reason: PanicReason) -> ! {
+        panic_sequence(
+            &reason,
+            &self.registry,
+            self.supervised.as_mut(),
+            &mut self.vault,
+            &self.log,
+        )
+    }
+
+    /// SIGCHLD: the supervised program ended. An exit ends the one-shot
+    /// lifecycle with its status; death by a signal (OOM kill, crash) panics.
+    fn on_child_status(&mut self) -> Option<u8> {
+        match self.supervised.as_ref()?.try_reap()? {
+            WaitStatus::Signaled(_, signal, _) => self.panic(PanicReason::ChildKilled(signal)),
+            WaitStatus::Exited(_, code) => {
+                let wiped = self.vault.wipe_all();
+                self.endpoint.remove();
+                if let Some(supervised) = &self.supervised {
+                    supervised.remove_cgroup();
+                }
+                self.log.line(format_args!(
+                    "supervised program exited with status {code}; wiped {wiped} secrets; exiting with {code}"
+                ));
+                Some(code as u8)
+            }
+            _ => None,
+        }
+    }
+
+    /// SIGTERM/SIGINT: wipe, remove socket and pidfile, leave every process alive.
+    fn clean_shutdown(&mut self, signal: Signal) -> u8 {
+        let wiped = self.vault.wipe_all();
+        self.endpoint.remove();
+        let program = match self.supervised.as_mut().map(Supervised::release) {
+            Some(true) => "; the supervised program runs on",
+            Some(false) => {
+                "; the supervised program could not be released and dies with the daemon"
+            }
+            None => "",
+        };
+        self.log.line(format_args!(
+            "{signal}: clean shutdown; wiped {wiped} secrets; removed socket and pidfile; killed nothing{program}"
+        ));
+        0
+    }
+
+    fn status(&self) -> Status {
+        let (liveness, grace_left_secs) = match &self.liveness {
+            Liveness::Waiting { .. } => ("waiting", None),
+            Liveness::Attached => ("attached", None),
+            Liveness::Grace { deadline, .. } => (
+                "grace",
+                Some(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64(),
+                ),
+            ),
+        };
+        let secrets: Vec<SecretStatus> = self
+            .vault
+            .iter()
+            .map(|(name, secret)| SecretStatus {
+                name: name.to_owned(),
+                bytes: secret.len(),
+                backend: secret.backend().to_string(),
+                locked: secret.is_locked(),
+            })
+            .collect();
+        Status {
+            protocol: protocol::VERSION_TOKEN,
+            pid: std::process::id(),
+            armed: self.armed,
+            liveness,
+            heartbeat: self.heartbeat.as_ref().map(|h| HeartbeatStatus {
+                pid: h.pid,
+                since: utc_timestamp(h.since),
+            }),
+            grace_left_secs,
+            ping_timeout_secs: self.timeouts.ping.map(|t| t.as_secs()),
+            grace_secs: self.timeouts.grace.as_secs(),
+            arm_timeout_secs: self.timeouts.arm.map(|t| t.as_secs()),
+            locked_bytes: self
+                .vault
+                .iter()
+                .filter(|(_, s)| s.is_locked())
+                .map(|(_, s)| s.data_pages_len())
+                .sum(),
+            secrets,
+            registered: self.registry.live_pids(),
+            supervised: self.supervised.as_ref().map(|s| SupervisedStatus {
+                pid: s.program.as_raw(),
+                pgid: s.pgid().as_raw(),
+                kill: s.kill_mechanism(),
+                cgroup_unavailable: s.cgroup_unavailable.clone(),
+            }),
+            seccomp: self.confinement.to_string(),
+            hardening: self.hardening.clone(),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The panic: the one sequence the whole product exists for.
+
+use std::fmt;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::getpid;
+
+use super::registry::Registry;
+use super::secrets::Vault;
+use super::supervisor::Supervised;
+use crate::log::Log;
+
+/// Why the panic runs.
+#[derive(Clone, Debug)]
+pub enum PanicReason {
+    /// The heartbeat connection closed (client killed, session dropped).
+    HeartbeatClosed,
+    /// The heartbeat connection sent something other than `PING` (fail closed).
+    HeartbeatGarbage,
+    /// No `PING` within `--ping-timeout`.
+    PingTimeout(Duration),
+    /// No heartbeat attached within `--arm-timeout`.
+    ArmTimeout(Duration),
+    /// A panic signal (SIGUSR1, SIGUSR2, SIGHUP).
+    Signal(Signal),
+    /// A `PANIC` request from a client.
+    Request {
+        /// The requesting process.
+        pid: i32,
+        /// Whether the grace window was bypassed.
+        hard: bool,
+    },
+    /// The supervised program was killed by a signal (the OOM killer, a crash).
+    ChildKilled(Signal),
+    /// The grace window ran out after the session was lost.
+    GraceExpired(Box<PanicReason>),
+}
+
+impl fmt::Display for PanicReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HeartbeatClosed => write!(f, "heartbeat connection closed"),
+            Self::HeartbeatGarbage => write!(f, "heartbeat connection sent garbage"),
+            Self::PingTimeout(t) => write!(f, "no PING for {}s (--ping-timeout)", t.as_secs()),
+            Self::ArmTimeout(t) => {
+                write!(f, "no heartbeat within {}s (--arm-timeout)", t.as_secs())
+            }
+            Self::Signal(signal) => write!(f, "{signal}"),
+            Self::Request { pid, hard } => {
+                write!(
+                    f,
+                    "PANIC{} request from pid {pid}",
+                    if *hard { " HARD" } else { "" }
+                )
+            }
+            Self::ChildKilled(signal) => write!(f, "supervised program killed by {signal}"),
+            Self::GraceExpired(cause) => write!(f, "grace window expired after: {cause}"),
+        }
+    }
+}
+
+/// Kills every registered process and the supervised tree, wipes every
+/// secret, logs one line, and SIGKILLs the daemon. Never returns.
+pub fn panic_sequence(
+    reason: &PanicReason,
+    registry: &Registry,
+    supervised: Option<&mut Supervised>,
+    vault: &mut Vault,
+    log: &Log,
+) -> ! {
+    // 1. Kill every process that was given a secret.
+    let registered_killed = registry.kill_all();
+    let tree = supervised.map(Supervised::kill_all);
+    // 2. Wipe every secret.
+    let wiped = vault.wipe_all();
+    // 3. One line saying why and what was done.
+    let tree = match tree {
+        Some(kill) if kill.cgroup_killed => format!("process group {} and its cgroup", kill.pgid),
+        Some(kill) => format!("process group {}", kill.pgid),
+        None => "none".to_owned(),
+    };
+    log.line(format_args!(
+        "PANIC: {reason}; killed registered {registered_killed:?} and supervised {tree}; wiped {wiped} secrets; SIGKILL self"
+    ));
+    // 4. End without running anything else: no destructor, no atexit handler.
+    let _ = kill(getpid(), Signal::SIGKILL);
+    std::process::abort()
+}

@@ -1,0 +1,274 @@
+//! Secrets: where each comes from (`NAME=SOURCE`) and the vault that holds them.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use goodnight::{LockPolicy, SecretBuffer};
+use nix::sys::termios::{self, LocalFlags, SetArg};
+
+use crate::failure::{Exit, Failure};
+
+/// Largest secret read from a stream (fd, prompt); files may be as large as
+/// this too. Each secret costs its size in locked memory.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// Where a secret's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An inherited file descriptor, read to EOF and closed.
+    Fd(RawFd),
+    /// An environment variable, removed and scrubbed from the environment after reading.
+    Env(String),
+    /// A file, read to EOF.
+    File(PathBuf),
+    /// A no-echo prompt on the controlling terminal.
+    Prompt,
+}
+
+/// `NAME=SOURCE` from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The name clients ask for.
+    pub name: String,
+    /// Where the bytes come from.
+    pub source: SecretSource,
+}
+
+impl FromStr for SecretSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, source) = text
+            .split_once('=')
+            .ok_or("expected NAME=SOURCE, e.g. api=env:API_KEY")?;
+        if !dazai_client::protocol::is_valid_name(name) {
+            return Err(format!(
+                "secret name {name:?} must be 1-64 of A-Z a-z 0-9 _ . -"
+            ));
+        }
+        let source = match source.split_once(':') {
+            Some(("fd", n)) => SecretSource::Fd(
+                n.parse()
+                    .ok()
+                    .filter(|fd: &RawFd| *fd >= 0)
+                    .ok_or("fd:N needs a file descriptor number")?,
+            ),
+            Some(("env", var)) if !var.is_empty() => SecretSource::Env(var.to_owned()),
+            Some(("file", path)) if !path.is_empty() => SecretSource::File(path.into()),
+            None if source == "prompt" => SecretSource::Prompt,
+            _ => {
+                return Err(format!(
+                    "unknown secret source {source:?}; use fd:N, env:VAR, file:PATH or prompt"
+                ))
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            source,
+        })
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fd(fd) => write!(f, "fd:{fd}"),
+            Self::Env(var) => write!(f, "env:{var}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Prompt => write!(f, "prompt"),
+        }
+    }
+}
+
+/// The named secrets the daemon holds.
+#[derive(Default)]
+pub struct Vault {
+    secrets: Vec<(String, SecretBuffer)>,
+}
+
+impl Vault {
+    /// Reads every secret straight into locked memory, in command-line order.
+    pub fn load(specs: &[SecretSpec], policy: LockPolicy) -> Result<Self, Failure> {
+        let mut vault = Self::default();
+        for spec in specs {
+            if vault.get(&spec.name).is_some() {
+                return Err(Failure::new(
+                    Exit::Secret,
+                    format!(
+                        "secret {} is given twice; fix: give each --secret a distinct NAME",
+                        spec.name
+                    ),
+                ));
+            }
+            let secret = read_secret(spec, policy).map_err(|cause| {
+                Failure::new(
+                    Exit::Secret,
+                    format!(
+                        "cannot read secret {} from {}: {cause}",
+                        spec.name, spec.source
+                    ),
+                )
+            })?;
+            vault.secrets.push((spec.name.clone(), secret));
+        }
+        Ok(vault)
+    }
+
+    /// The secret called `name`, if held.
+    pub fn get(&self, name: &str) -> Option<&SecretBuffer> {
+        self.secrets
+            .iter()
+            .find(|(held, _)| held == name)
+            .map(|(_, secret)| secret)
+    }
+
+    /// Names and buffers, in load order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretBuffer)> {
+        self.secrets
+            .iter()
+            .map(|(name, secret)| (name.as_str(), secret))
+    }
+
+    /// Wipes every buffer; returns how many were wiped.
+    pub fn wipe_all(&mut self) -> usize {
+        for (_, secret) in &mut self.secrets {
+            secret.wipe();
+        }
+        self.secrets.len()
+    }
+}
+
+/// Reads one secret from its source into a new locked buffer.
+fn read_secret(spec: &SecretSpec, policy: LockPolicy) -> Result<SecretBuffer, String> {
+    let mut secret = match &spec.source {
+        SecretSource::Fd(fd) => {
+            // SAFETY-free borrow: the fd number came from the user, so check it is open first.
+            let file = take_inherited_fd(*fd)?;
+            read_to_end(file.as_fd(), MAX_SECRET_BYTES, policy)?
+        }
+        SecretSource::File(path) => {
+            let file = File::open(path)
+                .map_err(|e| format!("{e}; fix: check the path and its permissions"))?;
+            let size = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+            if size > MAX_SECRET_BYTES {
+                return Err(format!(
+                    "the file holds {size} bytes, more than the {MAX_SECRET_BYTES}-byte limit"
+                ));
+            }
+            read_to_end(file.as_fd(), size.max(1), policy)?
+        }
+        SecretSource::Env(var) => SecretBuffer::take_env_var(var, policy)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("environment variable {var} is not set; fix: export it first")
+            })?,
+        SecretSource::Prompt => read_from_prompt(&spec.name, policy)?,
+    };
+    secret.trim_trailing_newline();
+    if secret.is_empty() {
+        return Err("the secret is empty; fix: give it at least one byte".into());
+    }
+    Ok(secret)
+}
+
+/// Takes ownership of an inherited descriptor, refusing one that is not open.
+fn take_inherited_fd(fd: RawFd) -> Result<File, String> {
+    nix::fcntl::fcntl(
+        // SAFETY: the descriptor is only borrowed for this one fcntl call, which
+        // fails cleanly with EBADF if the number is not an open descriptor.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| {
+        format!("fd {fd} is not open ({e}); fix: pass the secret on that fd, e.g. `{fd}<file`")
+    })?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd is open (checked above) and was handed to this process for
+    // this secret alone; owning it closes it once the secret is read.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Reads a stream to EOF into a new locked buffer of `capacity` bytes.
+fn read_to_end(
+    fd: BorrowedFd<'_>,
+    capacity: usize,
+    policy: LockPolicy,
+) -> Result<SecretBuffer, String> {
+    let mut secret = SecretBuffer::new(capacity, policy).map_err(|e| e.to_string())?;
+    secret.read_from(fd).map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+/// Asks on the controlling terminal with echo off and reads one line.
+fn read_from_prompt(name: &str, policy: LockPolicy) -> Result<SecretBuffer, String> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| {
+            format!(
+                "no controlling terminal to prompt on ({e}); fix: use fd:N, env:VAR or file:PATH"
+            )
+        })?;
+    let saved = termios::tcgetattr(&tty).map_err(|e| e.to_string())?;
+    let mut silent = saved.clone();
+    silent.local_flags.remove(LocalFlags::ECHO);
+    silent
+        .local_flags
+        .insert(LocalFlags::ICANON | LocalFlags::ECHONL);
+    termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &silent).map_err(|e| e.to_string())?;
+    let prompt = format!("dazai: secret for {name} (input hidden): ");
+    let result = nix::unistd::write(&tty, prompt.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            let mut secret =
+                SecretBuffer::new(MAX_SECRET_BYTES, policy).map_err(|e| e.to_string())?;
+            secret
+                .read_line_from(tty.as_fd())
+                .map_err(|e| e.to_string())?;
+            Ok(secret)
+        });
+    // Echo comes back whatever happened, or the user's terminal stays silent.
+    let _ = termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &saved);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_specs_parse_every_source() {
+        let cases = [
+            ("a=fd:3", SecretSource::Fd(3)),
+            ("b=env:API_KEY", SecretSource::Env("API_KEY".into())),
+            (
+                "c=file:/run/creds/c",
+                SecretSource::File("/run/creds/c".into()),
+            ),
+            ("d=prompt", SecretSource::Prompt),
+        ];
+        for (text, source) in cases {
+            let spec: SecretSpec = text.parse().unwrap();
+            assert_eq!(spec.source, source);
+            assert_eq!(format!("{}={}", spec.name, spec.source), text);
+        }
+    }
+
+    #[test]
+    fn bad_secret_specs_say_what_is_expected() {
+        for text in [
+            "noequals",
+            "a b=prompt",
+            "a=fd:x",
+            "a=env:",
+            "a=ftp:x",
+            "=prompt",
+        ] {
+            assert!(text.parse::<SecretSpec>().is_err(), "{text}");
+        }
+    }
+}

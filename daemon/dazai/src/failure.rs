@@ -1,0 +1,62 @@
+//! What the `dazai` commands can fail with: one line with cause and fix, and a
+//! distinct exit code per kind (documented in `docs/usage.md`).
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// The documented exit codes. 2 is clap's own for a bad command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Something unexpected: an I/O error with no better category.
+    Internal = 1,
+    /// No daemon answers on the socket.
+    NoDaemon = 3,
+    /// The daemon refused the request (BUSY heartbeat, `get` not allowed, …).
+    Refused = 4,
+    /// Memory could not be locked or the process could not be hardened.
+    Hardening = 5,
+    /// A secret could not be read from its source.
+    Secret = 6,
+    /// The socket or pidfile path is unsafe or in use.
+    Endpoint = 7,
+    /// The `--exec` program could not be started.
+    Spawn = 8,
+}
+
+/// A failure: exit code plus one line saying the cause and the fix.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code the process ends with.
+    pub exit: Exit,
+    /// The one-line message (cause, then fix).
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of kind `exit` with a one-line message.
+    pub fn new(exit: Exit, message: impl fmt::Display) -> Self {
+        Self {
+            exit,
+            message: message.to_string(),
+        }
+    }
+
+    /// Prints `dazai: error: …` on stderr and gives the exit code.
+    pub fn report(&self) -> ExitCode {
+        eprintln!("dazai: error: {}", self.message);
+        ExitCode::from(self.exit as u8)
+    }
+}
+
+impl From<dazai_client::ClientError> for Failure {
+    fn from(error: dazai_client::ClientError) -> Self {
+        use dazai_client::ClientError as E;
+        let exit = match &error {
+            E::NoDaemon { .. } | E::DaemonGone => Exit::NoDaemon,
+            E::Busy(_) | E::Refused(_) => Exit::Refused,
+            E::Secret(_) => Exit::Hardening,
+            E::Protocol(_) | E::Io(_) => Exit::Internal,
+        };
+        Self::new(exit, error)
+    }
+}

@@ -1,0 +1,40 @@
+//! `dazai`: a dead-man's switch for secrets.
+
+mod cli;
+mod commands;
+mod confinement;
+mod daemon;
+mod failure;
+mod log;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Daemon(args) if args.print_seccomp => {
+            print!("{}", confinement::describe());
+            Ok(0)
+        }
+        Command::Daemon(_) => {
+            let Command::Daemon(args) = cli.command else {
+                unreachable!()
+            };
+            daemon::run(args)
+        }
+        Command::Client(args) => commands::client(args),
+        Command::Status(args) => commands::status(args),
+        Command::Panic(args) => commands::panic(args),
+        Command::Get(args) => commands::get(args),
+        Command::Register(args) => commands::register(args),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.report(),
+    }
+}

@@ -1,0 +1,22 @@
+//! `goodnight`: the secure-memory library of ningen-shikkaku.
+//!
+//! [`SecretBuffer`] holds secret bytes in locked, guarded pages that are left
+//! out of core dumps and forked children, filled by `read(2)` straight into the
+//! pages and wiped with a write the compiler may not remove. The
+//! [hardening functions](forbid_core_dumps_and_tracing) make the whole process
+//! non-dumpable and able to lock memory, each returning a report to log.
+//!
+//! Linux is the supported platform; elsewhere the buffer fails closed
+//! (`MADV_DONTFORK` is reported as refused) and the `prctl` hardening errors.
+
+mod environment;
+mod hardening;
+mod secret_buffer;
+mod wipe;
+
+pub use hardening::{
+    forbid_core_dumps_and_tracing, is_dumpable, limit_core_size_to_zero, memlock_limit,
+    raise_memlock_limit, CoreLimitReport, DumpabilityReport, HardeningError, MemlockReport,
+};
+pub use secret_buffer::{Backend, LockPolicy, SecretBuffer, SecretError};
+pub use wipe::wipe_bytes;

@@ -1,0 +1,601 @@
+//! `SecretBuffer`: secret bytes in locked, guarded, non-dumpable, non-inherited pages.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::os::fd::BorrowedFd;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+use nix::unistd::{self, Pid, SysconfVar};
+
+use crate::hardening::memlock_limit;
+use crate::wipe::wipe_bytes;
+
+/// What [`SecretBuffer::new`] does when the kernel refuses to lock the pages
+/// in RAM (or to exclude them from core dumps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockPolicy {
+    /// Refusal is an error: the secret must never reach swap or a core dump.
+    Required,
+    /// Refusal is tolerated: the buffer works unlocked and reports
+    /// [`Backend::Unlocked`]. Only for an explicit, loudly named user opt-out
+    /// (`--insecure-allow-unlocked`), which must then show up in status and logs.
+    InsecureAllowUnlocked,
+}
+
+/// Which kind of memory holds the secret; always reported to the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Anonymous private mapping pinned in RAM with `mlock(2)`.
+    Locked,
+    /// Anonymous private mapping that could not be locked: the kernel may
+    /// write it to swap. Only reachable through [`LockPolicy::InsecureAllowUnlocked`].
+    Unlocked,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Locked => "locked",
+            Backend::Unlocked => "UNLOCKED (insecure)",
+        })
+    }
+}
+
+/// Why a [`SecretBuffer`] could not be created or filled.
+///
+/// `Display` is one line, cause then fix, and never contains secret bytes
+/// (no variant holds any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretError {
+    /// `mlock(2)` refused to pin the data pages in RAM.
+    LockRefused {
+        /// Bytes that were to be locked (the capacity rounded up to whole pages).
+        requested: usize,
+        /// The soft `RLIMIT_MEMLOCK` at the time of the refusal, in bytes;
+        /// `None` when unlimited (or, in theory, unreadable).
+        soft_limit: Option<u64>,
+        /// What `mlock(2)` returned.
+        errno: Errno,
+    },
+    /// `madvise(2)` refused an advice the buffer's guarantees depend on.
+    AdviseRefused {
+        /// The advice, e.g. `"MADV_DONTDUMP"` or `"MADV_DONTFORK"`.
+        advice: &'static str,
+        /// What `madvise(2)` returned.
+        errno: Errno,
+    },
+    /// The mapping (data pages plus two guard pages) could not be created.
+    OutOfAddressSpace {
+        /// The capacity that was asked for.
+        requested: usize,
+        /// What `mmap(2)`/`mprotect(2)` returned (`ENOMEM` when the size overflows).
+        errno: Errno,
+    },
+    /// The source held more bytes than the buffer's capacity; the buffer has
+    /// been wiped.
+    TooLong {
+        /// The buffer's capacity in bytes.
+        capacity: usize,
+    },
+    /// `read(2)` failed; the buffer has been wiped.
+    Read {
+        /// What `read(2)` returned.
+        errno: Errno,
+    },
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretError::LockRefused {
+                requested,
+                soft_limit: Some(limit),
+                errno,
+            } => write!(
+                f,
+                "cannot lock {requested} bytes of secret memory: RLIMIT_MEMLOCK is {limit} bytes \
+                 ({errno:?}); fix: raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) \
+                 or run with CAP_IPC_LOCK"
+            ),
+            SecretError::LockRefused {
+                requested,
+                soft_limit: None,
+                errno,
+            } => write!(
+                f,
+                "cannot lock {requested} bytes of secret memory although RLIMIT_MEMLOCK is \
+                 unlimited ({errno:?}: {}); fix: free RAM or hold fewer or smaller secrets",
+                errno.desc()
+            ),
+            SecretError::AdviseRefused { advice, errno } => write!(
+                f,
+                "cannot apply madvise({advice}) to secret memory ({errno:?}: {}); fix: run on \
+                 a Linux kernel that supports it (>= 3.4) and allow madvise in any seccomp filter",
+                errno.desc()
+            ),
+            SecretError::OutOfAddressSpace { requested, errno } => write!(
+                f,
+                "cannot map {requested} bytes of secret memory plus guard pages ({errno:?}: {}); \
+                 fix: ask for a smaller buffer or raise RLIMIT_AS / vm.max_map_count",
+                errno.desc()
+            ),
+            SecretError::TooLong { capacity } => write!(
+                f,
+                "the secret is longer than the {capacity}-byte buffer (buffer wiped); \
+                 fix: supply a shorter secret or raise the maximum secret size"
+            ),
+            SecretError::Read { errno } => write!(
+                f,
+                "cannot read the secret ({errno:?}: {}; buffer wiped); fix: pass a readable, \
+                 blocking file descriptor (tty, pipe or file)",
+                errno.desc()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SecretError {}
+
+/// Secret bytes in their own anonymous private mapping:
+///
+/// ```text
+/// [ guard page | data pages (capacity rounded up to whole pages) | guard page ]
+///    PROT_NONE    READ|WRITE, mlock, MADV_DONTDUMP                   PROT_NONE
+/// └──────────────────────── MADV_DONTFORK ─────────────────────────────────┘
+/// ```
+///
+/// - pinned in RAM (`mlock`), so never written to swap ([`Backend::Locked`]);
+/// - left out of core dumps (`MADV_DONTDUMP`) and out of forked children
+///   (`MADV_DONTFORK`);
+/// - an access just before the data or just past the data pages faults on a
+///   guard page. The guard sits at page granularity: when the capacity is not
+///   a multiple of the page size, the bytes between the capacity and the end
+///   of the last data page are still mapped (and locked, and wiped);
+/// - filled by `read(2)` straight into the pages ([`read_from`](Self::read_from),
+///   [`read_line_from`](Self::read_line_from)), never through a `Vec` or `String`;
+/// - wiped with [`wipe_bytes`](crate::wipe_bytes) on [`wipe`](Self::wipe), on
+///   every error, and on drop, then unlocked and unmapped.
+///
+/// A capacity of 0 is accepted and still maps one data page; such a buffer can
+/// only hold the empty secret.
+///
+/// It is move-only: there is no `Clone`, no `Copy`, no `Deref`, and `Debug`
+/// prints only the length, so the type itself never duplicates the bytes.
+///
+/// ```compile_fail,E0599
+/// use goodnight::{LockPolicy, SecretBuffer};
+/// # fn main() -> Result<(), goodnight::SecretError> {
+/// let secret = SecretBuffer::new(32, LockPolicy::Required)?;
+/// let copy = secret.clone(); // SecretBuffer is move-only
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Because of `MADV_DONTFORK`, a forked child does not have the pages: it must
+/// not read the buffer (that faults). Dropping it there is harmless: drop only
+/// wipes and unmaps in the process that created the buffer.
+pub struct SecretBuffer {
+    mapping: Mapping,
+    capacity: usize,
+    len: usize,
+    locked: bool,
+    excluded_from_dumps: bool,
+}
+
+// SAFETY: the buffer exclusively owns its mapping (no other handle to the pages
+// exists), and mapping/unmapping/locking are process-wide, not thread-bound, so
+// moving the owner to another thread is sound.
+unsafe impl Send for SecretBuffer {}
+// SAFETY: every `&self` method only reads the pages or plain fields; all writes
+// go through `&mut self`, so shared references across threads cannot race.
+unsafe impl Sync for SecretBuffer {}
+
+impl SecretBuffer {
+    /// Maps, guards, advises and locks a buffer for up to `capacity` bytes.
+    ///
+    /// With [`LockPolicy::Required`] a refused `mlock` is
+    /// [`SecretError::LockRefused`] (naming the current `RLIMIT_MEMLOCK`) and a
+    /// refused `MADV_DONTDUMP` is [`SecretError::AdviseRefused`]; with
+    /// [`LockPolicy::InsecureAllowUnlocked`] both are tolerated and reported by
+    /// [`backend`](Self::backend) and [`is_excluded_from_dumps`](Self::is_excluded_from_dumps).
+    /// A refused `MADV_DONTFORK` is always an error.
+    pub fn new(capacity: usize, policy: LockPolicy) -> Result<SecretBuffer, SecretError> {
+        let no_space = |errno| SecretError::OutOfAddressSpace {
+            requested: capacity,
+            errno,
+        };
+        let page = page_size().map_err(no_space)?;
+        let data_len = capacity
+            .max(1)
+            .checked_next_multiple_of(page)
+            .ok_or(no_space(Errno::ENOMEM))?;
+        let mapping = Mapping::reserve(data_len, page).map_err(no_space)?;
+        // Before the pages become usable, so no fork can ever copy them.
+        mapping
+            .exclude_from_fork()
+            .map_err(|errno| SecretError::AdviseRefused {
+                advice: "MADV_DONTFORK",
+                errno,
+            })?;
+        mapping.open_data_pages().map_err(no_space)?;
+        let excluded_from_dumps = match mapping.exclude_data_from_dumps() {
+            Ok(()) => true,
+            Err(_) if policy == LockPolicy::InsecureAllowUnlocked => false,
+            Err(errno) => {
+                return Err(SecretError::AdviseRefused {
+                    advice: "MADV_DONTDUMP",
+                    errno,
+                })
+            }
+        };
+        let locked = match mapping.lock_data() {
+            Ok(()) => true,
+            Err(_) if policy == LockPolicy::InsecureAllowUnlocked => false,
+            Err(errno) => {
+                return Err(SecretError::LockRefused {
+                    requested: data_len,
+                    soft_limit: memlock_limit().ok().and_then(|(soft, _hard)| soft),
+                    errno,
+                })
+            }
+        };
+        Ok(SecretBuffer {
+            mapping,
+            capacity,
+            len: 0,
+            locked,
+            excluded_from_dumps,
+        })
+    }
+
+    /// Appends everything `fd` yields until end of file, with `read(2)` straight
+    /// into the pages, and returns the number of bytes now held.
+    ///
+    /// Retries `EINTR`. If the source holds more than the capacity allows, the
+    /// buffer is wiped and the result is [`SecretError::TooLong`]; on a read
+    /// error it is wiped too, so no partial secret survives a failure.
+    pub fn read_from(&mut self, fd: BorrowedFd<'_>) -> Result<usize, SecretError> {
+        loop {
+            let (len, capacity) = (self.len, self.capacity);
+            if len == capacity {
+                return match read_one_past_capacity(fd) {
+                    Ok(Next::Eof) => Ok(len),
+                    Ok(Next::Newline | Next::Data) => Err(self.fail_too_long()),
+                    Err(errno) => Err(self.fail_read(errno)),
+                };
+            }
+            match read_retrying(fd, &mut self.pages_mut()[len..capacity]) {
+                Ok(0) => return Ok(len),
+                Ok(n) => self.len += n,
+                Err(errno) => return Err(self.fail_read(errno)),
+            }
+        }
+    }
+
+    /// Appends bytes from `fd` up to the first `b'\n'` (consumed, not stored)
+    /// or end of file, and returns the number of bytes now held.
+    ///
+    /// Reads one byte per `read(2)` so nothing after the newline is taken from
+    /// the source (secrets are short); a terminal in canonical mode hands over
+    /// a line at a time anyway. A `b'\r'` before the newline is kept. Errors
+    /// and wiping as in [`read_from`](Self::read_from).
+    pub fn read_line_from(&mut self, fd: BorrowedFd<'_>) -> Result<usize, SecretError> {
+        loop {
+            let at = self.len;
+            if at == self.capacity {
+                return match read_one_past_capacity(fd) {
+                    Ok(Next::Eof | Next::Newline) => Ok(at),
+                    Ok(Next::Data) => Err(self.fail_too_long()),
+                    Err(errno) => Err(self.fail_read(errno)),
+                };
+            }
+            match read_retrying(fd, &mut self.pages_mut()[at..=at]) {
+                Ok(0) => return Ok(at),
+                Ok(_) if self.pages()[at] == b'\n' => {
+                    wipe_bytes(&mut self.pages_mut()[at..=at]);
+                    return Ok(at);
+                }
+                Ok(_) => self.len += 1,
+                Err(errno) => return Err(self.fail_read(errno)),
+            }
+        }
+    }
+
+    /// The secret bytes held, as an explicit borrow.
+    pub fn expose(&self) -> &[u8] {
+        &self.pages()[..self.len]
+    }
+
+    /// Number of secret bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no secret bytes are held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most bytes this buffer accepts, as passed to [`new`](Self::new).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Size of the data pages: the capacity rounded up to whole pages (at
+    /// least one). This is what is locked, excluded from dumps and wiped.
+    pub fn data_pages_len(&self) -> usize {
+        self.mapping.data_len()
+    }
+
+    /// Whether the data pages are pinned in RAM.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Whether the data pages are excluded from core dumps (`MADV_DONTDUMP`);
+    /// only `false` under [`LockPolicy::InsecureAllowUnlocked`].
+    pub fn is_excluded_from_dumps(&self) -> bool {
+        self.excluded_from_dumps
+    }
+
+    /// Which kind of memory holds the secret.
+    pub fn backend(&self) -> Backend {
+        if self.locked {
+            Backend::Locked
+        } else {
+            Backend::Unlocked
+        }
+    }
+
+    /// Drops one trailing `b"\n"` (and a `b'\r'` right before it), wiping the
+    /// removed bytes.
+    pub fn trim_trailing_newline(&mut self) {
+        if self.expose().last() == Some(&b'\n') {
+            self.forget_last_byte();
+            if self.expose().last() == Some(&b'\r') {
+                self.forget_last_byte();
+            }
+        }
+    }
+
+    /// Zeroes all data pages (the whole capacity and the rest of its last
+    /// page) with a write the compiler may not elide; the length becomes 0.
+    pub fn wipe(&mut self) {
+        wipe_bytes(self.pages_mut());
+        self.len = 0;
+    }
+
+    /// Appends `bytes` (copied straight into the locked pages); a source longer
+    /// than the capacity wipes the buffer and is [`SecretError::TooLong`].
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), SecretError> {
+        let (start, end) = (self.len, self.len + bytes.len());
+        if end > self.capacity {
+            return Err(self.fail_too_long());
+        }
+        self.pages_mut()[start..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    fn forget_last_byte(&mut self) {
+        let last = self.len - 1;
+        wipe_bytes(&mut self.pages_mut()[last..=last]);
+        self.len = last;
+    }
+
+    fn fail_too_long(&mut self) -> SecretError {
+        self.wipe();
+        SecretError::TooLong {
+            capacity: self.capacity,
+        }
+    }
+
+    fn fail_read(&mut self, errno: Errno) -> SecretError {
+        self.wipe();
+        SecretError::Read { errno }
+    }
+
+    fn pages(&self) -> &[u8] {
+        // SAFETY: `new` made the data pages READ|WRITE before constructing
+        // `self`, and they stay mapped until `self.mapping` drops, which
+        // outlives this borrow; writes need `&mut self`, so nothing mutates them
+        // while the shared slice lives.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapping.data_start().as_ptr().cast::<u8>(),
+                self.mapping.data_len(),
+            )
+        }
+    }
+
+    fn pages_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `pages`, the data pages are mapped READ|WRITE for the
+        // whole life of `self`, and `&mut self` makes this the only reference.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.mapping.data_start().as_ptr().cast::<u8>(),
+                self.mapping.data_len(),
+            )
+        }
+    }
+}
+
+impl fmt::Debug for SecretBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBuffer({} bytes)", self.len)
+    }
+}
+
+impl Drop for SecretBuffer {
+    fn drop(&mut self) {
+        // In a forked child the pages were never inherited (MADV_DONTFORK):
+        // touching the address would fault or hit an unrelated mapping.
+        if !self.mapping.is_owned_by_this_process() {
+            return;
+        }
+        self.wipe();
+        if self.locked {
+            // Nothing left to do if this fails: the munmap that follows (when
+            // `mapping` drops) unlocks the pages as well.
+            let _ = self.mapping.unlock_data();
+        }
+    }
+}
+
+/// The whole mapping, guard pages included. Unmapping on drop lets every early
+/// return in `SecretBuffer::new` give the address space back.
+struct Mapping {
+    start: NonNull<c_void>,
+    len: usize,
+    page: usize,
+    owner: Pid,
+}
+
+impl Mapping {
+    /// Maps `data_len` bytes plus a guard page on each side, all `PROT_NONE`.
+    fn reserve(data_len: usize, page: usize) -> Result<Mapping, Errno> {
+        let len = page
+            .checked_mul(2)
+            .and_then(|guards| guards.checked_add(data_len))
+            .and_then(NonZeroUsize::new)
+            .ok_or(Errno::ENOMEM)?;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing (no MAP_FIXED) cannot overlap or alter any existing memory.
+        let start = unsafe {
+            mman::mmap_anonymous(None, len, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE)
+        }?;
+        Ok(Mapping {
+            start,
+            len: len.get(),
+            page,
+            owner: unistd::getpid(),
+        })
+    }
+
+    fn data_start(&self) -> NonNull<c_void> {
+        // SAFETY: `page < len`, so start + page stays inside the mapping and
+        // cannot wrap to null.
+        unsafe { self.start.byte_add(self.page) }
+    }
+
+    fn data_len(&self) -> usize {
+        self.len - 2 * self.page
+    }
+
+    fn is_owned_by_this_process(&self) -> bool {
+        unistd::getpid() == self.owner
+    }
+
+    fn exclude_from_fork(&self) -> Result<(), Errno> {
+        advise(self.start, self.len, Advice::DontFork)
+    }
+
+    fn open_data_pages(&self) -> Result<(), Errno> {
+        // SAFETY: the range is the data pages of a mapping this value owns; no
+        // Rust reference into it exists yet, so changing protection breaks none.
+        unsafe {
+            mman::mprotect(
+                self.data_start(),
+                self.data_len(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            )
+        }
+    }
+
+    fn exclude_data_from_dumps(&self) -> Result<(), Errno> {
+        advise(self.data_start(), self.data_len(), Advice::DontDump)
+    }
+
+    fn lock_data(&self) -> Result<(), Errno> {
+        // SAFETY: locking only pins pages of a mapping this value owns; it
+        // changes no contents or protection.
+        unsafe { mman::mlock(self.data_start(), self.data_len()) }
+    }
+
+    fn unlock_data(&self) -> Result<(), Errno> {
+        // SAFETY: unlocking only lets pages of a mapping this value owns be
+        // swapped again; it changes no contents or protection.
+        unsafe { mman::munlock(self.data_start(), self.data_len()) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // A forked child has no such mapping; unmapping there could remove
+        // whatever the child has since mapped at that address.
+        if !self.is_owned_by_this_process() {
+            return;
+        }
+        // SAFETY: the range is exactly the mapping created in `reserve`, and the
+        // only references into it (`SecretBuffer::pages{,_mut}`) borrow the
+        // owning buffer, which is being dropped.
+        // Nothing useful can be done if it fails; the range stays reserved.
+        let _ = unsafe { mman::munmap(self.start, self.len) };
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Advice {
+    DontFork,
+    DontDump,
+}
+
+#[cfg(target_os = "linux")]
+fn advise(start: NonNull<c_void>, len: usize, advice: Advice) -> Result<(), Errno> {
+    let advice = match advice {
+        Advice::DontFork => mman::MmapAdvise::MADV_DONTFORK,
+        Advice::DontDump => mman::MmapAdvise::MADV_DONTDUMP,
+    };
+    // SAFETY: both advices only change how fork and core dumps treat the range,
+    // never its contents or protection, and the range lies in a mapping owned by
+    // the caller.
+    unsafe { mman::madvise(start, len, advice) }
+}
+
+/// Fails closed elsewhere: without these advices the buffer's promises do not hold.
+#[cfg(not(target_os = "linux"))]
+fn advise(_start: NonNull<c_void>, _len: usize, _advice: Advice) -> Result<(), Errno> {
+    Err(Errno::ENOSYS)
+}
+
+fn page_size() -> Result<usize, Errno> {
+    let size = unistd::sysconf(SysconfVar::PAGE_SIZE)?.ok_or(Errno::EINVAL)?;
+    usize::try_from(size)
+        .ok()
+        .filter(|size| size.is_power_of_two())
+        .ok_or(Errno::EINVAL)
+}
+
+/// What followed once the buffer was full.
+enum Next {
+    Eof,
+    Newline,
+    Data,
+}
+
+/// Reads the one byte that decides whether a full buffer was enough. The byte
+/// has to land somewhere outside the full pages: a one-byte stack slot, wiped
+/// before returning (it is either a newline or part of a rejected secret).
+fn read_one_past_capacity(fd: BorrowedFd<'_>) -> Result<Next, Errno> {
+    let mut byte = [0u8; 1];
+    let next = match read_retrying(fd, &mut byte) {
+        Ok(0) => Ok(Next::Eof),
+        Ok(_) if byte == [b'\n'] => Ok(Next::Newline),
+        Ok(_) => Ok(Next::Data),
+        Err(errno) => Err(errno),
+    };
+    wipe_bytes(&mut byte);
+    next
+}
+
+fn read_retrying(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        match unistd::read(fd, buf) {
+            Err(Errno::EINTR) => continue,
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `read_from` retries `EINTR`: a signal arriving while the daemon waits for
+//! the secret must not abort start-up. In its own test binary because it
+//! installs a process-wide signal handler.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use goodnight::{LockPolicy, SecretBuffer};
+use nix::errno::Errno;
+use nix::sys::pthread::{pthread_kill, pthread_self};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+static SIGNALS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: nix::libc::c_int) {
+    SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Blocks in `read` on an empty pipe while another thread signals this one
+/// (no `SA_RESTART`, so the kernel reports EINTR) and only then writes
+/// `payload` and closes the pipe. Returns what `read_in_this_thread` got.
+fn read_interrupted_by_a_signal<T>(
+    payload: &'static [u8],
+    read_in_this_thread: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T,
+) -> T {
+    let handler = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("install SIGUSR1 handler");
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let reader = pthread_self();
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        pthread_kill(reader, Signal::SIGUSR1).expect("signal the reader");
+        thread::sleep(Duration::from_millis(200));
+        File::from(write).write_all(payload).expect("write payload");
+    });
+    let result = read_in_this_thread(read.as_fd());
+    writer.join().expect("writer thread");
+    result
+}
+
+#[test]
+fn a_plain_read_on_the_same_setup_fails_with_eintr() {
+    let result = read_interrupted_by_a_signal(b"late", |fd| {
+        nix::unistd::read(fd, &mut [0u8; 16])
+    });
+
+    assert_eq!(result, Err(Errno::EINTR));
+    assert_eq!(SIGNALS_SEEN.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn read_from_retries_after_a_signal_interrupts_it_and_gets_the_whole_secret() {
+    let mut secret = SecretBuffer::new(64, LockPolicy::Required).expect("buffer");
+
+    let held = read_interrupted_by_a_signal(b"late secret", |fd| secret.read_from(fd));
+
+    assert_eq!(held, Ok(11));
+    assert_eq!(secret.expose(), b"late secret");
+    assert_eq!(SIGNALS_SEEN.load(Ordering::SeqCst), 1, "the read was interrupted");
+}

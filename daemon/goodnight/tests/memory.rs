@@ -1,0 +1,211 @@
+//! SPEC §1: "`SecretBuffer` holds secret bytes in an anonymous private `mmap`
+//! mapping that is `mlock`ed … `madvise(MADV_DONTDUMP)` … wipeable on demand
+//! and on drop … Both are excluded from forked children (`MADV_DONTFORK`)."
+//!
+//! Every test reads the kernel's view (`/proc`, signals), not the buffer's.
+
+mod common;
+
+use common::{
+    maps_overlapping, page_size, pipe_holding, read_own_memory, run_in_child, smaps,
+    smaps_entry_at, status_kb, RunAs,
+};
+use goodnight::{Backend, LockPolicy, SecretBuffer};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use std::os::fd::AsFd;
+
+const CANARY: &[u8] = b"canary-7f3a9c-not-a-real-secret";
+
+fn data_start(buffer: &SecretBuffer) -> usize {
+    buffer.expose().as_ptr() as usize
+}
+
+#[test]
+fn data_pages_are_fully_locked_and_marked_dontdump_and_dontfork_in_smaps() {
+    let buffer = SecretBuffer::new(3 * page_size(), LockPolicy::Required).expect("buffer");
+    assert_eq!(buffer.backend(), Backend::Locked);
+
+    let entry = smaps_entry_at(None, data_start(&buffer));
+
+    assert_eq!(entry.perms, "rw-p");
+    assert_eq!(entry.size_kb * 1024, buffer.data_pages_len() as u64);
+    assert_eq!(
+        entry.locked_kb, entry.size_kb,
+        "every data page pinned: {entry:?}"
+    );
+    for flag in ["lo", "dd", "dc"] {
+        assert!(
+            entry.vm_flags.iter().any(|f| f == flag),
+            "VmFlags lacks {flag}: {entry:?}"
+        );
+    }
+}
+
+#[test]
+fn guard_pages_without_any_access_surround_the_data_pages() {
+    let buffer = SecretBuffer::new(100, LockPolicy::Required).expect("buffer");
+    let start = data_start(&buffer);
+    let end = start + buffer.data_pages_len();
+    let entries = smaps(None);
+    let covering = |addr: usize| {
+        entries
+            .iter()
+            .find(|entry| entry.start <= addr && addr < entry.end)
+            .unwrap_or_else(|| panic!("nothing mapped at {addr:#x}"))
+    };
+
+    assert_eq!(covering(start - 1).perms, "---p");
+    assert_eq!(covering(start - page_size()).perms, "---p");
+    assert_eq!(covering(end).perms, "---p");
+    assert_eq!(covering(end + page_size() - 1).perms, "---p");
+}
+
+#[test]
+fn vmlck_grows_by_the_data_pages_on_creation_and_shrinks_back_on_drop() {
+    let before = status_kb("VmLck");
+
+    let buffer = SecretBuffer::new(64 * 1024, LockPolicy::Required).expect("buffer");
+    let while_held = status_kb("VmLck");
+    drop(buffer);
+    let after = status_kb("VmLck");
+
+    assert_eq!(while_held, before + 64, "VmLck in kB while the buffer lives");
+    assert_eq!(after, before, "VmLck in kB after drop");
+}
+
+#[test]
+fn wipe_zeroes_every_byte_of_the_data_pages_as_seen_through_proc_self_mem() {
+    let mut buffer = SecretBuffer::new(100, LockPolicy::Required).expect("buffer");
+    buffer
+        .read_from(pipe_holding(CANARY).as_fd())
+        .expect("fill with the canary");
+    let start = data_start(&buffer);
+    let len = buffer.data_pages_len();
+    assert_eq!(&read_own_memory(start, CANARY.len()), CANARY, "canary in memory");
+
+    buffer.wipe();
+
+    assert!(buffer.is_empty());
+    let memory = read_own_memory(start, len);
+    assert!(
+        memory.iter().all(|&byte| byte == 0),
+        "non-zero bytes remain at offsets {:?}",
+        memory
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b != 0)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn drop_unmaps_the_data_and_both_guard_pages() {
+    let page = page_size();
+    let buffer = SecretBuffer::new(2 * page, LockPolicy::Required).expect("buffer");
+    let (from, to) = (
+        data_start(&buffer) - page,
+        data_start(&buffer) + buffer.data_pages_len() + page,
+    );
+    // Reserved before the drop so reading maps afterwards cannot allocate a
+    // new mapping into the freed range.
+    let mut maps_text = String::with_capacity(4 << 20);
+    let read_maps = |into: &mut String| {
+        into.clear();
+        use std::io::Read;
+        std::fs::File::open("/proc/self/maps")
+            .and_then(|mut f| f.read_to_string(into))
+            .expect("read maps");
+    };
+    read_maps(&mut maps_text);
+    assert_eq!(
+        maps_overlapping(&maps_text, from, to).len(),
+        3,
+        "guard, data, guard while alive"
+    );
+
+    drop(buffer);
+    read_maps(&mut maps_text);
+
+    assert_eq!(
+        maps_overlapping(&maps_text, from, to),
+        Vec::<String>::new(),
+        "still mapped after drop"
+    );
+}
+
+/// A child creates its own buffer (a forked child never has the parent's, see
+/// `MADV_DONTFORK`) and then reads one byte at `offset` from the data start.
+fn read_byte_in_child(capacity: usize, offset: isize) -> (String, WaitStatus) {
+    run_in_child(RunAs::Caller, move || {
+        let buffer = SecretBuffer::new(capacity, LockPolicy::Required).expect("buffer");
+        let target = buffer.expose().as_ptr().wrapping_offset(offset);
+        // SAFETY: `target` is either inside the data pages or inside a guard
+        // page; neither is part of a Rust allocation, so a volatile read there
+        // is a plain hardware load: it returns a byte or raises SIGSEGV, which
+        // is the outcome under test. The child exists only for this.
+        let byte = unsafe { target.read_volatile() };
+        format!("read {byte}")
+    })
+}
+
+fn assert_killed_by_sigsegv(status: WaitStatus, report: &str) {
+    assert!(
+        matches!(status, WaitStatus::Signaled(_, Signal::SIGSEGV, _)),
+        "expected death by SIGSEGV, got {status:?} (report {report:?})"
+    );
+}
+
+#[test]
+fn reading_the_last_byte_of_the_capacity_in_a_child_succeeds() {
+    let capacity = page_size();
+
+    let (report, status) = read_byte_in_child(capacity, capacity as isize - 1);
+
+    assert_eq!(report, "read 0");
+    assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+}
+
+#[test]
+fn touching_one_byte_past_the_capacity_kills_the_child_with_sigsegv() {
+    let capacity = page_size();
+
+    let (report, status) = read_byte_in_child(capacity, capacity as isize);
+
+    assert_killed_by_sigsegv(status, &report);
+}
+
+#[test]
+fn touching_one_byte_before_the_start_kills_the_child_with_sigsegv() {
+    let (report, status) = read_byte_in_child(page_size(), -1);
+
+    assert_killed_by_sigsegv(status, &report);
+}
+
+#[test]
+fn a_forked_child_does_not_inherit_the_data_pages_but_does_inherit_ordinary_memory() {
+    let mut buffer = SecretBuffer::new(4096, LockPolicy::Required).expect("buffer");
+    buffer
+        .read_from(pipe_holding(CANARY).as_fd())
+        .expect("fill with the canary");
+    let secret = (data_start(&buffer), data_start(&buffer) + buffer.data_pages_len());
+    let ordinary = vec![1u8; 1 << 20];
+    let ordinary = (
+        ordinary.as_ptr() as usize,
+        ordinary.as_ptr() as usize + ordinary.len(),
+    );
+
+    let (report, status) = run_in_child(RunAs::Caller, move || {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
+        format!(
+            "secret mapped: {}, ordinary mapped: {}",
+            !maps_overlapping(&maps, secret.0, secret.1).is_empty(),
+            !maps_overlapping(&maps, ordinary.0, ordinary.1).is_empty(),
+        )
+    });
+
+    assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+    assert_eq!(report, "secret mapped: false, ordinary mapped: true");
+    assert_eq!(buffer.expose(), CANARY, "the parent keeps its secret");
+}

@@ -1,0 +1,78 @@
+//! The command line as users meet it: help texts (snapshots, so a change shows
+//! in review) and one-line errors with distinct exit codes.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn help_of(args: &[&str]) -> String {
+    let output = Command::new(dazai_e2e::dazai_bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_texts_are_stable() {
+    for sub in [
+        &[][..],
+        &["daemon"],
+        &["client"],
+        &["status"],
+        &["panic"],
+        &["get"],
+        &["register"],
+    ] {
+        let name = if sub.is_empty() {
+            "dazai".to_owned()
+        } else {
+            format!("dazai-{}", sub[0])
+        };
+        insta::assert_snapshot!(name, help_of(sub));
+    }
+}
+
+#[test]
+fn status_against_no_daemon_says_so_in_one_line_with_the_path() {
+    Command::new(dazai_e2e::dazai_bin())
+        .args(["status", "--socket", "/nonexistent/dazai.sock"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(
+            "no daemon answers on /nonexistent/dazai.sock",
+        ))
+        .stderr(predicate::function(|s: &str| s.lines().count() == 1));
+}
+
+#[test]
+fn a_missing_secret_source_is_a_one_line_error_with_exit_code_6() {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(dazai_e2e::dazai_bin())
+        .args(["daemon", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .args(["--secret", "api=env:DAZAI_TEST_UNSET_VARIABLE"])
+        .env_remove("DAZAI_TEST_UNSET_VARIABLE")
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains(
+            "environment variable DAZAI_TEST_UNSET_VARIABLE is not set",
+        ))
+        .stderr(predicate::function(|s: &str| s.lines().count() == 1));
+}
+
+#[test]
+fn a_program_that_cannot_start_is_a_one_line_error_with_exit_code_8() {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(dazai_e2e::dazai_bin())
+        .args(["daemon", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .args(["--exec", "/nonexistent/program", "--flag"])
+        .assert()
+        .code(8)
+        .stderr(predicate::str::contains(
+            "cannot start \"/nonexistent/program\"",
+        ))
+        .stderr(predicate::function(|s: &str| s.lines().count() == 1));
+}

@@ -1,0 +1,256 @@
+//! Signals, the supervised child, secret hand-out and start-up checks.
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+
+use dazai_e2e::{dazai, eventually, exists, is_alive, signal, DaemonBuilder};
+use nix::sys::signal::Signal;
+
+#[test]
+fn sigterm_wipes_removes_socket_and_pidfile_exits_zero_and_kills_nothing() {
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", "canary-sigterm")
+        .exec_shell(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .start();
+    let program = daemon.read_pid_file("program.pid");
+    let pidfile = daemon.path("dazai.pid");
+    assert!(exists(&daemon.socket) && exists(&pidfile));
+
+    signal(daemon.pid, Signal::SIGTERM);
+
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(!exists(&daemon.socket), "socket removed");
+    assert!(!exists(&pidfile), "pidfile removed");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        is_alive(program),
+        "the supervised program outlives a clean shutdown"
+    );
+    signal(program, Signal::SIGKILL);
+    assert!(daemon
+        .log()
+        .contains("SIGTERM: clean shutdown; wiped 1 secrets"));
+}
+
+#[test]
+fn the_daemon_exits_with_the_supervised_programs_status() {
+    let mut daemon = DaemonBuilder::new()
+        .exec_shell(r#"while [ ! -e "$DIR/go" ]; do sleep 0.01; done; exit 7"#)
+        .start();
+    fs::write(daemon.path("go"), "").unwrap();
+
+    assert_eq!(daemon.wait_exit().code(), Some(7));
+    assert!(!exists(&daemon.socket));
+}
+
+#[test]
+fn a_supervised_program_killed_by_a_signal_triggers_the_panic() {
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", "x")
+        .exec_shell(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .start();
+    let program = daemon.read_pid_file("program.pid");
+
+    signal(program, Signal::SIGKILL); // what the OOM killer does
+
+    assert_eq!(daemon.wait_exit().signal(), Some(9));
+    assert!(daemon
+        .log()
+        .contains("PANIC: supervised program killed by SIGKILL"));
+}
+
+#[test]
+fn killing_the_daemon_hard_kills_the_supervised_program_by_pdeathsig() {
+    let mut daemon = DaemonBuilder::new()
+        .exec_shell(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .start();
+    let program = daemon.read_pid_file("program.pid");
+
+    signal(daemon.pid, Signal::SIGKILL);
+    daemon.wait_exit();
+
+    eventually("the program to die with its daemon", || !is_alive(program));
+}
+
+#[test]
+fn get_works_inside_the_supervised_group_and_is_refused_outside() {
+    let daemon_bin = dazai_e2e::dazai_bin();
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", "canary-get-inside")
+        .exec_shell(&format!(
+            r#"{} get api > "$DIR/got"; echo done > "$DIR/done"; exec sleep 600"#,
+            daemon_bin.display()
+        ))
+        .start();
+    eventually("the program to fetch the secret", || {
+        exists(&daemon.path("done"))
+    });
+    assert_eq!(
+        fs::read_to_string(daemon.path("got")).unwrap(),
+        "canary-get-inside"
+    );
+
+    let outside = dazai()
+        .args(["get", "api", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+
+    assert_eq!(outside.status.code(), Some(4));
+    assert!(outside.stdout.is_empty(), "no secret byte for an outsider");
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(
+        stderr.contains("neither registered nor in the supervised process group"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one-line error: {stderr}");
+    signal(daemon.pid, Signal::SIGUSR2);
+    daemon.wait_exit();
+}
+
+#[test]
+fn socket_and_pidfile_are_private_to_the_user() {
+    let daemon = DaemonBuilder::new().start();
+    for path in [daemon.socket.clone(), daemon.path("dazai.pid")] {
+        let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let pid: u32 = fs::read_to_string(daemon.path("dazai.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, daemon.child.id());
+}
+
+#[test]
+fn a_second_daemon_on_a_live_socket_is_refused_and_the_first_survives() {
+    let daemon = DaemonBuilder::new().start();
+    let second = dazai()
+        .args(["daemon", "--socket"])
+        .arg(&daemon.socket)
+        .args(["--pidfile"])
+        .arg(daemon.path("other.pid"))
+        .output()
+        .unwrap();
+
+    assert_eq!(second.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("a daemon already answers"));
+    assert_eq!(daemon.status()["liveness"], "waiting");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_after_proving_nobody_answers() {
+    let mut first = DaemonBuilder::new().start();
+    signal(first.pid, Signal::SIGKILL); // leaves socket and pidfile behind
+    first.wait_exit();
+    assert!(exists(&first.socket));
+
+    let mut second = dazai()
+        .args(["daemon", "--socket"])
+        .arg(&first.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the new daemon to answer on the old path", || {
+        std::os::unix::net::UnixStream::connect(&first.socket).is_ok()
+    });
+    dazai_e2e::stop(&mut second);
+    let output = second.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("replaced stale socket"), "{log}");
+    assert!(log.contains("replaced stale pidfile"), "{log}");
+}
+
+#[test]
+fn unsafe_socket_paths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.sock");
+    let link = dir.path().join("link.sock");
+    symlink(&target, &link).unwrap();
+    let open_dir = dir.path().join("open");
+    fs::create_dir(&open_dir).unwrap();
+    fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let pidfile_link = dir.path().join("pid.link");
+    symlink("/tmp/elsewhere", &pidfile_link).unwrap();
+
+    let cases = [
+        (link.clone(), dir.path().join("a.pid"), "is a symlink"),
+        (
+            open_dir.join("d.sock"),
+            dir.path().join("b.pid"),
+            "writable by others",
+        ),
+        (
+            dir.path().join("ok.sock"),
+            pidfile_link.clone(),
+            "symlink or not a regular file",
+        ),
+    ];
+    for (socket, pidfile, expected) in cases {
+        let output = dazai()
+            .args(["daemon", "--socket"])
+            .arg(&socket)
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(7), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert!(!exists(&target), "nothing created through the symlink");
+}
+
+#[test]
+fn the_tty_prompt_reads_the_secret_with_echo_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dazai.sock");
+    let command = format!(
+        "{} daemon --socket {} --secret pw=prompt --exec /bin/sh -c '{} get pw > {}/got'",
+        dazai_e2e::dazai_bin().display(),
+        socket.display(),
+        dazai_e2e::dazai_bin().display(),
+        dir.path().display()
+    );
+    let mut session = rexpect::spawn(&command, Some(20_000)).unwrap();
+    session
+        .exp_string("secret for pw (input hidden): ")
+        .unwrap();
+    session.send_line("canary-typed-secret").unwrap();
+    let rest = session.exp_eof().unwrap();
+
+    assert!(
+        !rest.contains("canary-typed-secret"),
+        "the terminal echoed the secret: {rest:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("got")).unwrap(),
+        "canary-typed-secret"
+    );
+}
+
+#[test]
+fn an_env_secret_is_removed_from_the_daemons_environment() {
+    let daemon = DaemonBuilder::new()
+        .secret("api", "canary-env-scrub")
+        .exec_shell(r#"env > "$DIR/child.env"; exec sleep 600"#)
+        .start();
+    eventually("the child to dump its environment", || {
+        fs::read_to_string(daemon.path("child.env")).is_ok_and(|t| t.contains("DIR="))
+    });
+
+    let child_env = fs::read_to_string(daemon.path("child.env")).unwrap();
+    assert!(
+        !child_env.contains("canary-env-scrub"),
+        "child inherited the secret"
+    );
+    let environ = fs::read(format!("/proc/{}/environ", daemon.pid)).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("canary-env-scrub"),
+        "the daemon's original environment block still holds the secret"
+    );
+}

@@ -1,0 +1,221 @@
+//! `cargo xtask ci`: everything CI checks, in the order CI checks it.
+//!
+//! Each step is announced on one line (`==> <command>`), timed, and stops the
+//! run on failure with an error naming it. The times are there for the
+//! 40-minute CI budget.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Cmd, Shell};
+
+pub(crate) fn run(sh: &Shell) -> Result<()> {
+    let mut steps = Steps::new();
+    steps.run("ensure prerequisites", || ensure_prerequisites(sh))?;
+    steps.command(cmd!(sh, "cargo fmt --all --check"))?;
+    steps.command(cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets -- -D warnings"
+    ))?;
+    steps.command(cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --features dazai/seccomp -- -D warnings"
+    ))?;
+    // The end-to-end tests (tests/) run the `dazai` binary itself, which no
+    // test target depends on: build it first, with the same features. The
+    // `ci` profile (.config/nextest.toml) reports every failure and bounds a
+    // hung test instead of stopping at the first.
+    steps.command(cmd!(sh, "cargo build --workspace --bins"))?;
+    steps.command(cmd!(sh, "cargo nextest run --workspace --profile ci"))?;
+    // Every daemon test again, this time against the live seccomp filter.
+    steps.command(cmd!(
+        sh,
+        "cargo build --workspace --bins --features dazai/seccomp"
+    ))?;
+    steps.command(cmd!(
+        sh,
+        "cargo nextest run --workspace --profile ci --features dazai/seccomp"
+    ))?;
+    steps.run(
+        "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps",
+        || {
+            let doc =
+                cmd!(sh, "cargo doc --workspace --no-deps").env("RUSTDOCFLAGS", "-D warnings");
+            Ok(doc.quiet().run()?)
+        },
+    )?;
+    steps.print_summary();
+    Ok(())
+}
+
+/// The rustup components the steps call, with the reason each is needed.
+const COMPONENTS: [(&str, &str, &str); 2] = [
+    ("rustfmt", "fmt", "for cargo fmt --check"),
+    ("clippy", "clippy", "for cargo clippy"),
+];
+
+/// The Debian packages the tests call, with the reason each is needed.
+const DEBIAN_PACKAGES: [(&str, &str); 2] = [
+    ("binutils", "nm and objdump: tests inspect the dazai binary"),
+    (
+        "procps",
+        "ps and pgrep: tests check which processes are still alive",
+    ),
+];
+
+/// Installs what the steps need on a fresh Debian 12 machine when run as root;
+/// as any other user, names what is missing and how to install it.
+fn ensure_prerequisites(sh: &Shell) -> Result<()> {
+    let mut missing: Vec<Install> = Vec::new();
+    for (component, subcommand, reason) in COMPONENTS {
+        if !succeeds(cmd!(sh, "cargo {subcommand} --version")) {
+            missing.push(Install::Component { component, reason });
+        }
+    }
+    if !succeeds(cmd!(sh, "cargo nextest --version")) {
+        missing.push(Install::Nextest);
+    }
+    if succeeds(cmd!(sh, "dpkg --version")) {
+        let packages: Vec<_> = DEBIAN_PACKAGES
+            .into_iter()
+            .filter(|(package, _)| !succeeds(cmd!(sh, "dpkg -s {package}")))
+            .collect();
+        if !packages.is_empty() {
+            missing.push(Install::Debian(packages));
+        }
+    } else {
+        println!("    not Debian: not checking packages (the tests need nm, objdump, ps, pgrep)");
+    }
+
+    if missing.is_empty() {
+        println!("    present: rustfmt, clippy, cargo-nextest, binutils, procps");
+        return Ok(());
+    }
+    if cmd!(sh, "id -u").quiet().read()? != "0" {
+        let how: Vec<String> = missing.iter().map(Install::command).collect();
+        bail!(
+            "missing prerequisites; install them, or run as root to have them installed: {}",
+            how.join("; ")
+        );
+    }
+    for install in &missing {
+        install.run(sh)?;
+    }
+    Ok(())
+}
+
+/// One thing `ensure_prerequisites` found missing.
+enum Install {
+    Component {
+        component: &'static str,
+        reason: &'static str,
+    },
+    Nextest,
+    Debian(Vec<(&'static str, &'static str)>),
+}
+
+impl Install {
+    /// The command a user runs to install it.
+    fn command(&self) -> String {
+        match self {
+            // Run in the repository, rustup adds it to the toolchain that
+            // rust-toolchain.toml pins.
+            Install::Component { component, .. } => format!("rustup component add {component}"),
+            Install::Nextest => "cargo install cargo-nextest --locked".to_string(),
+            Install::Debian(packages) => {
+                let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
+                format!("apt-get install {}", names.join(" "))
+            }
+        }
+    }
+
+    fn run(&self, sh: &Shell) -> Result<()> {
+        match self {
+            Install::Component { component, reason } => {
+                println!("installing {component} ({reason})");
+                cmd!(sh, "rustup component add {component}").run()?;
+            }
+            Install::Nextest => {
+                println!("installing cargo-nextest (the runner of the test suite)");
+                cmd!(sh, "cargo install cargo-nextest --locked").run()?;
+            }
+            Install::Debian(packages) => {
+                let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
+                for (name, reason) in packages {
+                    println!("installing {name} ({reason})");
+                }
+                cmd!(sh, "apt-get update -qq").run()?;
+                cmd!(
+                    sh,
+                    "apt-get install -y -qq --no-install-recommends {names...}"
+                )
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .run()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn succeeds(cmd: Cmd<'_>) -> bool {
+    cmd.quiet().ignore_stdout().ignore_stderr().run().is_ok()
+}
+
+/// The steps run so far and how long each took.
+struct Steps {
+    started: Instant,
+    done: Vec<(String, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            started: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs a command as a step titled by the command line itself.
+    fn command(&mut self, cmd: Cmd<'_>) -> Result<()> {
+        let title = cmd.to_string();
+        self.run(&title, || Ok(cmd.quiet().run()?))
+    }
+
+    fn run(&mut self, title: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+        println!("==> {title}");
+        let started = Instant::now();
+        let result = step();
+        let took = started.elapsed();
+        result.with_context(|| {
+            format!(
+                "step `{title}` failed after {} (total {})",
+                human(took),
+                human(self.started.elapsed())
+            )
+        })?;
+        println!("    ok in {}", human(took));
+        self.done.push((title.to_string(), took));
+        Ok(())
+    }
+
+    fn print_summary(&self) {
+        println!("==> all steps passed");
+        for (title, took) in &self.done {
+            println!("    {:>8}  {title}", human(*took));
+        }
+        println!("    {:>8}  total", human(self.started.elapsed()));
+    }
+}
+
+fn human(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else {
+        format!(
+            "{}m{:02}s",
+            duration.as_secs() / 60,
+            duration.as_secs() % 60
+        )
+    }
+}
