@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use goodnight::{LockPolicy, SecretBuffer, SecretError};
 
-use crate::protocol::{self, ProtocolError, Reply, Request, MAX_LINE};
+use crate::protocol::{self, ProtocolError, Reply, Request, MAX_REPLY_LINE};
 
 /// Everything that can go wrong talking to the daemon, each with a fix.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ impl Connection {
             match self.stream.read(&mut byte) {
                 Ok(0) => return Err(ClientError::DaemonGone),
                 Ok(_) if byte[0] == b'\n' => break,
-                Ok(_) if line.len() >= MAX_LINE => {
+                Ok(_) if line.len() >= MAX_REPLY_LINE => {
                     return Err(ClientError::Protocol(ProtocolError::LineTooLong))
                 }
                 Ok(_) => line.push(byte[0]),

@@ -22,6 +22,9 @@ pub const VERSION_TOKEN: &str = "dazai/1";
 /// Longest line either side may send, newline included. Longer input is an error.
 pub const MAX_LINE: usize = 256;
 
+/// Longest reply line (a `STATUS` JSON); longer is an error.
+pub const MAX_REPLY_LINE: usize = 64 * 1024;
+
 /// Longest secret name.
 pub const MAX_NAME: usize = 64;
 

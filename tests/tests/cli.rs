@@ -76,3 +76,39 @@ fn a_program_that_cannot_start_is_a_one_line_error_with_exit_code_8() {
         ))
         .stderr(predicate::function(|s: &str| s.lines().count() == 1));
 }
+
+#[test]
+fn status_gives_a_compact_human_view_and_the_same_fields_as_json() {
+    let daemon = dazai_e2e::DaemonBuilder::new()
+        .secret("api", "canary-status-view")
+        .args(&["--grace", "5"])
+        .start();
+    let run = |json: bool| {
+        let mut command = Command::new(dazai_e2e::dazai_bin());
+        command.args(["status", "--socket"]).arg(&daemon.socket);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let human = run(false);
+    let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+
+    assert!(!human.contains("canary-status-view") && !json.to_string().contains("canary"));
+    assert_eq!(json["secrets"][0]["name"], "api");
+    assert_eq!(json["grace_secs"], 5);
+    let human = human
+        .replace(&daemon.pid.to_string(), "PID")
+        .replace("seccomp: on (", "seccomp: ")
+        .replace("seccomp: off", "seccomp: STATE");
+    let human: String = human
+        .lines()
+        .map(|l| match l.split_once("seccomp: ") {
+            Some((head, _)) => format!("{head}seccomp: STATE\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    insta::assert_snapshot!(human);
+}

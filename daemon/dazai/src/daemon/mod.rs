@@ -52,6 +52,7 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     } else {
         LockPolicy::Required
     };
+    end_rust_panics_in_sigabrt();
     let signals = daemon_signals();
     signals
         .thread_block()
@@ -105,4 +106,15 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     event_loop.announce_ready();
     let _ = std::io::stdout().flush();
     Ok(event_loop.run())
+}
+
+/// A Rust panic in the daemon prints its message and ends in SIGABRT (the
+/// documented exit, distinct from the seccomp filter's SIGSYS), in every
+/// build profile: unwinding would run destructors in an unknown state.
+fn end_rust_panics_in_sigabrt() {
+    let print_message = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print_message(info);
+        std::process::abort();
+    }));
 }

@@ -8,6 +8,9 @@ use nix::unistd::Pid;
 
 use crate::sys::{pidfd_open, pidfd_send_signal};
 
+/// Most processes held at once: keeps the status reply and the panic bounded.
+pub const MAX_REGISTERED: usize = 1024;
+
 /// Registered processes, each held by a pidfd.
 #[derive(Default)]
 pub struct Registry {
@@ -20,6 +23,9 @@ impl Registry {
         self.forget_exited();
         if self.contains(pid) {
             return Ok(());
+        }
+        if self.entries.len() >= MAX_REGISTERED {
+            return Err(Errno::ENOSPC);
         }
         let pidfd = pidfd_open(pid)?;
         self.entries.push((pid, pidfd));
