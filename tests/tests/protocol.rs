@@ -192,3 +192,23 @@ fn a_stalled_control_connection_is_dropped_after_its_deadline() {
     );
     assert_heartbeat_survives(&daemon, &mut heartbeat);
 }
+
+#[test]
+fn docs_protocol_shows_every_transcript_snapshot() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let doc = std::fs::read_to_string(format!("{root}/docs/protocol.md")).unwrap();
+    let snapshots = std::fs::read_dir(format!("{root}/tests/tests/snapshots")).unwrap();
+    let mut checked = 0;
+    for entry in snapshots {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("protocol__") || !name.ends_with(".snap") {
+            continue;
+        }
+        let snapshot = std::fs::read_to_string(&path).unwrap();
+        let body = snapshot.split_once("\n---\n").unwrap().1.trim();
+        assert!(doc.contains(body), "docs/protocol.md lacks the transcript of {name}");
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} transcripts found");
+}

@@ -58,8 +58,8 @@ const COMPONENTS: [(&str, &str, &str); 2] = [
 const DEBIAN_PACKAGES: [(&str, &str); 2] = [
     ("binutils", "nm and objdump: tests inspect the dazai binary"),
     (
-        "procps",
-        "ps and pgrep: tests check which processes are still alive",
+        "systemd",
+        "systemd-analyze: a test verifies the user unit in docs/usage.md",
     ),
 ];
 
@@ -84,11 +84,13 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
             missing.push(Install::Debian(packages));
         }
     } else {
-        println!("    not Debian: not checking packages (the tests need nm, objdump, ps, pgrep)");
+        let needed: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(_, why)| *why).collect();
+        println!("    not Debian: not checking packages; the tests need {}", needed.join("; "));
     }
 
     if missing.is_empty() {
-        println!("    present: rustfmt, clippy, cargo-nextest, binutils, procps");
+        let packages: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
+        println!("    present: rustfmt, clippy, cargo-nextest, {}", packages.join(", "));
         return Ok(());
     }
     if cmd!(sh, "id -u").quiet().read()? != "0" {

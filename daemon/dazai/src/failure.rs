@@ -2,6 +2,7 @@
 //! distinct exit code per kind (documented in `docs/usage.md`).
 
 use std::fmt;
+use std::io::Write;
 use std::process::ExitCode;
 
 /// The documented exit codes. 2 is clap's own for a bad command line.
@@ -43,7 +44,8 @@ impl Failure {
 
     /// Prints `dazai: error: …` on stderr and gives the exit code.
     pub fn report(&self) -> ExitCode {
-        eprintln!("dazai: error: {}", self.message);
+        // Never a panic on top of a failure, even with stderr gone.
+        let _ = writeln!(std::io::stderr(), "dazai: error: {}", self.message);
         ExitCode::from(self.exit as u8)
     }
 }

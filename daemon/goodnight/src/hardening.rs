@@ -7,8 +7,8 @@
 use std::fmt;
 
 use nix::errno::Errno;
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::libc::{rlim_t, RLIM_INFINITY};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// What [`raise_memlock_limit`] did to `RLIMIT_MEMLOCK` (bytes; `None` = unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,10 @@
 //!
 //! [`SecretBuffer`] holds secret bytes in locked, guarded pages that are left
 //! out of core dumps and forked children, filled by `read(2)` straight into the
-//! pages and wiped with a write the compiler may not remove. The
+//! pages and wiped with a write the compiler may not remove. The pages are
+//! `memfd_secret(2)` secret memory where the kernel offers it (out of the
+//! kernel's direct map: not even root reads them through `/proc/PID/mem`),
+//! else a locked anonymous mapping ([`MemoryBackend`], [`Backend`]). The
 //! [hardening functions](forbid_core_dumps_and_tracing) make the whole process
 //! non-dumpable and able to lock memory, each returning a report to log.
 //!
@@ -12,11 +15,13 @@
 mod environment;
 mod hardening;
 mod secret_buffer;
+mod secretmem;
 mod wipe;
 
 pub use hardening::{
     forbid_core_dumps_and_tracing, is_dumpable, limit_core_size_to_zero, memlock_limit,
     raise_memlock_limit, CoreLimitReport, DumpabilityReport, HardeningError, MemlockReport,
 };
-pub use secret_buffer::{Backend, LockPolicy, SecretBuffer, SecretError};
+pub use secret_buffer::{Backend, LockPolicy, MemoryBackend, SecretBuffer, SecretError};
+pub use secretmem::SecretMemUnavailable;
 pub use wipe::wipe_bytes;

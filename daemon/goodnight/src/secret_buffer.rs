@@ -1,16 +1,20 @@
-//! `SecretBuffer`: secret bytes in locked, guarded, non-dumpable, non-inherited pages.
+//! `SecretBuffer`: secret bytes in locked, guarded, non-dumpable, non-inherited
+//! pages, held by one of two backends: `memfd_secret(2)` secret memory or a
+//! locked anonymous mapping.
 
 use std::ffi::c_void;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::str::FromStr;
 
 use nix::errno::Errno;
-use nix::sys::mman::{self, MapFlags, ProtFlags};
+use nix::sys::mman::{self, MRemapFlags, MapFlags, ProtFlags};
 use nix::unistd::{self, Pid, SysconfVar};
 
 use crate::hardening::memlock_limit;
+use crate::secretmem::{self, SecretMemUnavailable};
 use crate::wipe::wipe_bytes;
 
 /// What [`SecretBuffer::new`] does when the kernel refuses to lock the pages
@@ -25,9 +29,69 @@ pub enum LockPolicy {
     InsecureAllowUnlocked,
 }
 
+/// Which memory a new [`SecretBuffer`] is asked to use (`DAZAI_MEMORY`,
+/// `dazai daemon --memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryBackend {
+    /// Secret memory when the kernel offers it, else the locked anonymous
+    /// mapping; the buffer records why ([`SecretBuffer::backend_note`]).
+    #[default]
+    Auto,
+    /// Secret memory (`memfd_secret(2)`) or an error with cause and fix: never
+    /// a silent fallback.
+    SecretMem,
+    /// The locked anonymous mapping; secret memory is not tried.
+    Locked,
+}
+
+impl MemoryBackend {
+    /// The environment variable [`SecretBuffer::new`] takes the choice from.
+    pub const ENV_VAR: &'static str = "DAZAI_MEMORY";
+
+    /// The choice named by `DAZAI_MEMORY`: `Ok(None)` when it is unset or
+    /// empty, [`SecretError::UnknownMemoryBackend`] when it names no backend.
+    pub fn from_env() -> Result<Option<MemoryBackend>, SecretError> {
+        match std::env::var_os(Self::ENV_VAR) {
+            None => Ok(None),
+            Some(value) if value.is_empty() => Ok(None),
+            Some(value) => value.to_string_lossy().parse().map(Some),
+        }
+    }
+}
+
+impl FromStr for MemoryBackend {
+    type Err = SecretError;
+
+    /// `auto`, `secretmem` or `locked`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(MemoryBackend::Auto),
+            "secretmem" => Ok(MemoryBackend::SecretMem),
+            "locked" => Ok(MemoryBackend::Locked),
+            other => Err(SecretError::UnknownMemoryBackend {
+                value: other.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryBackend::Auto => "auto",
+            MemoryBackend::SecretMem => "secretmem",
+            MemoryBackend::Locked => "locked",
+        })
+    }
+}
+
 /// Which kind of memory holds the secret; always reported to the user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// `memfd_secret(2)` pages: removed from the kernel's direct map (not even
+    /// root reads them through `/proc/PID/mem`, `ptrace` or
+    /// `process_vm_readv`), locked in RAM by the kernel itself.
+    SecretMem,
     /// Anonymous private mapping pinned in RAM with `mlock(2)`.
     Locked,
     /// Anonymous private mapping that could not be locked: the kernel may
@@ -38,6 +102,7 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Backend::SecretMem => "secretmem",
             Backend::Locked => "locked",
             Backend::Unlocked => "UNLOCKED (insecure)",
         })
@@ -50,15 +115,25 @@ impl fmt::Display for Backend {
 /// (no variant holds any).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretError {
-    /// `mlock(2)` refused to pin the data pages in RAM.
+    /// The pages could not be locked in RAM: `mlock(2)` refused (locked
+    /// backend), or mapping secret memory would exceed `RLIMIT_MEMLOCK`
+    /// (secretmem backend, `EAGAIN`).
     LockRefused {
         /// Bytes that were to be locked (the capacity rounded up to whole pages).
         requested: usize,
         /// The soft `RLIMIT_MEMLOCK` at the time of the refusal, in bytes;
         /// `None` when unlimited (or, in theory, unreadable).
         soft_limit: Option<u64>,
-        /// What `mlock(2)` returned.
+        /// What `mlock(2)` or `mmap(2)` returned.
         errno: Errno,
+    },
+    /// [`MemoryBackend::SecretMem`] was asked for and the kernel gives no
+    /// secret memory.
+    SecretMemUnavailable(SecretMemUnavailable),
+    /// A memory backend was named that does not exist (e.g. in `DAZAI_MEMORY`).
+    UnknownMemoryBackend {
+        /// The name given.
+        value: String,
     },
     /// `madvise(2)` refused an advice the buffer's guarantees depend on.
     AdviseRefused {
@@ -110,6 +185,15 @@ impl fmt::Display for SecretError {
                  unlimited ({errno:?}: {}); fix: free RAM or hold fewer or smaller secrets",
                 errno.desc()
             ),
+            SecretError::SecretMemUnavailable(why) => {
+                write!(f, "secretmem unavailable: {why}; fix: {}", why.fix())
+            }
+            SecretError::UnknownMemoryBackend { value } => write!(
+                f,
+                "{value:?} is not a memory backend (from {} or --memory); fix: name auto, \
+                 secretmem or locked",
+                MemoryBackend::ENV_VAR
+            ),
             SecretError::AdviseRefused { advice, errno } => write!(
                 f,
                 "cannot apply madvise({advice}) to secret memory ({errno:?}: {}); fix: run on \
@@ -139,17 +223,28 @@ impl fmt::Display for SecretError {
 
 impl std::error::Error for SecretError {}
 
-/// Secret bytes in their own anonymous private mapping:
+/// Secret bytes in their own mapping, between two guard pages:
 ///
 /// ```text
 /// [ guard page | data pages (capacity rounded up to whole pages) | guard page ]
-///    PROT_NONE    READ|WRITE, mlock, MADV_DONTDUMP                   PROT_NONE
+///    PROT_NONE    READ|WRITE, locked, MADV_DONTDUMP                  PROT_NONE
 /// └──────────────────────── MADV_DONTFORK ─────────────────────────────────┘
 /// ```
 ///
-/// - pinned in RAM (`mlock`), so never written to swap ([`Backend::Locked`]);
-/// - left out of core dumps (`MADV_DONTDUMP`) and out of forked children
-///   (`MADV_DONTFORK`);
+/// The data pages come from one of two backends ([`backend`](Self::backend)
+/// says which, [`backend_note`](Self::backend_note) why):
+///
+/// - [`Backend::SecretMem`]: a `memfd_secret(2)` file mapped shared. The
+///   kernel takes the pages out of its direct map, so not even root reads
+///   them through `/proc/PID/mem`, `ptrace` or `process_vm_readv`; they are
+///   locked in RAM and left out of core dumps by the kernel itself (and
+///   charged against `RLIMIT_MEMLOCK`). The descriptor is closed as soon as
+///   the pages are mapped, so there is nothing for a child to inherit.
+/// - [`Backend::Locked`]: an anonymous private mapping pinned with `mlock`.
+///
+/// With either:
+/// - never written to swap, left out of core dumps (`MADV_DONTDUMP`) and out
+///   of forked children (`MADV_DONTFORK`);
 /// - an access just before the data or just past the data pages faults on a
 ///   guard page. The guard sits at page granularity: when the capacity is not
 ///   a multiple of the page size, the bytes between the capacity and the end
@@ -157,7 +252,7 @@ impl std::error::Error for SecretError {}
 /// - filled by `read(2)` straight into the pages ([`read_from`](Self::read_from),
 ///   [`read_line_from`](Self::read_line_from)), never through a `Vec` or `String`;
 /// - wiped with [`wipe_bytes`](crate::wipe_bytes) on [`wipe`](Self::wipe), on
-///   every error, and on drop, then unlocked and unmapped.
+///   every error, and on drop, then unmapped.
 ///
 /// A capacity of 0 is accepted and still maps one data page; such a buffer can
 /// only hold the empty secret.
@@ -181,46 +276,118 @@ pub struct SecretBuffer {
     mapping: Mapping,
     capacity: usize,
     len: usize,
-    locked: bool,
+    backend: Backend,
+    note: String,
     excluded_from_dumps: bool,
 }
 
 // SAFETY: the buffer exclusively owns its mapping (no other handle to the pages
-// exists), and mapping/unmapping/locking are process-wide, not thread-bound, so
-// moving the owner to another thread is sound.
+// exists: the secretmem descriptor is closed once mapped), and
+// mapping/unmapping/locking are process-wide, not thread-bound, so moving the
+// owner to another thread is sound.
 unsafe impl Send for SecretBuffer {}
 // SAFETY: every `&self` method only reads the pages or plain fields; all writes
 // go through `&mut self`, so shared references across threads cannot race.
 unsafe impl Sync for SecretBuffer {}
 
+/// What went wrong on the way to secret memory.
+enum SecretMemFailure {
+    /// The kernel gives no secret memory here: [`MemoryBackend::Auto`] falls
+    /// back to the locked mapping.
+    Unavailable(SecretMemUnavailable),
+    /// A failure that the locked mapping would meet just the same.
+    Fatal(SecretError),
+}
+
 impl SecretBuffer {
-    /// Maps, guards, advises and locks a buffer for up to `capacity` bytes.
+    /// A buffer for up to `capacity` bytes in the memory `DAZAI_MEMORY` asks
+    /// for (`auto`, `secretmem` or `locked`; unset or empty means `auto`), as
+    /// [`with_backend`](Self::with_backend) describes.
+    pub fn new(capacity: usize, policy: LockPolicy) -> Result<SecretBuffer, SecretError> {
+        let choice = MemoryBackend::from_env()?.unwrap_or_default();
+        SecretBuffer::with_backend(capacity, policy, choice)
+    }
+
+    /// Maps, guards, advises and locks a buffer for up to `capacity` bytes in
+    /// the memory `choice` asks for.
     ///
-    /// With [`LockPolicy::Required`] a refused `mlock` is
-    /// [`SecretError::LockRefused`] (naming the current `RLIMIT_MEMLOCK`) and a
-    /// refused `MADV_DONTDUMP` is [`SecretError::AdviseRefused`]; with
+    /// - [`MemoryBackend::Auto`] tries secret memory and falls back to the
+    ///   locked mapping when the kernel gives none; [`backend_note`](Self::backend_note)
+    ///   says why (e.g. "secretmem unavailable: kernel booted without secretmem.enable=1").
+    /// - [`MemoryBackend::SecretMem`] without secret memory is
+    ///   [`SecretError::SecretMemUnavailable`] (cause and fix), or
+    ///   [`SecretError::LockRefused`] when the pages do not fit under
+    ///   `RLIMIT_MEMLOCK`.
+    /// - [`MemoryBackend::Locked`] does not try secret memory.
+    ///
+    /// For the locked mapping, with [`LockPolicy::Required`] a refused `mlock`
+    /// is [`SecretError::LockRefused`] (naming the current `RLIMIT_MEMLOCK`)
+    /// and a refused `MADV_DONTDUMP` is [`SecretError::AdviseRefused`]; with
     /// [`LockPolicy::InsecureAllowUnlocked`] both are tolerated and reported by
     /// [`backend`](Self::backend) and [`is_excluded_from_dumps`](Self::is_excluded_from_dumps).
+    /// Secret memory cannot be unlocked, so the policy changes nothing for it.
     /// A refused `MADV_DONTFORK` is always an error.
-    pub fn new(capacity: usize, policy: LockPolicy) -> Result<SecretBuffer, SecretError> {
-        let no_space = |errno| SecretError::OutOfAddressSpace {
-            requested: capacity,
-            errno,
-        };
-        let page = page_size().map_err(no_space)?;
-        let data_len = capacity
-            .max(1)
-            .checked_next_multiple_of(page)
-            .ok_or(no_space(Errno::ENOMEM))?;
-        let mapping = Mapping::reserve(data_len, page).map_err(no_space)?;
-        // Before the pages become usable, so no fork can ever copy them.
+    pub fn with_backend(
+        capacity: usize,
+        policy: LockPolicy,
+        choice: MemoryBackend,
+    ) -> Result<SecretBuffer, SecretError> {
+        let data_len = data_len_for(capacity)?;
+        match choice {
+            MemoryBackend::Locked => SecretBuffer::in_anonymous_mapping(
+                capacity,
+                data_len,
+                policy,
+                "locked requested; secretmem not tried".to_owned(),
+            ),
+            MemoryBackend::SecretMem => SecretBuffer::in_secret_memory(
+                capacity,
+                data_len,
+                "secretmem requested",
+            )
+            .map_err(|failure| match failure {
+                SecretMemFailure::Unavailable(SecretMemUnavailable::OverMemlockLimit {
+                    requested,
+                    soft_limit,
+                }) => SecretError::LockRefused {
+                    requested,
+                    soft_limit,
+                    errno: Errno::EAGAIN,
+                },
+                SecretMemFailure::Unavailable(why) => SecretError::SecretMemUnavailable(why),
+                SecretMemFailure::Fatal(error) => error,
+            }),
+            MemoryBackend::Auto => match SecretBuffer::in_secret_memory(
+                capacity,
+                data_len,
+                "chosen automatically: memfd_secret(2) is available",
+            ) {
+                Ok(buffer) => Ok(buffer),
+                Err(SecretMemFailure::Unavailable(why)) => SecretBuffer::in_anonymous_mapping(
+                    capacity,
+                    data_len,
+                    policy,
+                    format!("secretmem unavailable: {why}"),
+                ),
+                Err(SecretMemFailure::Fatal(error)) => Err(error),
+            },
+        }
+    }
+
+    /// The locked backend (or, under the insecure opt-out, the unlocked one).
+    fn in_anonymous_mapping(
+        capacity: usize,
+        data_len: usize,
+        policy: LockPolicy,
+        note: String,
+    ) -> Result<SecretBuffer, SecretError> {
+        let mapping = Mapping::reserve(capacity, data_len)?;
         mapping
-            .exclude_from_fork()
-            .map_err(|errno| SecretError::AdviseRefused {
-                advice: "MADV_DONTFORK",
+            .open_data_pages()
+            .map_err(|errno| SecretError::OutOfAddressSpace {
+                requested: capacity,
                 errno,
             })?;
-        mapping.open_data_pages().map_err(no_space)?;
         let excluded_from_dumps = match mapping.exclude_data_from_dumps() {
             Ok(()) => true,
             Err(_) if policy == LockPolicy::InsecureAllowUnlocked => false,
@@ -231,9 +398,14 @@ impl SecretBuffer {
                 })
             }
         };
-        let locked = match mapping.lock_data() {
-            Ok(()) => true,
-            Err(_) if policy == LockPolicy::InsecureAllowUnlocked => false,
+        let (backend, note) = match mapping.lock_data() {
+            Ok(()) => (Backend::Locked, note),
+            Err(errno) if policy == LockPolicy::InsecureAllowUnlocked => (
+                Backend::Unlocked,
+                format!(
+                    "{note}; mlock(2) refused ({errno:?}): UNLOCKED under the insecure opt-out"
+                ),
+            ),
             Err(errno) => {
                 return Err(SecretError::LockRefused {
                     requested: data_len,
@@ -246,9 +418,56 @@ impl SecretBuffer {
             mapping,
             capacity,
             len: 0,
-            locked,
+            backend,
+            note,
             excluded_from_dumps,
         })
+    }
+
+    /// The secretmem backend.
+    fn in_secret_memory(
+        capacity: usize,
+        data_len: usize,
+        note: &str,
+    ) -> Result<SecretBuffer, SecretMemFailure> {
+        let mapping = Mapping::reserve(capacity, data_len).map_err(SecretMemFailure::Fatal)?;
+        let mapping = mapping
+            .into_secret_memory()
+            .map_err(SecretMemFailure::Unavailable)?;
+        // The kernel marks secret memory VM_DONTDUMP itself when it is mapped
+        // (smaps shows `dd` either way), and a core dump could not read the
+        // pages anyway: they are not in the direct map. The advice only
+        // restates that, so a kernel that rejects it for this kind of mapping
+        // (EINVAL) takes nothing away.
+        match mapping.exclude_data_from_dumps() {
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(errno) => {
+                return Err(SecretMemFailure::Unavailable(
+                    SecretMemUnavailable::Refused {
+                        call: "madvise(MADV_DONTDUMP)",
+                        errno,
+                    },
+                ))
+            }
+        }
+        // Secret memory is VM_LOCKED from mmap on, and charged against
+        // RLIMIT_MEMLOCK there: there is no mlock(2) to add. (On Linux 6.18
+        // mlock of such a mapping even fails, with ENOMEM: mlock populates the
+        // pages through get_user_pages, which refuses secret memory.)
+        let mut buffer = SecretBuffer {
+            mapping,
+            capacity,
+            len: 0,
+            backend: Backend::SecretMem,
+            note: note.to_owned(),
+            excluded_from_dumps: true,
+        };
+        // A secret-memory page is allocated (and taken out of the direct map)
+        // at its first touch. Touch them all now, as mlock does for the locked
+        // backend, so that the memory is committed at creation rather than in
+        // the middle of reading a secret.
+        buffer.wipe();
+        Ok(buffer)
     }
 
     /// Appends everything `fd` yields until end of file, with `read(2)` straight
@@ -330,9 +549,12 @@ impl SecretBuffer {
         self.mapping.data_len()
     }
 
-    /// Whether the data pages are pinned in RAM.
+    /// Whether the data pages are pinned in RAM: by `mlock(2)` for
+    /// [`Backend::Locked`], by the kernel itself for [`Backend::SecretMem`]
+    /// (secret memory is never swapped; smaps shows it `lo`). Only `false`
+    /// for [`Backend::Unlocked`].
     pub fn is_locked(&self) -> bool {
-        self.locked
+        self.backend != Backend::Unlocked
     }
 
     /// Whether the data pages are excluded from core dumps (`MADV_DONTDUMP`);
@@ -343,11 +565,15 @@ impl SecretBuffer {
 
     /// Which kind of memory holds the secret.
     pub fn backend(&self) -> Backend {
-        if self.locked {
-            Backend::Locked
-        } else {
-            Backend::Unlocked
-        }
+        self.backend
+    }
+
+    /// Why this backend holds the secret, one clause for status and logs:
+    /// e.g. "chosen automatically: memfd_secret(2) is available",
+    /// "secretmem unavailable: kernel booted without secretmem.enable=1", or
+    /// "locked requested; secretmem not tried".
+    pub fn backend_note(&self) -> &str {
+        &self.note
     }
 
     /// Drops one trailing `b"\n"` (and a `b'\r'` right before it), wiping the
@@ -437,7 +663,9 @@ impl Drop for SecretBuffer {
             return;
         }
         self.wipe();
-        if self.locked {
+        // Secret memory stays locked until the munmap that follows releases
+        // it (munlock does not apply to it).
+        if self.backend == Backend::Locked {
             // Nothing left to do if this fails: the munmap that follows (when
             // `mapping` drops) unlocks the pages as well.
             let _ = self.mapping.unlock_data();
@@ -446,7 +674,7 @@ impl Drop for SecretBuffer {
 }
 
 /// The whole mapping, guard pages included. Unmapping on drop lets every early
-/// return in `SecretBuffer::new` give the address space back.
+/// return in `SecretBuffer::with_backend` give the address space back.
 struct Mapping {
     start: NonNull<c_void>,
     len: usize,
@@ -455,24 +683,85 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Maps `data_len` bytes plus a guard page on each side, all `PROT_NONE`.
-    fn reserve(data_len: usize, page: usize) -> Result<Mapping, Errno> {
+    /// Maps `data_len` bytes (a multiple of the page size) plus a guard page
+    /// on each side, all `PROT_NONE`, excluded from forked children.
+    fn reserve(capacity: usize, data_len: usize) -> Result<Mapping, SecretError> {
+        let no_space = |errno| SecretError::OutOfAddressSpace {
+            requested: capacity,
+            errno,
+        };
+        let page = page_size().map_err(no_space)?;
         let len = page
             .checked_mul(2)
             .and_then(|guards| guards.checked_add(data_len))
             .and_then(NonZeroUsize::new)
-            .ok_or(Errno::ENOMEM)?;
+            .ok_or(no_space(Errno::ENOMEM))?;
         // SAFETY: a fresh anonymous mapping at an address of the kernel's
         // choosing (no MAP_FIXED) cannot overlap or alter any existing memory.
-        let start = unsafe {
-            mman::mmap_anonymous(None, len, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE)
-        }?;
-        Ok(Mapping {
+        let start =
+            unsafe { mman::mmap_anonymous(None, len, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE) }
+                .map_err(no_space)?;
+        let mapping = Mapping {
             start,
             len: len.get(),
             page,
             owner: unistd::getpid(),
-        })
+        };
+        // Before the pages become usable, so no fork can ever copy them.
+        mapping
+            .exclude_from_fork()
+            .map_err(|errno| SecretError::AdviseRefused {
+                advice: "MADV_DONTFORK",
+                errno,
+            })?;
+        Ok(mapping)
+    }
+
+    /// Puts `memfd_secret(2)` pages in place of the reserved data pages.
+    ///
+    /// The pages are mapped at an address of the kernel's choosing and then
+    /// moved into the slot between the guard pages. Mapping them straight over
+    /// the slot with `MAP_FIXED` would be one call less, but a refused
+    /// `MAP_FIXED` (`EAGAIN` over `RLIMIT_MEMLOCK`, say) has already unmapped
+    /// the range it was to replace (seen on Linux 6.18): the reservation would
+    /// have a hole that another thread's mmap could fill, and dropping the
+    /// reservation would then unmap that thread's memory. Mapped elsewhere
+    /// first, every refusal leaves the reservation whole (and dropped as such).
+    fn into_secret_memory(self) -> Result<Mapping, SecretMemUnavailable> {
+        let data_len = self.data_len();
+        let fd = secretmem::create(data_len)?;
+        let pages = LooseMapping::secret_memory(&fd, data_len)?;
+        // The mapping holds the memory from now on. With the descriptor
+        // closed there is nothing left for a child to inherit, nor for anyone
+        // to map a second time.
+        drop(fd);
+        // Before the pages hold anything: a shared mapping stays shared in a
+        // child, so a fork in another thread in the instant since mmap would
+        // give that child these pages. (The daemon creates its buffers before
+        // it starts any child, and has no other thread.)
+        advise(pages.start, pages.len, Advice::DontFork).map_err(|errno| {
+            SecretMemUnavailable::Refused {
+                call: "madvise(MADV_DONTFORK)",
+                errno,
+            }
+        })?;
+        match move_pages(&pages, self.data_start()) {
+            Ok(()) => {
+                // The pages now belong to the reservation, unmapped with it.
+                std::mem::forget(pages);
+                Ok(self)
+            }
+            Err(errno) => {
+                // mremap unmaps the target range before moving into it, so the
+                // slot may be a hole now: give up the reservation's address
+                // space rather than risk unmapping a stranger's mapping later.
+                std::mem::forget(self);
+                Err(SecretMemUnavailable::Refused {
+                    call: "mremap(2)",
+                    errno,
+                })
+            }
+        }
     }
 
     fn data_start(&self) -> NonNull<c_void> {
@@ -522,6 +811,88 @@ impl Mapping {
     }
 }
 
+/// Secret-memory pages mapped outside any reservation, unmapped on drop
+/// unless they were moved into one.
+struct LooseMapping {
+    start: NonNull<c_void>,
+    len: usize,
+}
+
+impl LooseMapping {
+    /// Maps `len` bytes of the secret-memory file `fd`, shared (the only way
+    /// the kernel maps it), readable and writable.
+    fn secret_memory(
+        fd: &std::os::fd::OwnedFd,
+        len: usize,
+    ) -> Result<LooseMapping, SecretMemUnavailable> {
+        let length = NonZeroUsize::new(len).ok_or(SecretMemUnavailable::Refused {
+            call: "mmap(2)",
+            errno: Errno::EINVAL,
+        })?;
+        // SAFETY: a new mapping of a file this process just created, at an
+        // address of the kernel's choosing (no MAP_FIXED): it cannot overlap or
+        // alter any existing memory.
+        let start = unsafe {
+            mman::mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|errno| match errno {
+            // Secret memory is locked from mmap on, so mmap checks it against
+            // RLIMIT_MEMLOCK (unless the caller holds CAP_IPC_LOCK).
+            Errno::EAGAIN => SecretMemUnavailable::OverMemlockLimit {
+                requested: len,
+                soft_limit: memlock_limit().ok().and_then(|(soft, _hard)| soft),
+            },
+            errno => SecretMemUnavailable::Refused {
+                call: "mmap(2)",
+                errno,
+            },
+        })?;
+        Ok(LooseMapping { start, len })
+    }
+}
+
+impl Drop for LooseMapping {
+    fn drop(&mut self) {
+        // SAFETY: the range is exactly the mapping created in `secret_memory`,
+        // which nothing else refers to (it was never handed out).
+        let _ = unsafe { mman::munmap(self.start, self.len) };
+    }
+}
+
+/// Moves `pages` onto the data slot that starts at `slot` (of the same
+/// length, inside a reservation the caller owns), replacing what is there.
+#[cfg(target_os = "linux")]
+fn move_pages(pages: &LooseMapping, slot: NonNull<c_void>) -> Result<(), Errno> {
+    // SAFETY: the source is a mapping of the caller's that nothing refers to;
+    // the target is the PROT_NONE data slot of the caller's own reservation,
+    // which holds nothing and which no reference points into, so replacing it
+    // (MREMAP_FIXED) disturbs no other memory.
+    let moved = unsafe {
+        mman::mremap(
+            pages.start,
+            pages.len,
+            pages.len,
+            MRemapFlags::MREMAP_MAYMOVE | MRemapFlags::MREMAP_FIXED,
+            Some(slot),
+        )
+    }?;
+    debug_assert_eq!(moved, slot);
+    Ok(())
+}
+
+/// There is no secret memory to move elsewhere (see `secretmem::create`).
+#[cfg(not(target_os = "linux"))]
+fn move_pages(_pages: &LooseMapping, _slot: NonNull<c_void>) -> Result<(), Errno> {
+    Err(Errno::ENOSYS)
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // A forked child has no such mapping; unmapping there could remove
@@ -559,6 +930,19 @@ fn advise(start: NonNull<c_void>, len: usize, advice: Advice) -> Result<(), Errn
 #[cfg(not(target_os = "linux"))]
 fn advise(_start: NonNull<c_void>, _len: usize, _advice: Advice) -> Result<(), Errno> {
     Err(Errno::ENOSYS)
+}
+
+/// The data pages for `capacity` bytes: rounded up to whole pages, at least one.
+fn data_len_for(capacity: usize) -> Result<usize, SecretError> {
+    let no_space = |errno| SecretError::OutOfAddressSpace {
+        requested: capacity,
+        errno,
+    };
+    let page = page_size().map_err(no_space)?;
+    capacity
+        .max(1)
+        .checked_next_multiple_of(page)
+        .ok_or(no_space(Errno::ENOMEM))
 }
 
 fn page_size() -> Result<usize, Errno> {

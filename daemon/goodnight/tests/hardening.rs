@@ -12,8 +12,8 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::{proc_limits, run_in_child, smaps_entry_at, Child, RunAs, NOBODY};
-use goodnight::{LockPolicy, SecretBuffer, SecretError};
+use common::{memory_backends, proc_limits, run_in_child, smaps_entry_at, Child, RunAs, NOBODY};
+use goodnight::{LockPolicy, MemoryBackend, SecretBuffer, SecretError};
 use nix::errno::Errno;
 use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::wait::WaitStatus;
@@ -48,7 +48,10 @@ fn hardened_child() -> Child {
     Child::spawn(RunAs::Nobody, || {
         let report = goodnight::forbid_core_dumps_and_tracing();
         let dumpable = nix::sys::prctl::get_dumpable();
-        format!("{} / PR_GET_DUMPABLE {dumpable:?}", report.map_or_else(|e| e.to_string(), |r| r.to_string()))
+        format!(
+            "{} / PR_GET_DUMPABLE {dumpable:?}",
+            report.map_or_else(|e| e.to_string(), |r| r.to_string())
+        )
     })
 }
 
@@ -71,8 +74,16 @@ fn a_hardened_child_reads_not_dumpable_and_its_proc_files_become_owned_by_root()
         "{hardened_report}"
     );
     assert_eq!(control_report, "PR_GET_DUMPABLE Ok(true)");
-    assert_eq!(owner_of_status_file(hardened.pid()), 0, "hardened: root-owned");
-    assert_eq!(owner_of_status_file(control.pid()), NOBODY, "control: nobody-owned");
+    assert_eq!(
+        owner_of_status_file(hardened.pid()),
+        0,
+        "hardened: root-owned"
+    );
+    assert_eq!(
+        owner_of_status_file(control.pid()),
+        NOBODY,
+        "control: nobody-owned"
+    );
     assert_exited_cleanly(hardened.finish(), &hardened_report);
     assert_exited_cleanly(control.finish(), &control_report);
 }
@@ -116,7 +127,7 @@ fn limit_core_size_to_zero_sets_soft_and_hard_core_limits_to_zero_in_proc_limits
 fn a_memlock_limit_below_the_buffer_size_is_a_lock_refused_error_naming_the_limit_and_the_fix() {
     let (report, status) = run_in_child(RunAs::Nobody, || {
         setrlimit(Resource::RLIMIT_MEMLOCK, 4096, 4096).expect("lower RLIMIT_MEMLOCK");
-        match SecretBuffer::new(64 * 1024, LockPolicy::Required) {
+        match SecretBuffer::with_backend(64 * 1024, LockPolicy::Required, MemoryBackend::Locked) {
             Ok(buffer) => format!("unexpectedly created: {buffer:?} {}", buffer.backend()),
             Err(error @ SecretError::LockRefused { .. }) => error.to_string(),
             Err(other) => format!("wrong error: {other:?}"),
@@ -125,8 +136,16 @@ fn a_memlock_limit_below_the_buffer_size_is_a_lock_refused_error_naming_the_limi
 
     assert_exited_cleanly(status, &report);
     assert!(report.starts_with("cannot lock 65536 bytes"), "{report}");
-    for needle in ["RLIMIT_MEMLOCK is 4096 bytes", "ulimit -l", "LimitMEMLOCK=", "CAP_IPC_LOCK"] {
-        assert!(report.contains(needle), "{needle:?} missing from {report:?}");
+    for needle in [
+        "RLIMIT_MEMLOCK is 4096 bytes",
+        "ulimit -l",
+        "LimitMEMLOCK=",
+        "CAP_IPC_LOCK",
+    ] {
+        assert!(
+            report.contains(needle),
+            "{needle:?} missing from {report:?}"
+        );
     }
 }
 
@@ -135,8 +154,12 @@ fn the_insecure_opt_out_under_a_too_small_memlock_limit_gives_an_unlocked_buffer
 ) {
     let mut child = Child::spawn(RunAs::Nobody, || {
         setrlimit(Resource::RLIMIT_MEMLOCK, 4096, 4096).expect("lower RLIMIT_MEMLOCK");
-        let buffer = SecretBuffer::new(64 * 1024, LockPolicy::InsecureAllowUnlocked)
-            .expect("the opt-out tolerates the refusal");
+        let buffer = SecretBuffer::with_backend(
+            64 * 1024,
+            LockPolicy::InsecureAllowUnlocked,
+            MemoryBackend::Locked,
+        )
+        .expect("the opt-out tolerates the refusal");
         let text = format!(
             "{:#x}|{}|{}|{}",
             buffer.expose().as_ptr() as usize,
@@ -168,23 +191,34 @@ fn the_insecure_opt_out_under_a_too_small_memlock_limit_gives_an_unlocked_buffer
     assert_exited_cleanly(child.finish(), &report);
 }
 
+// Secret memory is charged against RLIMIT_MEMLOCK too, so both backends.
 #[test]
 fn a_non_root_process_within_its_memlock_limit_gets_a_fully_locked_buffer() {
-    let mut child = Child::spawn(RunAs::Nobody, || {
-        setrlimit(Resource::RLIMIT_MEMLOCK, 128 * 1024, 128 * 1024).expect("set RLIMIT_MEMLOCK");
-        let buffer = SecretBuffer::new(64 * 1024, LockPolicy::Required).expect("buffer");
-        let text = format!("{:#x}", buffer.expose().as_ptr() as usize);
-        std::mem::forget(buffer);
-        text
-    });
-    let report = child.report();
-    let address = usize::from_str_radix(report.trim_start_matches("0x"), 16)
-        .unwrap_or_else(|_| panic!("no address in {report:?}"));
+    for backend in
+        memory_backends("a_non_root_process_within_its_memlock_limit_gets_a_fully_locked_buffer")
+    {
+        let mut child = Child::spawn(RunAs::Nobody, move || {
+            setrlimit(Resource::RLIMIT_MEMLOCK, 128 * 1024, 128 * 1024)
+                .expect("set RLIMIT_MEMLOCK");
+            let buffer = SecretBuffer::with_backend(64 * 1024, LockPolicy::Required, backend)
+                .expect("buffer");
+            let text = format!("{:#x}", buffer.expose().as_ptr() as usize);
+            std::mem::forget(buffer);
+            text
+        });
+        let report = child.report();
+        let address = usize::from_str_radix(report.trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("{backend}: no address in {report:?}"));
 
-    let entry = smaps_entry_at(Some(child.pid()), address);
+        let entry = smaps_entry_at(Some(child.pid()), address);
 
-    assert_eq!((entry.size_kb, entry.locked_kb), (64, 64), "{entry:?}");
-    assert_exited_cleanly(child.finish(), &report);
+        assert_eq!(
+            (entry.size_kb, entry.locked_kb),
+            (64, 64),
+            "{backend}: {entry:?}"
+        );
+        assert_exited_cleanly(child.finish(), &report);
+    }
 }
 
 #[test]
@@ -197,7 +231,11 @@ fn raise_memlock_limit_lifts_the_soft_limit_to_the_hard_limit_in_proc_limits() {
 
     let limits = proc_limits(Some(child.pid()), "Max locked memory");
 
-    assert_eq!(limits, ("65536".to_string(), "65536".to_string()), "{report}");
+    assert_eq!(
+        limits,
+        ("65536".to_string(), "65536".to_string()),
+        "{report}"
+    );
     assert_eq!(
         report,
         "Ok(MemlockReport { before: Some(4096), after: Some(65536), hard: Some(65536) })"
@@ -210,11 +248,18 @@ fn a_hard_memlock_limit_too_small_for_the_buffer_is_still_a_clear_error_after_ra
     let (report, status) = run_in_child(RunAs::Nobody, || {
         setrlimit(Resource::RLIMIT_MEMLOCK, 4096, 8192).expect("small hard limit");
         let raised = goodnight::raise_memlock_limit().map(|r| r.to_string());
-        let created = SecretBuffer::new(64 * 1024, LockPolicy::Required);
-        format!("{raised:?} / {:?}", created.map(|b| b.backend()).map_err(|e| e.to_string()))
+        let created =
+            SecretBuffer::with_backend(64 * 1024, LockPolicy::Required, MemoryBackend::Locked);
+        format!(
+            "{raised:?} / {:?}",
+            created.map(|b| b.backend()).map_err(|e| e.to_string())
+        )
     });
 
     assert_exited_cleanly(status, &report);
-    assert!(report.contains("raised from 4096 bytes to 8192 bytes"), "{report}");
+    assert!(
+        report.contains("raised from 4096 bytes to 8192 bytes"),
+        "{report}"
+    );
     assert!(report.contains("RLIMIT_MEMLOCK is 8192 bytes"), "{report}");
 }

@@ -14,16 +14,25 @@ use nix::errno::Errno;
 use nix::sys::pthread::{pthread_kill, pthread_self};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-static SIGNALS_SEEN: AtomicUsize = AtomicUsize::new(0);
+/// Deliveries per signal number. Each test uses its own signal, so the counts
+/// stay right when `cargo test` runs both tests in one process.
+static SEEN: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 
-extern "C" fn count_signal(_: nix::libc::c_int) {
-    SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst);
+extern "C" fn count_signal(signal: nix::libc::c_int) {
+    if let Some(seen) = usize::try_from(signal).ok().and_then(|n| SEEN.get(n)) {
+        seen.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
-/// Blocks in `read` on an empty pipe while another thread signals this one
+fn seen(signal: Signal) -> usize {
+    SEEN[signal as usize].load(Ordering::SeqCst)
+}
+
+/// Blocks in `read` on an empty pipe while another thread sends `signal` to this one
 /// (no `SA_RESTART`, so the kernel reports EINTR) and only then writes
 /// `payload` and closes the pipe. Returns what `read_in_this_thread` got.
 fn read_interrupted_by_a_signal<T>(
+    signal: Signal,
     payload: &'static [u8],
     read_in_this_thread: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T,
 ) -> T {
@@ -33,12 +42,12 @@ fn read_interrupted_by_a_signal<T>(
         SigSet::empty(),
     );
     // SAFETY: the handler only touches an atomic, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("install SIGUSR1 handler");
+    unsafe { sigaction(signal, &handler) }.expect("install the signal handler");
     let (read, write) = nix::unistd::pipe().expect("pipe");
     let reader = pthread_self();
     let writer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(200));
-        pthread_kill(reader, Signal::SIGUSR1).expect("signal the reader");
+        pthread_kill(reader, signal).expect("signal the reader");
         thread::sleep(Duration::from_millis(200));
         File::from(write).write_all(payload).expect("write payload");
     });
@@ -49,21 +58,22 @@ fn read_interrupted_by_a_signal<T>(
 
 #[test]
 fn a_plain_read_on_the_same_setup_fails_with_eintr() {
-    let result = read_interrupted_by_a_signal(b"late", |fd| {
+    let result = read_interrupted_by_a_signal(Signal::SIGUSR1, b"late", |fd| {
         nix::unistd::read(fd, &mut [0u8; 16])
     });
 
     assert_eq!(result, Err(Errno::EINTR));
-    assert_eq!(SIGNALS_SEEN.load(Ordering::SeqCst), 1);
+    assert_eq!(seen(Signal::SIGUSR1), 1);
 }
 
 #[test]
 fn read_from_retries_after_a_signal_interrupts_it_and_gets_the_whole_secret() {
     let mut secret = SecretBuffer::new(64, LockPolicy::Required).expect("buffer");
 
-    let held = read_interrupted_by_a_signal(b"late secret", |fd| secret.read_from(fd));
+    let held =
+        read_interrupted_by_a_signal(Signal::SIGUSR2, b"late secret", |fd| secret.read_from(fd));
 
     assert_eq!(held, Ok(11));
     assert_eq!(secret.expose(), b"late secret");
-    assert_eq!(SIGNALS_SEEN.load(Ordering::SeqCst), 1, "the read was interrupted");
+    assert_eq!(seen(Signal::SIGUSR2), 1, "the read was interrupted");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::AsFd;
 
 use common::pipe_holding;
-use goodnight::{HardeningError, LockPolicy, SecretBuffer, SecretError};
+use goodnight::{HardeningError, LockPolicy, SecretBuffer, SecretError, SecretMemUnavailable};
 use nix::errno::Errno;
 
 const CANARY: &str = "canary-c0ffee-not-a-real-secret";
@@ -20,7 +20,13 @@ fn debug_of_a_buffer_holding_a_canary_prints_only_its_length() {
 
     let debug = format!("{secret:?} {secret:#?}");
 
-    assert_eq!(debug, format!("SecretBuffer({0} bytes) SecretBuffer({0} bytes)", CANARY.len()));
+    assert_eq!(
+        debug,
+        format!(
+            "SecretBuffer({0} bytes) SecretBuffer({0} bytes)",
+            CANARY.len()
+        )
+    );
 }
 
 #[test]
@@ -60,6 +66,23 @@ fn every_error_displays_as_one_line_with_a_cause_and_a_fix() {
         },
         SecretError::TooLong { capacity: 8 },
         SecretError::Read { errno: Errno::EIO },
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::DisabledAtBoot),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::NotInKernel),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::OverMemlockLimit {
+            requested: 65536,
+            soft_limit: Some(8192),
+        }),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::OverMemlockLimit {
+            requested: 65536,
+            soft_limit: None,
+        }),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::Refused {
+            call: "memfd_secret(2)",
+            errno: Errno::EPERM,
+        }),
+        SecretError::UnknownMemoryBackend {
+            value: "secret".to_owned(),
+        },
     ];
     let hardening_errors = [
         HardeningError::GetLimit {
@@ -120,5 +143,17 @@ fn an_impossibly_large_capacity_is_an_out_of_address_space_error_not_a_panic() {
             })
         ),
         "{result:?}"
+    );
+}
+
+#[test]
+fn a_kernel_booted_without_secretmem_is_named_with_the_boot_parameter_and_the_locked_fallback() {
+    let error = SecretError::SecretMemUnavailable(SecretMemUnavailable::DisabledAtBoot);
+
+    assert_eq!(
+        error.to_string(),
+        "secretmem unavailable: kernel booted without secretmem.enable=1; fix: boot with \
+         secretmem.enable=1 on the kernel command line, or use the locked backend \
+         (--memory locked, DAZAI_MEMORY=locked)"
     );
 }

@@ -9,12 +9,15 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 
 use common::{pipe_holding, read_own_memory};
-use goodnight::{LockPolicy, SecretBuffer, SecretError};
+use goodnight::{LockPolicy, MemoryBackend, SecretBuffer, SecretError};
 
 const CANARY: &[u8] = b"canary-5be1d0-not-a-real-secret";
 
+/// The locked backend, whose pages `/proc/self/mem` can show; reading into
+/// secret memory (which it cannot show) is tested in `secretmem.rs`.
 fn buffer(capacity: usize) -> SecretBuffer {
-    SecretBuffer::new(capacity, LockPolicy::Required).expect("buffer")
+    SecretBuffer::with_backend(capacity, LockPolicy::Required, MemoryBackend::Locked)
+        .expect("buffer")
 }
 
 fn rest_of(pipe: OwnedFd) -> Vec<u8> {

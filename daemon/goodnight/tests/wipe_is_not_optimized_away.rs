@@ -32,7 +32,15 @@ fn release_wipe_example() -> PathBuf {
     run(Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CARGO_TARGET_DIR")
-        .args(["build", "--quiet", "--release", "--example", "wipe", "-p", "goodnight"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--example",
+            "wipe",
+            "-p",
+            "goodnight",
+        ])
         .arg("--target-dir")
         .arg(&target_dir));
     target_dir.join("release/examples/wipe")
@@ -43,14 +51,17 @@ fn release_wipe_example() -> PathBuf {
 fn the_release_build_imports_explicit_bzero_and_calls_it() {
     let binary = release_wipe_example();
 
-    let imports = run(Command::new("nm").args(["-D", "--undefined-only"]).arg(&binary));
+    let imports = run(Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(&binary));
     let relocations = run(Command::new("objdump").arg("-R").arg(&binary));
     let disassembly = run(Command::new("objdump").arg("-d").arg(&binary));
 
     assert!(
-        imports
-            .lines()
-            .any(|line| line.split_whitespace().last().is_some_and(|s| s.starts_with("explicit_bzero"))),
+        imports.lines().any(|line| line
+            .split_whitespace()
+            .last()
+            .is_some_and(|s| s.starts_with("explicit_bzero"))),
         "explicit_bzero is not imported:\n{imports}"
     );
     // A call goes either through the PLT (`<explicit_bzero@plt>`) or, with
@@ -59,15 +70,25 @@ fn the_release_build_imports_explicit_bzero_and_calls_it() {
         .lines()
         .filter(|line| line.contains("explicit_bzero"))
         .filter_map(|line| line.split_whitespace().next())
-        .map(|slot| format!("# {:x}", u64::from_str_radix(slot, 16).expect("hex address")))
+        .map(|slot| {
+            format!(
+                "# {:x}",
+                u64::from_str_radix(slot, 16).expect("hex address")
+            )
+        })
         .collect();
     let calls = disassembly
         .lines()
         .filter(|line| line.contains("call") || line.contains("\tbl"))
         .filter(|line| {
             line.contains("<explicit_bzero@plt>")
-                || got_slots.iter().any(|slot| line.contains(&format!("{slot} ")) || line.ends_with(slot))
+                || got_slots
+                    .iter()
+                    .any(|slot| line.contains(&format!("{slot} ")) || line.ends_with(slot))
         })
         .count();
-    assert!(calls > 0, "no call to explicit_bzero (GOT slots {got_slots:?})");
+    assert!(
+        calls > 0,
+        "no call to explicit_bzero (GOT slots {got_slots:?})"
+    );
 }

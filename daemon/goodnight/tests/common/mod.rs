@@ -1,5 +1,6 @@
 //! Shared test helpers: run a closure in a forked child (optionally as
-//! `nobody`), and read what the kernel reports about a process in `/proc`.
+//! `nobody`), read what the kernel reports about a process in `/proc`, and
+//! decide whether a test's prerequisites (root, secret memory) hold.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -9,6 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 
+use goodnight::{LockPolicy, MemoryBackend, SecretBuffer};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -54,7 +56,7 @@ impl Child {
                 drop(report_read);
                 drop(release_write);
                 let code = run_child(run_as, body, File::from(report_write));
-                // Blocks until the parent drops its end (finish or drop).
+                // Blocks until the parent writes the release byte (or dies).
                 let _ = File::from(release_read).read(&mut [0u8; 1]);
                 // SAFETY: `_exit` has no preconditions; unlike `exit` it skips
                 // the atexit handlers and stdio buffers copied from the parent.
@@ -86,7 +88,12 @@ impl Child {
 
     /// Lets the child exit and returns how it ended.
     pub fn finish(mut self) -> WaitStatus {
-        self.release = None;
+        // A byte rather than closing the pipe: other children forked meanwhile
+        // hold copies of the write end, so end of file could be far away.
+        if let Some(mut release) = self.release.take() {
+            // EPIPE only means the child is already dead, which waitpid reports.
+            let _ = release.write_all(b"x");
+        }
         self.finished = true;
         waitpid(self.pid, None).expect("waitpid")
     }
@@ -120,6 +127,9 @@ fn run_child(run_as: RunAs, body: impl FnOnce() -> String, mut report: File) -> 
             return 102;
         }
     }
+    // A parent killed mid-test (timeout, ^C) must not leave children behind.
+    // Set after the user switch, which clears it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let (text, code) = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(text) => (text, 0),
         Err(payload) => {
@@ -153,9 +163,10 @@ fn become_nobody() -> nix::Result<()> {
     nix::sys::prctl::set_dumpable(true)
 }
 
-/// A pipe as (read end, write end).
+/// A pipe as (read end, write end), closed on exec so that programs a test
+/// runs (e.g. `cargo`) cannot hold a child's pipe open.
 pub fn pipe() -> (OwnedFd, OwnedFd) {
-    unistd::pipe().expect("pipe")
+    unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
 /// The read end of a pipe that holds exactly `bytes` and then end of file.
@@ -189,6 +200,8 @@ pub struct SmapsEntry {
     pub start: usize,
     pub end: usize,
     pub perms: String,
+    /// The pathname column, e.g. `/secretmem (deleted)`; empty when anonymous.
+    pub path: String,
     pub size_kb: u64,
     pub locked_kb: u64,
     pub vm_flags: Vec<String>,
@@ -202,10 +215,14 @@ pub fn smaps(pid: Option<Pid>) -> Vec<SmapsEntry> {
         let mut words = line.split_whitespace();
         let Some(first) = words.next() else { continue };
         if let Some((start, end)) = address_range(first) {
+            let perms = words.next().unwrap_or_default().to_string();
+            // offset, device and inode come before the pathname.
+            let path = words.skip(3).collect::<Vec<_>>().join(" ");
             entries.push(SmapsEntry {
                 start,
                 end,
-                perms: words.next().unwrap_or_default().to_string(),
+                perms,
+                path,
                 ..SmapsEntry::default()
             });
             continue;
@@ -290,4 +307,69 @@ pub fn read_own_memory(addr: usize, len: usize) -> Vec<u8> {
     mem.read_exact_at(&mut bytes, addr as u64)
         .expect("read /proc/self/mem");
     bytes
+}
+
+/// `len` bytes at `addr` read by this process's own loads, the one reader
+/// that secret memory still answers (`/proc/self/mem` gives EIO for it).
+///
+/// The caller keeps the mapping alive and unchanged for the call.
+pub fn read_through_the_mapping(addr: usize, len: usize) -> Vec<u8> {
+    (addr..addr + len)
+        .map(|at| {
+            // SAFETY: the caller guarantees `[addr, addr + len)` is mapped
+            // readable for the whole call (a live `SecretBuffer`'s data pages);
+            // the volatile load is a plain hardware read of one byte there.
+            unsafe { (at as *const u8).read_volatile() }
+        })
+        .collect()
+}
+
+/// Whether the tests run in CI (`CI=true`), where a missing prerequisite is
+/// a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true")
+}
+
+/// `true` when the prerequisite holds. When it does not: in CI the test
+/// fails; elsewhere the reason is printed (past the test harness's output
+/// capture) and `false` tells the test to skip.
+pub fn prerequisite(test: &str, check: Result<(), String>) -> bool {
+    match check {
+        Ok(()) => true,
+        Err(why) if in_ci() => panic!("{test}: prerequisite missing in CI (CI=true): {why}"),
+        Err(why) => {
+            let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// The tests run as root (where they run in CI).
+pub fn root() -> Result<(), String> {
+    if Uid::effective().is_root() {
+        Ok(())
+    } else {
+        Err(format!(
+            "needs root (runs as uid {}): only root can try to read another \
+             process's secret memory",
+            Uid::effective()
+        ))
+    }
+}
+
+/// The kernel gives this process secret memory (`memfd_secret(2)`).
+pub fn secret_memory() -> Result<(), String> {
+    SecretBuffer::with_backend(1, LockPolicy::Required, MemoryBackend::SecretMem)
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+/// Every backend to run a backend-independent test on: the locked one, and
+/// secretmem where the kernel offers it (see [`prerequisite`]).
+pub fn memory_backends(test: &str) -> Vec<MemoryBackend> {
+    let mut backends = vec![MemoryBackend::Locked];
+    if prerequisite(test, secret_memory()) {
+        backends.push(MemoryBackend::SecretMem);
+    }
+    backends
 }
