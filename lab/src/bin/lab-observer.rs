@@ -1,0 +1,135 @@
+//! `lab-observer`: the lab's root helper. Run as root with `CAP_SYS_PTRACE`
+//! beside the shipped `dazai` binary (no test hooks in the daemon); prints
+//! one JSON object per finding on stdout.
+//!
+//! ```text
+//! lab-observer maps PID                   every mapping with Size/Locked/Swap/VmFlags
+//! lab-observer scan PID CANARY_FILE       every canary hit in readable memory, with its mapping
+//! lab-observer wipe PID CANARY_FILE       stop at kill(PID, SIGKILL) entry, scan, let it die
+//! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
+//! lab-observer seccomp PID                Seccomp: of every thread
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lab::procfs;
+use lab::tracer::{denied_syscall, Traced};
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match argv[..] {
+        ["maps", pid] => maps(parse_pid(pid)),
+        ["scan", pid, canary] => scan(parse_pid(pid), canary),
+        ["wipe", pid, canary] => wipe(parse_pid(pid), canary),
+        ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
+        ["seccomp", pid] => seccomp(parse_pid(pid)),
+        _ => Err(anyhow::anyhow!(
+            "usage: lab-observer maps|scan|wipe|deny|seccomp PID [CANARY_FILE|SYSCALL]"
+        )),
+    };
+    if let Err(error) = result {
+        println!("{}", json!({ "error": format!("{error:#}") }));
+        std::process::exit(1);
+    }
+}
+
+fn parse_pid(text: &str) -> i32 {
+    text.parse().unwrap_or(-1)
+}
+
+fn read_canary(path: &str) -> Result<Vec<u8>> {
+    let canary = std::fs::read(path).with_context(|| format!("read canary {path}"))?;
+    if canary.len() < 16 {
+        bail!(
+            "a canary of {} bytes is too short to be unique",
+            canary.len()
+        );
+    }
+    Ok(canary)
+}
+
+fn maps(pid: i32) -> Result<()> {
+    let maps = procfs::mappings(pid).context("read smaps")?;
+    println!("{}", json!({ "mappings": maps }));
+    Ok(())
+}
+
+fn scan(pid: i32, canary: &str) -> Result<()> {
+    let canary = read_canary(canary)?;
+    let scan = procfs::scan_memory(pid, &canary).context("scan /proc/PID/mem")?;
+    println!("{}", json!({ "scan": scan }));
+    Ok(())
+}
+
+fn seccomp(pid: i32) -> Result<()> {
+    let threads = procfs::seccomp_modes(pid)?;
+    println!("{}", json!({ "threads": threads }));
+    Ok(())
+}
+
+/// Stops the daemon at the entry of its own final `kill(self, SIGKILL)`,
+/// after its wipe and before the kernel frees anything, and scans it.
+fn wipe(pid: i32, canary: &str) -> Result<()> {
+    let canary = read_canary(canary)?;
+    let traced = Traced::seize(pid)?;
+    traced.interrupt()?;
+    println!("{}", json!({ "attached": pid }));
+    let self_kill = |nr: u64, args: &[u64; 6]| {
+        nr == libc::SYS_kill as u64 && args[0] as i32 == pid && args[1] == libc::SIGKILL as u64
+    };
+    let entry =
+        traced.run_to_entry(Duration::from_secs(30), || {}, |e| self_kill(e.nr, &e.args))?;
+    let entry = match entry {
+        Ok(entry) => entry,
+        Err(end) => bail!("the daemon ended before its self-SIGKILL: {end}"),
+    };
+    let stopped_at = Instant::now();
+    let scan = procfs::scan_memory(pid, &canary).context("scan at the self-SIGKILL")?;
+    let scan_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
+    let end = traced.continue_to_end()?;
+    println!(
+        "{}",
+        json!({
+            "stopped_at": format!("kill({}, {})", entry.args[0] as i32, entry.args[1]),
+            "scan": scan,
+            "scan_ms": scan_ms,
+            "end": end.to_string(),
+        })
+    );
+    Ok(())
+}
+
+/// Rewrites the next syscall the daemon enters into `syscall`, which the
+/// filter denies; Linux re-checks seccomp after the tracer's change.
+fn deny(pid: i32, syscall: &str) -> Result<()> {
+    let nr = denied_syscall(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
+    let traced = Traced::seize(pid)?;
+    traced.interrupt()?;
+    // SIGCHLD is in the daemon's signalfd set: it wakes the loop, harmlessly.
+    let wake = || {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGCHLD,
+        );
+    };
+    let entry = match traced.run_to_entry(Duration::from_secs(10), wake, |_| true)? {
+        Ok(entry) => entry,
+        Err(end) => bail!("the daemon ended before a syscall entry: {end}"),
+    };
+    traced.rewrite_syscall(nr)?;
+    let end = traced.continue_to_end()?;
+    println!(
+        "{}",
+        json!({
+            "rewrote": entry.nr,
+            "into": syscall,
+            "nr": nr,
+            "end": end.to_string(),
+            "signal": match end { lab::tracer::End::Signaled(s) => s as i32, _ => 0 },
+        })
+    );
+    Ok(())
+}

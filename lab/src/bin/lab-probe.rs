@@ -1,0 +1,260 @@
+//! `lab-probe`: the small programs the lab runs inside its containers.
+//!
+//! ```text
+//! lab-probe launch DIR NAME [--stdin FILE] -- PROGRAM ARGS...
+//!     start PROGRAM in a new session (stdout DIR/NAME.out, stderr DIR/NAME.log),
+//!     write DIR/NAME.pid, and when it ends DIR/NAME.exit: `signal=N unix_ms=T` or `exit=N unix_ms=T`
+//! lab-probe dumpable-crash SECRET_FILE HEAP_FILE
+//!     hold SECRET_FILE in a SecretBuffer and HEAP_FILE in a Vec, stay dumpable, abort
+//! lab-probe hold [--skip-wipe] [--heap-copy]
+//!     a daemon stand-in: non-dumpable, the secret from stdin in a SecretBuffer;
+//!     SIGUSR2 runs its panic (wipe, then kill(self, SIGKILL)); the flags break it on purpose
+//! lab-probe snoop PID       a same-UID attacker: ptrace, /proc/PID/mem, process_vm_readv
+//! lab-probe pressure MIB    touch MIB of anonymous memory, then sleep
+//! lab-probe hog             allocate until the OOM killer comes
+//! ```
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use goodnight::{LockPolicy, MemoryBackend, SecretBuffer};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let code = match argv[..] {
+        ["launch", dir, name, ref rest @ ..] => launch(dir, name, rest),
+        ["dumpable-crash", secret, heap] => dumpable_crash(secret, heap),
+        ["hold", ref flags @ ..] => hold(flags),
+        ["snoop", pid] => snoop(pid.parse().unwrap_or(-1)),
+        ["pressure", mib] => pressure(mib.parse().unwrap_or(0)),
+        ["hog"] => hog(),
+        _ => {
+            eprintln!("usage: lab-probe launch|dumpable-crash|hold|snoop|pressure|hog ...");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// Writes `text` to `path` atomically (the host polls these files).
+fn publish(path: &str, text: &str) {
+    let tmp = format!("{path}.tmp");
+    if fs::write(&tmp, text).is_ok() {
+        let _ = fs::rename(&tmp, path);
+    }
+}
+
+fn launch(dir: &str, name: &str, rest: &[&str]) -> i32 {
+    let (stdin, program) = match rest {
+        ["--stdin", file, "--", program @ ..] => (Some(*file), program),
+        ["--", program @ ..] => (None, program),
+        _ => return 2,
+    };
+    let Some((bin, args)) = program.split_first() else {
+        return 2;
+    };
+    let open = |suffix: &str| File::create(format!("{dir}/{name}.{suffix}"));
+    let (Ok(out), Ok(log)) = (open("out"), open("log")) else {
+        return 1;
+    };
+    let stdin = match stdin {
+        Some(file) => match File::open(file) {
+            Ok(file) => Stdio::from(file),
+            Err(_) => return 1,
+        },
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(bin);
+    command.args(args).stdin(stdin).stdout(out).stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            publish(&format!("{dir}/{name}.exit"), &format!("spawn-error={e}\n"));
+            return 1;
+        }
+    };
+    publish(&format!("{dir}/{name}.pid"), &format!("{}\n", child.id()));
+    let status = child.wait();
+    let at = unix_ms();
+    let ending = match status {
+        Ok(status) => match status.signal() {
+            Some(signal) => format!("signal={signal}"),
+            None => format!("exit={}", status.code().unwrap_or(-1)),
+        },
+        Err(e) => format!("wait-error={e}"),
+    };
+    publish(
+        &format!("{dir}/{name}.exit"),
+        &format!("{ending} unix_ms={at}\n"),
+    );
+    0
+}
+
+/// A dumpable process holding the same `SecretBuffer` the daemon uses and a
+/// heap copy of another canary (the control): it aborts, and its core shows
+/// what `MADV_DONTDUMP` kept out.
+fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
+    let (Ok(secret_src), Ok(mut heap_src)) = (File::open(secret_file), File::open(heap_file))
+    else {
+        eprintln!("cannot open the canary files");
+        return 1;
+    };
+    // The locked backend: what it keeps out of a core and off the heap is
+    // what the observer can see (secret memory would hide the canary anyway).
+    let mut secret =
+        match SecretBuffer::with_backend(4096, LockPolicy::Required, MemoryBackend::Locked) {
+            Ok(secret) => secret,
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        };
+    if let Err(e) = secret.read_from(secret_src.as_fd()) {
+        eprintln!("{e}");
+        return 1;
+    }
+    let mut heap = Vec::new();
+    let _ = heap_src.read_to_end(&mut heap);
+    let heap = std::hint::black_box(heap);
+    println!(
+        "holding {} secret bytes (dumpable={}) and {} heap bytes; aborting",
+        secret.len(),
+        goodnight::is_dumpable().unwrap_or(false),
+        heap.len()
+    );
+    let _ = std::io::stdout().flush();
+    std::process::abort()
+}
+
+/// A daemon stand-in for the lab's can-fail tests: the same panic order as
+/// `dazai` (wipe, then `kill(self, SIGKILL)`), with flags that break it.
+fn hold(flags: &[&str]) -> i32 {
+    let skip_wipe = flags.contains(&"--skip-wipe");
+    let heap_copy = flags.contains(&"--heap-copy");
+    let _ = goodnight::forbid_core_dumps_and_tracing();
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGUSR2);
+    if signals.thread_block().is_err() {
+        return 1;
+    }
+    // The locked backend: what it keeps out of a core and off the heap is
+    // what the observer can see (secret memory would hide the canary anyway).
+    let mut secret =
+        match SecretBuffer::with_backend(4096, LockPolicy::Required, MemoryBackend::Locked) {
+            Ok(secret) => secret,
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        };
+    if let Err(e) = secret.read_from(std::io::stdin().as_fd()) {
+        eprintln!("{e}");
+        return 1;
+    }
+    // The deliberate bug: a stray copy of the secret on the heap.
+    let stray = heap_copy.then(|| std::hint::black_box(secret.expose().to_vec()));
+    println!("lab-probe hold ready: pid={}", std::process::id());
+    let _ = std::io::stdout().flush();
+    let _ = signals.wait();
+    if !skip_wipe {
+        secret.wipe();
+    }
+    let _ = std::hint::black_box(&stray);
+    let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
+    1
+}
+
+/// What an attacker with the target's own UID gets: one JSON line.
+fn snoop(pid: i32) -> i32 {
+    let target = nix::unistd::Pid::from_raw(pid);
+    let outcome = |result: Result<(), Errno>| match result {
+        Ok(()) => "ok".to_owned(),
+        Err(errno) => format!("{errno:?}"),
+    };
+    let attach = nix::sys::ptrace::attach(target);
+    if attach.is_ok() {
+        let _ = nix::sys::wait::waitpid(target, None);
+        let _ = nix::sys::ptrace::detach(target, None);
+    }
+    let mem = File::open(format!("/proc/{pid}/mem"))
+        .map(drop)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    // An address known to be mapped when maps can be read (the control);
+    // for a non-dumpable target maps are refused too, and any address will do.
+    let address = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()
+        .and_then(|maps| {
+            maps.lines()
+                .find(|line| {
+                    line.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|p| p.starts_with('r'))
+                })
+                .and_then(|line| line.split('-').next().map(str::to_owned))
+        })
+        .and_then(|start| usize::from_str_radix(&start, 16).ok())
+        .unwrap_or(0x10000);
+    let mut byte = [0u8; 8];
+    let local = [std::io::IoSliceMut::new(&mut byte)];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: address,
+        len: 8,
+    }];
+    let mut local = local;
+    let readv = nix::sys::uio::process_vm_readv(target, &mut local, &remote).map(drop);
+    println!(
+        "{}",
+        json!({
+            "uid": nix::unistd::getuid().as_raw(),
+            "ptrace_attach": outcome(attach),
+            "proc_mem": outcome(mem),
+            "process_vm_readv": outcome(readv),
+        })
+    );
+    0
+}
+
+fn pressure(mib: usize) -> i32 {
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    for i in 0..mib {
+        blocks.push(vec![(i % 251) as u8 + 1; 1 << 20]);
+    }
+    println!("pressure: {mib} MiB touched");
+    let _ = std::io::stdout().flush();
+    let _ = std::hint::black_box(&blocks);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn hog() -> i32 {
+    // Make sure the kernel picks this process, not the daemon.
+    let _ = fs::write("/proc/self/oom_score_adj", "1000");
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        blocks.push(vec![1u8; 1 << 20]);
+        let _ = std::hint::black_box(&blocks);
+    }
+}

@@ -1,0 +1,661 @@
+//! The builder scenarios are written with: a [`Lab`] makes containers
+//! ([`Env`]), an `Env` runs daemons, probes, the observer and real SSH
+//! sessions in them, and everything they leave behind is a file in the
+//! container's run directory (bind-mounted from the host), read as evidence.
+//!
+//! ```text
+//! let env = lab.container("session").ssh().cap_add("NET_ADMIN").start()?;
+//! let daemon = env.daemon().args(&["--ping-timeout", "2"]).start()?;
+//! let session = env.ssh_session().pty().command(&daemon.client_command()).spawn()?;
+//! ```
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use testcontainers::bollard::models::PortBinding;
+use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
+use testcontainers::runners::SyncRunner;
+use testcontainers::{Container, GenericImage, ImageExt};
+
+/// How long any one wait for an effect may take. It bounds a wait; it
+/// does not measure anything.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Where things are inside every container.
+pub const BIN: &str = "/lab/bin";
+/// The run directory (bind-mounted, read and written by host and container).
+pub const RUN: &str = "/lab/run";
+/// The daemons' sockets live below here, each in a directory it creates 0700 for `lab`.
+pub const SOCKETS: &str = "/home/lab/sockets";
+
+/// Milliseconds since the epoch: host and containers share the kernel's clock.
+pub fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// Polls `probe` until it yields a value or `patience` runs out.
+pub fn wait_for<T>(
+    what: &str,
+    patience: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if started.elapsed() > patience {
+            bail!("gave up after {patience:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The lab: the image to run, the binaries under test, a host work directory.
+pub struct Lab {
+    /// `name:tag` of the lab image (checked to exist before every start).
+    pub image: String,
+    /// Host directory holding `dazai`, `lab-probe`, `lab-observer` (mounted at [`BIN`]).
+    pub bin_dir: PathBuf,
+    /// Host scratch directory of this run.
+    pub work: PathBuf,
+    /// The SSH key pair and `authorized_keys` (mounted at `/lab/ssh`).
+    pub ssh_dir: PathBuf,
+    /// `x86_64` for containers on this kernel.
+    pub arch: String,
+}
+
+impl Lab {
+    /// A container to configure.
+    pub fn container(&self, name: &str) -> EnvBuilder<'_> {
+        EnvBuilder {
+            lab: self,
+            name: name.to_owned(),
+            caps: Vec::new(),
+            memory: None,
+            ssh: false,
+            core_ulimit: false,
+        }
+    }
+}
+
+/// A container being configured.
+pub struct EnvBuilder<'lab> {
+    lab: &'lab Lab,
+    name: String,
+    caps: Vec<String>,
+    memory: Option<(i64, i64)>,
+    ssh: bool,
+    core_ulimit: bool,
+}
+
+impl<'lab> EnvBuilder<'lab> {
+    /// Adds a capability (`SYS_PTRACE` for the observer, `NET_ADMIN` for cuts).
+    pub fn cap_add(mut self, cap: &str) -> Self {
+        self.caps.push(cap.to_owned());
+        self
+    }
+
+    /// A cgroup memory limit: `mib` of RAM, `mib_with_swap` of RAM plus swap.
+    pub fn memory(mut self, mib: i64, mib_with_swap: i64) -> Self {
+        self.memory = Some((mib << 20, mib_with_swap << 20));
+        self
+    }
+
+    /// Publishes sshd's port on 127.0.0.1 (never on other addresses).
+    pub fn ssh(mut self) -> Self {
+        self.ssh = true;
+        self
+    }
+
+    /// Lifts the container's default core-size limit of 0.
+    pub fn core_dumps(mut self) -> Self {
+        self.core_ulimit = true;
+        self
+    }
+
+    /// Starts the container (the image must exist: no registry lookup).
+    pub fn start(self) -> Result<Env> {
+        let (repo, tag) = self
+            .lab
+            .image
+            .split_once(':')
+            .context("image is name:tag")?;
+        if !crate::images::exists(&self.lab.image) {
+            bail!(
+                "image {} is missing; refusing to start (testcontainers would ask a registry)",
+                self.lab.image
+            );
+        }
+        let run_dir = self.lab.work.join(&self.name);
+        fs::create_dir_all(&run_dir)?;
+        fs::set_permissions(
+            &run_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
+        let image = GenericImage::new(repo, tag)
+            .with_wait_for(WaitFor::message_on_stderr("Server listening"))
+            .with_exposed_port(22.tcp());
+        let mut request = image
+            .with_mount(
+                Mount::bind_mount(self.lab.bin_dir.to_string_lossy(), BIN)
+                    .with_access_mode(testcontainers::core::AccessMode::ReadOnly),
+            )
+            .with_mount(Mount::bind_mount(run_dir.to_string_lossy(), RUN))
+            .with_mount(
+                Mount::bind_mount(self.lab.ssh_dir.to_string_lossy(), "/lab/ssh")
+                    .with_access_mode(testcontainers::core::AccessMode::ReadOnly),
+            )
+            .with_startup_timeout(PATIENCE);
+        for cap in &self.caps {
+            request = request.with_cap_add(cap);
+        }
+        if self.core_ulimit {
+            request = request.with_ulimit("core", -1, Some(-1));
+        }
+        let memory = self.memory;
+        let ssh = self.ssh;
+        let request = request.with_host_config_modifier(move |config| {
+            // tini as PID 1 reaps whatever the lab leaves behind.
+            config.init = Some(true);
+            config.publish_all_ports = Some(false);
+            let mut bindings = std::collections::HashMap::new();
+            if ssh {
+                bindings.insert(
+                    "22/tcp".to_owned(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".to_owned()),
+                        host_port: Some(String::new()),
+                    }]),
+                );
+            }
+            config.port_bindings = Some(bindings);
+            if let Some((memory, with_swap)) = memory {
+                config.memory = Some(memory);
+                config.memory_swap = Some(with_swap);
+            }
+        });
+        let container = request
+            .start()
+            .with_context(|| format!("start container {}", self.name))?;
+        let ssh_port = if self.ssh {
+            Some(container.get_host_port_ipv4(22)?)
+        } else {
+            None
+        };
+        Ok(Env {
+            container,
+            run_dir,
+            ssh_port,
+            ssh_dir: self.lab.ssh_dir.clone(),
+        })
+    }
+}
+
+/// A running container of the lab.
+pub struct Env {
+    container: Container<GenericImage>,
+    /// The run directory on the host (at [`RUN`] inside).
+    pub run_dir: PathBuf,
+    ssh_port: Option<u16>,
+    ssh_dir: PathBuf,
+}
+
+/// What a `docker exec` printed.
+pub struct Ran {
+    /// Its exit status code.
+    pub code: Option<i32>,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Env {
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// `docker exec -u USER ID ARGV...`, waiting for it.
+    pub fn exec(&self, user: &str, argv: &[&str]) -> Result<Ran> {
+        let out = Command::new("docker")
+            .args(["exec", "-u", user, self.id()])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .context("docker exec")?;
+        Ok(out.into())
+    }
+
+    /// `sh -c SCRIPT` as `user`.
+    pub fn sh(&self, user: &str, script: &str) -> Result<Ran> {
+        self.exec(user, &["/bin/sh", "-c", script])
+    }
+
+    /// A `docker exec` left running, its stdout piped to the caller.
+    pub fn spawn(&self, user: &str, argv: &[&str]) -> Result<Child> {
+        Command::new("docker")
+            .args(["exec", "-u", user, self.id()])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("docker exec")
+    }
+
+    /// The observer (root, in the container): its last JSON line.
+    pub fn observe(&self, args: &[&str]) -> Result<Value> {
+        let mut argv = vec!["/lab/bin/lab-observer"];
+        argv.extend_from_slice(args);
+        let ran = self.exec("root", &argv)?;
+        last_json(&ran.stdout)
+            .with_context(|| format!("lab-observer {args:?}: {} {}", ran.stdout, ran.stderr))
+    }
+
+    /// Writes a file into the run directory; returns its path inside the container.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<String> {
+        let path = self.run_dir.join(name);
+        fs::write(&path, bytes)?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        Ok(format!("{RUN}/{name}"))
+    }
+
+    /// Starts `argv` as `user` under `lab-probe launch` (own session; pid,
+    /// output and end recorded in the run directory) and waits for its pid.
+    pub fn launch(
+        &self,
+        user: &str,
+        name: &str,
+        stdin: Option<&str>,
+        argv: &[&str],
+    ) -> Result<Launched> {
+        for suffix in ["pid", "exit", "out", "log"] {
+            let _ = fs::remove_file(self.run_dir.join(format!("{name}.{suffix}")));
+        }
+        let mut command = Command::new("docker");
+        command.args(["exec", "-d", "-u", user, self.id()]).args([
+            "/lab/bin/lab-probe",
+            "launch",
+            RUN,
+            name,
+        ]);
+        if let Some(file) = stdin {
+            command.args(["--stdin", file]);
+        }
+        let status = command.arg("--").args(argv).status()?;
+        if !status.success() {
+            bail!("docker exec -d lab-probe launch {name}: {status}");
+        }
+        let launched = Launched {
+            name: name.to_owned(),
+            run_dir: self.run_dir.clone(),
+            pid: 0,
+        };
+        let pid = wait_for(&format!("{name} to start"), PATIENCE, || {
+            let text = launched.file("pid")?;
+            text.trim().parse().ok()
+        })?;
+        Ok(Launched { pid, ..launched })
+    }
+
+    /// A daemon to configure.
+    pub fn daemon(&self) -> DaemonBuilder<'_> {
+        DaemonBuilder {
+            env: self,
+            name: "daemon".to_owned(),
+            args: Vec::new(),
+            exec: Vec::new(),
+        }
+    }
+
+    /// An SSH session from the host to `lab` in this container.
+    pub fn ssh_session(&self) -> SshBuilder<'_> {
+        SshBuilder {
+            env: self,
+            pty: false,
+            command: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The common `ssh` options: key only, no host-key prompt, this container's port.
+    fn ssh_command(&self) -> Result<Command> {
+        let port = self.ssh_port.context("container started without .ssh()")?;
+        let mut command = Command::new("ssh");
+        command
+            .arg("-i")
+            .arg(self.ssh_dir.join("id_ed25519"))
+            .args(["-p", &port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=0",
+            ]);
+        Ok(command)
+    }
+
+    /// Blocks all SSH traffic in the container's network namespace (needs `NET_ADMIN`).
+    pub fn cut_network(&self) -> Result<()> {
+        let ran = self.sh(
+            "root",
+            "iptables -I INPUT -p tcp --dport 22 -j DROP && iptables -I OUTPUT -p tcp --sport 22 -j DROP",
+        )?;
+        if ran.code != Some(0) {
+            bail!("iptables DROP failed: {}", ran.stderr.trim());
+        }
+        Ok(())
+    }
+
+    /// Removes the rules of [`cut_network`](Self::cut_network).
+    pub fn restore_network(&self) -> Result<()> {
+        self.sh(
+            "root",
+            "iptables -D INPUT -p tcp --dport 22 -j DROP; iptables -D OUTPUT -p tcp --sport 22 -j DROP",
+        )?;
+        Ok(())
+    }
+}
+
+/// A process started by [`Env::launch`].
+pub struct Launched {
+    /// Its name (prefix of its files in the run directory).
+    pub name: String,
+    /// Its pid inside the container.
+    pub pid: i32,
+    run_dir: PathBuf,
+}
+
+/// How a launched process ended, as its launcher saw it.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    /// `signal=9`, `exit=0`, …
+    pub how: String,
+    /// When, in ms since the epoch.
+    pub unix_ms: u128,
+}
+
+impl Ending {
+    /// The signal that ended it, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.how.strip_prefix("signal=")?.parse().ok()
+    }
+}
+
+impl Launched {
+    fn file(&self, suffix: &str) -> Option<String> {
+        fs::read_to_string(self.run_dir.join(format!("{}.{suffix}", self.name))).ok()
+    }
+
+    /// Its stdout so far.
+    pub fn out(&self) -> String {
+        self.file("out").unwrap_or_default()
+    }
+
+    /// Its stderr so far (the daemon's log).
+    pub fn log(&self) -> String {
+        self.file("log").unwrap_or_default()
+    }
+
+    /// How it ended, if it has.
+    pub fn ending(&self) -> Option<Ending> {
+        let text = self.file("exit")?;
+        let mut how = String::new();
+        let mut unix_ms = 0;
+        for field in text.split_whitespace() {
+            match field.strip_prefix("unix_ms=") {
+                Some(ms) => unix_ms = ms.parse().unwrap_or(0),
+                None => how = field.to_owned(),
+            }
+        }
+        Some(Ending { how, unix_ms })
+    }
+
+    /// Waits for its end.
+    pub fn wait_end(&self, patience: Duration) -> Result<Ending> {
+        wait_for(&format!("{} to end", self.name), patience, || self.ending())
+    }
+
+    /// Waits until its stdout or stderr holds `text`.
+    pub fn wait_output(&self, text: &str, patience: Duration) -> Result<()> {
+        wait_for(
+            &format!("{} to print {text:?}", self.name),
+            patience,
+            || (self.out().contains(text) || self.log().contains(text)).then_some(()),
+        )
+        .with_context(|| format!("stdout {:?} log {:?}", self.out(), self.log()))
+    }
+}
+
+/// A `dazai daemon` to start in an [`Env`], holding a fresh canary secret.
+pub struct DaemonBuilder<'env> {
+    env: &'env Env,
+    name: String,
+    args: Vec<String>,
+    exec: Vec<String>,
+}
+
+impl<'env> DaemonBuilder<'env> {
+    /// Names its files in the run directory (default `daemon`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// Adds daemon options.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Supervises `argv` (`--exec`).
+    pub fn exec(mut self, argv: &[&str]) -> Self {
+        self.exec = argv.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Starts it as `lab` with a fresh canary on stdin and waits for its ready line.
+    pub fn start(self) -> Result<Daemon> {
+        let canary = fresh_canary();
+        let canary_file = self.env.put(&format!("{}.canary", self.name), &canary)?;
+        let socket = format!("{SOCKETS}/{}/dazai.sock", self.name);
+        let mut argv: Vec<&str> = vec![
+            "/lab/bin/dazai",
+            "daemon",
+            "--socket",
+            &socket,
+            "--secret",
+            "api=fd:0",
+        ];
+        argv.extend(self.args.iter().map(String::as_str));
+        if !self.exec.is_empty() {
+            argv.push("--exec");
+            argv.extend(self.exec.iter().map(String::as_str));
+        }
+        let process = self
+            .env
+            .launch("lab", &self.name, Some(&canary_file), &argv)?;
+        process.wait_output("dazai daemon ready:", PATIENCE)?;
+        Ok(Daemon {
+            process,
+            canary,
+            canary_file,
+            socket,
+        })
+    }
+}
+
+/// A running `dazai daemon` inside a container.
+pub struct Daemon {
+    /// The process (pid in the container, log, end).
+    pub process: Launched,
+    /// The secret it holds: a fresh random canary.
+    pub canary: Vec<u8>,
+    /// The canary's file inside the container (for the observer).
+    pub canary_file: String,
+    /// Its socket inside the container.
+    pub socket: String,
+}
+
+impl Daemon {
+    /// Its pid inside the container.
+    pub fn pid(&self) -> i32 {
+        self.process.pid
+    }
+
+    /// Its pid as an argument.
+    pub fn pid_arg(&self) -> String {
+        self.pid().to_string()
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Its ready line.
+    pub fn ready_line(&self) -> String {
+        self.process
+            .out()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The `PANIC:` line of its log, once written.
+    pub fn panic_line(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .find(|line| line.contains("PANIC:"))
+            .map(str::to_owned)
+    }
+
+    /// Starts a process as `lab` and registers it with the daemon, so the panic must kill it.
+    pub fn register_sleeper(&self, env: &Env, name: &str) -> Result<Launched> {
+        let sleeper = env.launch("lab", name, None, &["/bin/sleep", "600"])?;
+        let ran = env.exec(
+            "lab",
+            &[
+                "/lab/bin/dazai",
+                "register",
+                &sleeper.pid.to_string(),
+                "--socket",
+                &self.socket,
+            ],
+        )?;
+        if ran.code != Some(0) {
+            bail!("dazai register failed: {} {}", ran.stdout, ran.stderr);
+        }
+        Ok(sleeper)
+    }
+
+    /// `dazai ARGS... --socket SOCKET` as `lab`, e.g. `status --json`.
+    pub fn dazai(&self, env: &Env, args: &[&str]) -> Result<Ran> {
+        let mut argv = vec!["/lab/bin/dazai"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--socket", &self.socket]);
+        env.exec("lab", &argv)
+    }
+
+    /// The shell command that holds this daemon's heartbeat in a session.
+    pub fn client_command(&self) -> String {
+        format!("/lab/bin/dazai client --socket {}", self.socket)
+    }
+
+    /// Waits until the daemon logs that a heartbeat attached.
+    pub fn wait_heartbeat(&self, patience: Duration) -> Result<()> {
+        self.process.wait_output("heartbeat attached", patience)
+    }
+}
+
+/// A random canary: printable, long enough never to occur by chance.
+pub fn fresh_canary() -> Vec<u8> {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut urandom) = fs::File::open("/dev/urandom") {
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    format!("LAB-CANARY-{}", crate::images::hex(&bytes)).into_bytes()
+}
+
+/// An SSH session being configured.
+pub struct SshBuilder<'env> {
+    env: &'env Env,
+    pty: bool,
+    command: Option<String>,
+    extra: Vec<String>,
+}
+
+impl<'env> SshBuilder<'env> {
+    /// With a pty (`ssh -tt`).
+    pub fn pty(mut self) -> Self {
+        self.pty = true;
+        self
+    }
+
+    /// Runs `command` instead of a login shell.
+    pub fn command(mut self, command: &str) -> Self {
+        self.command = Some(command.to_owned());
+        self
+    }
+
+    /// Forwards host UNIX socket `local` to `remote`, no command (`ssh -N -L`).
+    pub fn forward_socket(mut self, local: &Path, remote: &str) -> Self {
+        self.extra.push("-N".into());
+        self.extra.push("-L".into());
+        self.extra.push(format!("{}:{remote}", local.display()));
+        self
+    }
+
+    /// Starts `ssh` on the host; stdin piped (for typing), output to files.
+    pub fn spawn(self) -> Result<Child> {
+        let mut command = self.env.ssh_command()?;
+        command.arg(if self.pty { "-tt" } else { "-T" });
+        command.args(&self.extra);
+        command.arg("lab@127.0.0.1");
+        if let Some(remote) = &self.command {
+            command.arg(remote);
+        }
+        let log = fs::File::create(self.env.run_dir.join("ssh-client.log"))?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn ssh")
+    }
+}
+
+/// The last line of `text` that parses as JSON.
+pub fn last_json(text: &str) -> Result<Value> {
+    text.lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .context("no JSON line")
+}

@@ -1,0 +1,88 @@
+//! Host settings a scenario changes, each behind a guard that puts it back
+//! when dropped: at the end of the scenario, on an early `?` return, and
+//! during a panic's unwinding.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// A sysctl file (`/proc/sys/...`) set for the guard's lifetime.
+pub struct Sysctl {
+    path: PathBuf,
+    saved: String,
+}
+
+impl Sysctl {
+    /// Writes `value` to `path`, remembering what was there.
+    pub fn set(path: &str, value: &str) -> Result<Self> {
+        let saved = fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+        fs::write(path, value).with_context(|| format!("write {value:?} to {path}"))?;
+        Ok(Self {
+            path: path.into(),
+            saved: saved.trim_end_matches('\n').to_owned(),
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.saved) {
+            eprintln!(
+                "lab: could not restore {} to {:?} ({e}); do it by hand",
+                self.path.display(),
+                self.saved
+            );
+        }
+    }
+}
+
+/// A swapfile in use for the guard's lifetime: `swapoff` and removed on drop.
+pub struct Swapfile {
+    path: PathBuf,
+}
+
+impl Swapfile {
+    /// Creates, formats and enables a swapfile of `mib` MiB at `path`.
+    pub fn enable(path: &Path, mib: u64) -> Result<Self> {
+        // The guard exists before the first change, so a failure half-way
+        // still removes the file.
+        let guard = Self { path: path.into() };
+        run(Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", path.display()))
+            .args(["bs=1M", &format!("count={mib}"), "status=none"]))?;
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        run(Command::new("mkswap").arg("--quiet").arg(path))?;
+        run(Command::new("swapon").arg(path))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for Swapfile {
+    fn drop(&mut self) {
+        let _ = Command::new("swapoff").arg(&self.path).output();
+        if let Err(e) = fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "lab: could not remove {} ({e}); run swapoff and rm by hand",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let out = command
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Row **core dumps** — "no core, and no secret in a forced core: daemon:
+//! `Seccomp`, `/proc/PID/coredump_filter`, VmFlags `dd`; SIGSEGV/SIGABRT sent
+//! to the daemon → no core file (non-dumpable); a probe that uses the same
+//! `SecretBuffer` but stays dumpable crashes → a core IS written and the
+//! canary is NOT in it, while a heap canary IS (control)".
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::env::{fresh_canary, Env, Lab, PATIENCE, RUN};
+use crate::host::Sysctl;
+use crate::procfs::{find_all, status_field, Mapping};
+use crate::runner::Recorder;
+
+/// Cores land here inside the container (the pattern is resolved in the
+/// crashing process's mount namespace), i.e. in the run directory on the host.
+const PATTERN: &str = "/lab/run/cores/core.%e.%p";
+
+/// The row's scenario.
+pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
+    let env = lab
+        .container("core-dumps")
+        .cap_add("SYS_PTRACE")
+        .core_dumps()
+        .start()?;
+    let cores = env.run_dir.join("cores");
+    fs::create_dir_all(&cores)?;
+    fs::set_permissions(&cores, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    // Restored when this function returns, however it returns.
+    let _pattern = Sysctl::set("/proc/sys/kernel/core_pattern", PATTERN)?;
+
+    for (signal, number) in [("SEGV", 11), ("ABRT", 6)] {
+        rec.check(
+            &format!("the daemon killed by SIG{signal} leaves no core"),
+            |v| {
+                let daemon = env.daemon().named(&format!("sig{signal}")).start()?;
+                let pid = daemon.pid_arg();
+                let status = env.exec("root", &["cat", &format!("/proc/{pid}/status")])?.stdout;
+                let filter = env.exec("root", &["cat", &format!("/proc/{pid}/coredump_filter")])?.stdout;
+                v.note(format!(
+                    "Seccomp: {}, coredump_filter {}",
+                    status_field(&status, "Seccomp").unwrap_or_default(),
+                    filter.trim()
+                ));
+                let maps: Vec<Mapping> =
+                    serde_json::from_value(env.observe(&["maps", &pid])?["mappings"].clone())?;
+                let secret: Vec<&Mapping> = maps.iter().filter(|m| m.is_secret_shaped()).collect();
+                v.require(
+                    !secret.is_empty(),
+                    format!(
+                        "the secret mapping carries VmFlags dd: {}",
+                        secret.iter().map(|m| m.describe()).collect::<Vec<_>>().join("; ")
+                    ),
+                );
+                let before = core_files(&cores);
+                env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
+                if daemon.process.wait_end(Duration::from_millis(500)).is_err() {
+                    // Rust's std handles SIGSEGV to detect stack overflows: a
+                    // SIGSEGV that is not a guard-page fault resets the action
+                    // to the default and returns, so a sent one kills only the
+                    // second time. Recorded, not hidden.
+                    v.note(format!(
+                        "pid {pid} survived the first SIG{signal} (std's stack-overflow handler reset it to the default action); sent again"
+                    ));
+                    env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
+                }
+                let ending = daemon.process.wait_end(PATIENCE)?;
+                v.require(
+                    ending.signal() == Some(number),
+                    format!("the daemon ended: {}", ending.how),
+                );
+                // The kernel writes a core before the exit is reported; give it a moment anyway.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let after = core_files(&cores);
+                v.require(
+                    after == before,
+                    format!("core files in {PATTERN}: {} before, {} after", before, after),
+                );
+                v.figure("no core");
+                Ok(())
+            },
+        );
+    }
+
+    rec.check(
+        "a dumpable SecretBuffer probe's core holds the heap canary but not the secret",
+        |v| dumpable_probe(&env, &cores, v),
+    );
+    Ok(())
+}
+
+fn dumpable_probe(env: &Env, cores: &Path, v: &mut crate::runner::Verdict) -> Result<()> {
+    let secret = fresh_canary();
+    let heap = fresh_canary();
+    let secret_file = env.put("probe-secret.canary", &secret)?;
+    let heap_file = env.put("probe-heap.canary", &heap)?;
+    let before = core_files(cores);
+    let probe = env.launch(
+        "lab",
+        "dumpable-probe",
+        None,
+        &[
+            "/lab/bin/lab-probe",
+            "dumpable-crash",
+            &secret_file,
+            &heap_file,
+        ],
+    )?;
+    let ending = probe.wait_end(PATIENCE)?;
+    v.note(format!("probe said: {}", probe.out().trim()));
+    v.require(
+        ending.signal() == Some(6),
+        format!("the probe ended: {}", ending.how),
+    );
+    let core = crate::env::wait_for("the probe's core file", PATIENCE, || {
+        fs::read_dir(cores)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(&format!(".{}", probe.pid))
+            })
+            .map(|e| e.path())
+    });
+    let Ok(core) = core else {
+        v.require(
+            false,
+            format!("a core file in {RUN}/cores ({} before)", before),
+        );
+        return Ok(());
+    };
+    // The core may still be being written when it appears.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let bytes = fs::read(&core).with_context(|| format!("read {}", core.display()))?;
+    v.require(
+        !bytes.is_empty(),
+        format!(
+            "core written: {} ({} KiB)",
+            core.display(),
+            bytes.len() / 1024
+        ),
+    );
+    let heap_hits = find_all(&bytes, &heap).len();
+    let secret_hits = find_all(&bytes, &secret).len();
+    v.require(
+        heap_hits > 0,
+        format!("heap canary in the core: {heap_hits} time(s) (control)"),
+    );
+    v.require(
+        secret_hits == 0,
+        format!("SecretBuffer canary in the core: {secret_hits} time(s)"),
+    );
+    v.figure(format!(
+        "secret {secret_hits}, heap {heap_hits} in {} KiB",
+        bytes.len() / 1024
+    ));
+    Ok(())
+}
+
+fn core_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}

@@ -1,0 +1,93 @@
+//! Row **OOM** — "memory-limited container: the supervised child is
+//! OOM-killed → the daemon panics by policy and wipes; the daemon itself
+//! killed hard (`kill -9`) → its children die anyway (`PDEATHSIG`) — the
+//! documented limitation 'no wipe on hard crash' shown as such".
+
+use anyhow::{Context, Result};
+
+use crate::env::{Lab, PATIENCE};
+use crate::runner::Recorder;
+
+/// The row's scenario.
+pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
+    let env = lab.container("oom").memory(64, 64).start()?;
+    rec.check(
+        "an OOM-killed supervised child makes the daemon panic and wipe",
+        |v| {
+            let kills_before = oom_kills_of_probe();
+            let daemon = env
+                .daemon()
+                .named("oom")
+                .exec(&["/lab/bin/lab-probe", "hog"])
+                .start()?;
+            let ending = daemon.process.wait_end(PATIENCE * 2)?;
+            let line = daemon.panic_line().unwrap_or_default();
+            v.require(
+                line.contains("supervised program killed by SIGKILL"),
+                format!("the daemon logged: {line}"),
+            );
+            v.require(line.contains("wiped 1 secrets"), "the panic wiped 1 secret");
+            v.require(
+                ending.signal() == Some(9),
+                format!("the daemon then ended: {}", ending.how),
+            );
+            let kills = oom_kills_of_probe().saturating_sub(kills_before);
+            v.require(
+                kills >= 1,
+                format!("kernel log: {kills} new OOM kill(s) of the supervised lab-probe"),
+            );
+            v.figure("panic on OOM kill");
+            Ok(())
+        },
+    );
+    rec.check(
+        "a daemon killed by SIGKILL still takes its child, but cannot wipe",
+        |v| {
+            let daemon = env
+                .daemon()
+                .named("hard-crash")
+                .exec(&["/bin/sleep", "600"])
+                .start()?;
+            let status = daemon.dazai(&env, &["status", "--json"])?;
+            let status: serde_json::Value =
+                serde_json::from_str(status.stdout.trim()).context("dazai status --json")?;
+            let child = status["supervised"]["pid"].as_i64().context("supervised pid")?;
+            let watch = format!(
+                "while [ -e /proc/{child} ] && [ \"$(cut -d' ' -f3 /proc/{child}/stat 2>/dev/null)\" != Z ]; do sleep 0.001; done; date +%s%3N"
+            );
+            let watcher = env.spawn("root", &["/bin/sh", "-c", &watch])?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            env.exec("lab", &["kill", "-9", &daemon.pid_arg()])?;
+            let ending = daemon.process.wait_end(PATIENCE)?;
+            let out = watcher.wait_with_output()?;
+            let gone_ms: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+            let latency = gone_ms.saturating_sub(ending.unix_ms);
+            v.require(ending.signal() == Some(9), format!("the daemon ended: {}", ending.how));
+            v.require(
+                gone_ms > 0,
+                format!("its supervised child (pid {child}) was gone {latency} ms later (PDEATHSIG)"),
+            );
+            v.require(
+                daemon.panic_line().is_none(),
+                "no PANIC line: the wipe did not run (the documented limit)",
+            );
+            v.figure(format!("child gone in {latency} ms; no wipe"));
+            v.as_limit();
+            Ok(())
+        },
+    );
+    Ok(())
+}
+
+/// OOM kills of `lab-probe` in the kernel log so far.
+fn oom_kills_of_probe() -> usize {
+    std::process::Command::new("dmesg")
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("Killed process") && l.contains("lab-probe"))
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,172 @@
+//! Row **wipe** — "the real binary wipes before it dies: a root observer
+//! with `CAP_SYS_PTRACE` traces the daemon, stops it at syscall entry of its
+//! own final `SIGKILL`, scans every readable mapping of `/proc/PID/mem` for
+//! the canary: 0 hits; and while alive: every hit lies inside a mapping that
+//! is locked and `dd` (no stray copies in heap/stack)".
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::env::{Daemon, Env, Lab, PATIENCE};
+use crate::procfs::Scan;
+use crate::runner::{Recorder, Verdict};
+
+/// The row's scenario.
+pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
+    let env = lab.container("wipe").cap_add("SYS_PTRACE").start()?;
+    // The locked backend: root can read it, so the scan can see the wipe
+    // (secret memory would hide the canary from the observer either way).
+    let daemon = env.daemon().args(&["--memory", "locked"]).start()?;
+    rec.check(
+        "while alive, every copy of the secret lies in locked, no-dump memory",
+        |v| {
+            hand_out_once(&env, &daemon)?;
+            v.note("the secret was handed out once (`dazai get`) before the scan");
+            every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)
+        },
+    );
+    rec.check(
+        "the daemon wipes the secret before its final SIGKILL",
+        |v| {
+            wiped_at_self_kill(&env, daemon.pid(), &daemon.canary_file, v)?;
+            let line = daemon.panic_line().unwrap_or_default();
+            v.require(
+                line.contains("wiped 1 secrets"),
+                format!("the daemon logged: {line}"),
+            );
+            Ok(())
+        },
+    );
+    Ok(())
+}
+
+/// A registered process fetches the secret, so the scan also covers the
+/// paths a hand-out takes.
+fn hand_out_once(env: &Env, daemon: &Daemon) -> Result<()> {
+    let socket = &daemon.socket;
+    let script = format!(
+        "/lab/bin/dazai register $$ --socket {socket} >/dev/null && /lab/bin/dazai get api --socket {socket} | wc -c"
+    );
+    let ran = env.sh("lab", &script)?;
+    if ran.code != Some(0) {
+        bail!("dazai get failed: {} {}", ran.stdout, ran.stderr);
+    }
+    Ok(())
+}
+
+/// Scans the live process `pid`: the canary must be found (or the scan
+/// proves nothing) and every hit must be in a locked, `dd` mapping.
+pub fn every_copy_is_locked(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
+    let found = env.observe(&["scan", &pid.to_string(), canary_file])?;
+    let scan: Scan = serde_json::from_value(found["scan"].clone())
+        .with_context(|| format!("observer said: {found}"))?;
+    v.require(
+        !scan.hits.is_empty(),
+        format!(
+            "the observer read {} mappings ({} KiB) of pid {pid} and found the canary {} time(s)",
+            scan.mappings_read,
+            scan.bytes_read / 1024,
+            scan.hits.len()
+        ),
+    );
+    let stray: Vec<_> = scan
+        .hits
+        .iter()
+        .filter(|hit| !hit.mapping.is_secret_shaped())
+        .collect();
+    for hit in &scan.hits {
+        v.note(format!(
+            "hit at {:#x} in {}",
+            hit.address,
+            hit.mapping.describe()
+        ));
+    }
+    v.require(
+        stray.is_empty(),
+        format!(
+            "{} of {} hits lie outside a locked, dd mapping",
+            stray.len(),
+            scan.hits.len()
+        ),
+    );
+    v.figure(format!("{} hit(s), {} stray", scan.hits.len(), stray.len()));
+    Ok(())
+}
+
+/// Traces `pid`, makes it panic (SIGUSR2, as its own user), stops it at
+/// the entry of `kill(pid, SIGKILL)` and scans it there: 0 hits required.
+pub fn wiped_at_self_kill(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
+    let pid_arg = pid.to_string();
+    let mut observer = env.spawn(
+        "root",
+        &["/lab/bin/lab-observer", "wipe", &pid_arg, canary_file],
+    )?;
+    let stdout = observer.stdout.take().context("observer stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first: Value = serde_json::from_str(
+        &rx.recv_timeout(PATIENCE)
+            .context("observer did not attach")?,
+    )?;
+    if first.get("attached").is_none() {
+        bail!("observer: {first}");
+    }
+    let ran = env.exec("lab", &["kill", "-USR2", &pid_arg])?;
+    if ran.code != Some(0) {
+        bail!("kill -USR2 {pid}: {}", ran.stderr);
+    }
+    let result: Value = serde_json::from_str(
+        &rx.recv_timeout(PATIENCE)
+            .context("observer gave no result")?,
+    )?;
+    let _ = observer.wait();
+    if let Some(error) = result.get("error") {
+        bail!("observer: {error}");
+    }
+    let scan: Scan = serde_json::from_value(result["scan"].clone())?;
+    let stopped_at = result["stopped_at"].as_str().unwrap_or_default();
+    v.require(
+        stopped_at == format!("kill({pid}, 9)"),
+        format!("the observer stopped pid {pid} at the entry of {stopped_at}"),
+    );
+    v.require(
+        scan.mappings_read > 0,
+        format!(
+            "it read {} readable mappings ({} KiB) there; unreadable: {}",
+            scan.mappings_read,
+            scan.bytes_read / 1024,
+            scan.unreadable.len()
+        ),
+    );
+    for hit in &scan.hits {
+        v.note(format!(
+            "hit at {:#x} in {}",
+            hit.address,
+            hit.mapping.describe()
+        ));
+    }
+    v.require(
+        scan.hits.is_empty(),
+        format!("{} canary hits at the self-SIGKILL", scan.hits.len()),
+    );
+    let end = result["end"].as_str().unwrap_or_default();
+    v.require(
+        end.contains("SIGKILL"),
+        format!("released, pid {pid} was {end}"),
+    );
+    v.figure(format!(
+        "{} hits in {} KiB",
+        scan.hits.len(),
+        scan.bytes_read / 1024
+    ));
+    Ok(())
+}
