@@ -1,0 +1,228 @@
+//! `motokano`: the MCP layer of ningen-shikkaku. `dazai mcp --tools FILE` is
+//! an MCP server on stdio that an agent launches; it hands the agent tools
+//! backed by the daemon's secrets, under the same dead-man's switch:
+//!
+//! - at start it registers itself with the daemon, so the panic kills it, and
+//!   holds a `WATCH` connection: when the daemon ends for any reason it kills
+//!   the programs it runs, wipes every secret it holds and exits at once;
+//! - `kind = "static"` tools return a secret (into the model's context, as
+//!   their description says) or a fixed value;
+//! - `kind = "exec"` tools run a configured program, never through a shell,
+//!   with secrets injected into its environment or stdin, in a process group
+//!   the daemon registers before the program starts, within a time limit and
+//!   an output cap, and with every form of every injected secret redacted
+//!   from the output.
+//!
+//! The protocol itself is rmcp's (the official Rust SDK), which serves both
+//! eras: the `initialize` handshake and the stateless 2026-07-28 revision.
+
+pub mod args;
+pub mod config;
+pub mod exec;
+pub mod ledger;
+pub mod link;
+pub mod log;
+pub mod redact;
+pub mod server;
+pub mod stdout;
+pub mod wiped;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dazai_client::ClientError;
+use nix::sys::signal::{SigSet, Signal};
+use rmcp::ServiceExt;
+
+use crate::config::{ConfigError, Kind, StaticTool};
+use crate::ledger::Ledger;
+use crate::link::DaemonLink;
+use crate::server::Motokano;
+use crate::stdout::SplicingStdout;
+
+/// The exit status of `dazai mcp` when the daemon ends under it.
+pub const EXIT_DAEMON_GONE: i32 = 3;
+
+/// What `dazai mcp` is started with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The tools file.
+    pub tools: PathBuf,
+    /// The daemon's socket.
+    pub socket: PathBuf,
+}
+
+/// Why `dazai mcp` could not start or serve; each is one line with a fix.
+#[derive(Debug)]
+pub enum McpError {
+    /// The tools file is invalid: the server refuses to start.
+    Config(ConfigError),
+    /// The daemon could not be reached or refused a start-up request.
+    Daemon(ClientError),
+    /// The process could not be hardened (made non-dumpable, …).
+    Hardening(goodnight::HardeningError),
+    /// The MCP session could not be served.
+    Serve(String),
+}
+
+impl fmt::Display for McpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => write!(f, "{error}"),
+            Self::Daemon(error) => write!(f, "{error}"),
+            Self::Hardening(error) => write!(f, "{error}"),
+            Self::Serve(why) => write!(
+                f,
+                "the MCP session failed ({why}); fix: launch dazai mcp from an MCP client that speaks JSON-RPC on stdio, one message per line"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for McpError {}
+
+impl From<ConfigError> for McpError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
+impl From<ClientError> for McpError {
+    fn from(error: ClientError) -> Self {
+        Self::Daemon(error)
+    }
+}
+
+/// Runs the server until stdin ends (`Ok`), the daemon ends (the process
+/// exits with [`EXIT_DAEMON_GONE`] from the watch thread) or SIGTERM, SIGINT
+/// or SIGHUP arrives (it exits with 128 + the signal's number). Each way, the
+/// programs it runs are killed and the secrets it holds wiped first.
+pub fn run(options: &Options) -> Result<(), McpError> {
+    // An invalid tools file stops everything before the daemon is touched.
+    let file = config::load(&options.tools)?;
+    harden()?;
+    let daemon = DaemonLink::new(&options.socket);
+    check_secrets_are_held(&file, &daemon)?;
+    daemon.register_self()?;
+    let watch = daemon.watch()?;
+    let ledger = Ledger::new();
+    // Blocked before any other thread exists, so every thread inherits the
+    // mask and only the signal thread below receives them.
+    let stop_signals = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]);
+    stop_signals
+        .thread_block()
+        .map_err(|e| McpError::Serve(format!("cannot block SIGTERM/SIGINT/SIGHUP: {e}")))?;
+    {
+        let ledger = ledger.clone();
+        std::thread::Builder::new()
+            .name("stop-signals".into())
+            .spawn(move || {
+                let Ok(signal) = stop_signals.wait() else {
+                    return;
+                };
+                let cleared = ledger.wipe_and_kill_everything();
+                log::line(format_args!(
+                    "{signal}: killed {} running program groups, wiped {} secrets; exiting",
+                    cleared.killed.len(),
+                    cleared.wiped
+                ));
+                std::process::exit(128 + signal as i32);
+            })
+            .map_err(|e| McpError::Serve(format!("cannot start the signal thread: {e}")))?;
+    }
+    {
+        let ledger = ledger.clone();
+        std::thread::Builder::new()
+            .name("daemon-watch".into())
+            .spawn(move || {
+                watch.wait_for_daemon_end();
+                let cleared = ledger.wipe_and_kill_everything();
+                log::line(format_args!(
+                    "the daemon is gone: killed {} running program groups {:?}, wiped {} secrets; exiting",
+                    cleared.killed.len(),
+                    cleared.killed,
+                    cleared.wiped
+                ));
+                std::process::exit(EXIT_DAEMON_GONE);
+            })
+            .map_err(|e| McpError::Serve(format!("cannot start the watch thread: {e}")))?;
+    }
+    log::line(format_args!(
+        "serving {} tools from {} (pid {}, registered with the daemon at {})",
+        file.tools.len(),
+        file.path.display(),
+        std::process::id(),
+        options.socket.display()
+    ));
+    // One thread: every exec program is forked from the main thread, which
+    // lives as long as this process (its death signal is tied to the thread).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| McpError::Serve(format!("cannot start the async runtime: {e}")))?;
+    let server = Motokano::new(file, daemon, ledger.clone());
+    let outcome = runtime.block_on(serve(server, ledger.clone()));
+    let cleared = ledger.wipe_and_kill_everything();
+    log::line(format_args!(
+        "stdin closed: killed {} running program groups, wiped {} secrets; exiting",
+        cleared.killed.len(),
+        cleared.wiped
+    ));
+    outcome
+}
+
+async fn serve(server: Motokano, ledger: Arc<Ledger>) -> Result<(), McpError> {
+    let transport = (tokio::io::stdin(), SplicingStdout::new(ledger));
+    let running = match server.serve(transport).await {
+        Ok(running) => running,
+        // End of input before any request: nothing to serve.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => return Ok(()),
+        Err(error) => return Err(McpError::Serve(one_line(&error.to_string()))),
+    };
+    running
+        .waiting()
+        .await
+        .map(|_| ())
+        .map_err(|e| McpError::Serve(one_line(&e.to_string())))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Non-dumpable, no core files, and as much lockable memory as allowed: the
+/// secrets this process fetches are as protected as in the daemon.
+fn harden() -> Result<(), McpError> {
+    goodnight::raise_memlock_limit().map_err(McpError::Hardening)?;
+    goodnight::forbid_core_dumps_and_tracing().map_err(McpError::Hardening)?;
+    goodnight::limit_core_size_to_zero().map_err(McpError::Hardening)?;
+    Ok(())
+}
+
+/// Every secret the tools name must be one the daemon holds.
+fn check_secrets_are_held(file: &config::ToolsFile, daemon: &DaemonLink) -> Result<(), McpError> {
+    let held = daemon.held_secrets()?;
+    for tool in &file.tools {
+        let names: Vec<&str> = match &tool.kind {
+            Kind::Static(StaticTool::Secret(name)) => vec![name.as_str()],
+            Kind::Static(StaticTool::Value(_)) => Vec::new(),
+            Kind::Exec(exec) => exec.secret_names().into_iter().collect(),
+        };
+        if let Some(missing) = names.iter().find(|n| !held.iter().any(|h| h == *n)) {
+            return Err(McpError::Config(ConfigError {
+                path: file.path.clone(),
+                line: Some(tool.line),
+                cause: format!(
+                    "tool {:?} uses the secret {missing:?}, which the daemon at {} does not hold",
+                    tool.name,
+                    daemon.socket().display()
+                ),
+                fix: format!(
+                    "start the daemon with --secret {missing}=SOURCE, or name a secret it holds (dazai status lists them)"
+                ),
+            }));
+        }
+    }
+    Ok(())
+}

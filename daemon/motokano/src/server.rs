@@ -1,0 +1,436 @@
+//! The MCP server: the configured tools behind rmcp's `ServerHandler`.
+//!
+//! rmcp speaks both protocol eras on the one stdio stream: the `initialize`
+//! handshake (2025-11-25 and earlier) and the stateless 2026-07-28 revision
+//! (`server/discover`, the protocol version and client capabilities in each
+//! request's `_meta`). This module only answers `tools/list` and `tools/call`.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    Tool as McpTool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+use crate::args::build_argv;
+use crate::config::{ExecTool, Kind, ParamKind, StaticTool, Tool, ToolsFile};
+use crate::exec::{self, End, Environment, Launch};
+use crate::ledger::{CallSecrets, Ledger};
+use crate::link::DaemonLink;
+use crate::log;
+use crate::redact::Redactor;
+
+/// The server: shared, cheap to clone.
+#[derive(Clone)]
+pub struct Motokano {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tools: Vec<Tool>,
+    listed: Vec<McpTool>,
+    daemon: DaemonLink,
+    ledger: Arc<Ledger>,
+}
+
+impl Motokano {
+    /// A server for `file`'s tools, fetching secrets from `daemon`.
+    pub fn new(file: ToolsFile, daemon: DaemonLink, ledger: Arc<Ledger>) -> Self {
+        let listed = file.tools.iter().map(describe).collect();
+        Self {
+            inner: Arc::new(Inner {
+                tools: file.tools,
+                listed,
+                daemon,
+                ledger,
+            }),
+        }
+    }
+}
+
+/// The tool as the agent sees it: the configured description plus the honest limits.
+pub fn describe(tool: &Tool) -> McpTool {
+    let (description, schema, read_only) = match &tool.kind {
+        Kind::Static(StaticTool::Secret(name)) => (
+            format!(
+                "{}\n\nReturns the secret \"{name}\" itself. Its value enters the model's context \
+                 (and the client's transcript), where the dead-man's switch cannot wipe it; \
+                 prefer an exec tool that uses the secret without returning it.",
+                tool.description
+            ),
+            no_arguments(),
+            true,
+        ),
+        Kind::Static(StaticTool::Value(_)) => (tool.description.clone(), no_arguments(), true),
+        Kind::Exec(exec) => (
+            exec_description(&tool.description, exec),
+            input_schema(exec),
+            false,
+        ),
+    };
+    let mut listed = McpTool::new(tool.name.clone(), description, Arc::new(schema));
+    if read_only {
+        let mut annotations = ToolAnnotations::new();
+        annotations.read_only_hint = Some(true);
+        listed.annotations = Some(annotations);
+    }
+    listed
+}
+
+fn exec_description(description: &str, exec: &ExecTool) -> String {
+    let mut text = format!(
+        "{description}\n\nRuns {} directly with its configured arguments (no shell in between). ",
+        exec.program.display()
+    );
+    let secrets: Vec<&str> = exec.secret_names().into_iter().collect();
+    if !secrets.is_empty() {
+        text.push_str(&format!(
+            "The program is given the secret{} {} without it reaching you; every form of it \
+             (raw, base64, base64url, hex, URL-encoded) is redacted from the output. ",
+            if secrets.len() == 1 { "" } else { "s" },
+            secrets
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "The output is OS-buffered and not held in locked memory. Time limit {} s; output cap {} bytes.",
+        exec.timeout.as_secs(),
+        exec.max_output_bytes
+    ));
+    text
+}
+
+fn no_arguments() -> JsonObject {
+    object(json!({
+        "type": "object",
+        "properties": {},
+        "additionalProperties": false
+    }))
+}
+
+fn input_schema(exec: &ExecTool) -> JsonObject {
+    let mut properties = Map::new();
+    for (name, param) in &exec.params {
+        let mut property = match &param.kind {
+            ParamKind::String {
+                max_length,
+                pattern,
+                ..
+            } => json!({
+                "type": "string",
+                "maxLength": max_length,
+                "pattern": format!("^(?:{pattern})$"),
+            }),
+            ParamKind::Integer { min, max } => json!({
+                "type": "integer",
+                "minimum": min,
+                "maximum": max,
+            }),
+        };
+        if let Some(description) = &param.description {
+            property["description"] = Value::String(description.clone());
+        }
+        properties.insert(name.clone(), property);
+    }
+    let required: Vec<&String> = exec
+        .params
+        .iter()
+        .filter(|(_, p)| p.required)
+        .map(|(name, _)| name)
+        .collect();
+    object(json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false
+    }))
+}
+
+fn object(value: Value) -> JsonObject {
+    match value {
+        Value::Object(map) => map,
+        _ => JsonObject::new(),
+    }
+}
+
+/// A tool execution error the agent reads (not a protocol error).
+fn refusal(text: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(text.into())]).into()
+}
+
+impl ServerHandler for Motokano {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("dazai-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools backed by a dead-man's switch (ningen-shikkaku): exec tools use secrets \
+                 without showing them to you; static secret tools put the secret in your context.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.inner.listed.clone()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let Some(tool) = self.inner.tools.iter().find(|t| t.name == request.name) else {
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown tool {:?}; tools/list names the tools of this server",
+                    request.name
+                ),
+                None,
+            ));
+        };
+        match &tool.kind {
+            Kind::Static(kind) => Ok(self.call_static(tool, kind, request.arguments.as_ref())),
+            Kind::Exec(exec) => Ok(self
+                .call_exec(tool, exec, request.arguments.as_ref(), context)
+                .await),
+        }
+    }
+}
+
+impl Motokano {
+    fn call_static(
+        &self,
+        tool: &Tool,
+        kind: &StaticTool,
+        arguments: Option<&JsonObject>,
+    ) -> CallToolResponse {
+        if arguments.is_some_and(|a| !a.is_empty()) {
+            return refusal(format!("{} takes no arguments", tool.name));
+        }
+        let name = match kind {
+            StaticTool::Value(value) => {
+                log::line(format_args!("call {}: fixed value returned", tool.name));
+                return CallToolResult::success(vec![ContentBlock::text(value.clone())]).into();
+            }
+            StaticTool::Secret(name) => name,
+        };
+        let secret = match self.inner.daemon.fetch(name) {
+            Ok(secret) => secret,
+            Err(error) => {
+                log::line(format_args!(
+                    "call {}: secret {name} unavailable: {error}",
+                    tool.name
+                ));
+                return refusal(format!("the secret \"{name}\" is unavailable: {error}"));
+            }
+        };
+        if std::str::from_utf8(secret.expose()).is_err() {
+            return refusal(format!(
+                "the secret \"{name}\" is not UTF-8 text, so a static tool cannot return it; use an exec tool"
+            ));
+        }
+        let bytes = secret.len();
+        match self.inner.ledger.park(secret) {
+            Some(placeholder) => {
+                log::line(format_args!(
+                    "call {}: secret {name} ({bytes} bytes) returned into the model's context",
+                    tool.name
+                ));
+                CallToolResult::success(vec![ContentBlock::text(placeholder)]).into()
+            }
+            None => refusal("the server is shutting down"),
+        }
+    }
+
+    async fn call_exec(
+        &self,
+        tool: &Tool,
+        exec: &ExecTool,
+        arguments: Option<&JsonObject>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let argv = match build_argv(exec, arguments) {
+            Ok(argv) => argv,
+            Err(why) => {
+                log::line(format_args!("call {}: refused: {why}", tool.name));
+                return refusal(format!("refused: {why}; the program was not run"));
+            }
+        };
+        // Fetch every secret the program gets, and learn their forms for redaction.
+        let mut held = CallSecrets::default();
+        for name in exec.secret_names() {
+            match self.inner.daemon.fetch(name) {
+                Ok(secret) => held.secrets.push((name.to_owned(), secret)),
+                Err(error) => {
+                    log::line(format_args!(
+                        "call {}: secret {name} unavailable: {error}",
+                        tool.name
+                    ));
+                    return refusal(format!("the secret \"{name}\" is unavailable: {error}"));
+                }
+            }
+        }
+        let mut redactor = Redactor::new();
+        for (name, secret) in &held.secrets {
+            redactor.add_secret(name, secret.expose());
+        }
+        held.redactor = redactor;
+        let Some(held) = self.inner.ledger.hold_call(held) else {
+            return refusal("the server is shutting down");
+        };
+        let (launch, lookahead) = {
+            let held = held.lock().unwrap_or_else(|p| p.into_inner());
+            let secret_of = |name: &str| {
+                held.secrets
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s.expose())
+                    .unwrap_or_default()
+            };
+            let passed: Vec<(String, String)> = exec
+                .pass_env
+                .iter()
+                .filter_map(|var| std::env::var(var).ok().map(|value| (var.clone(), value)))
+                .collect();
+            let mut entries: Vec<(&str, &[u8])> = passed
+                .iter()
+                .filter(|(var, _)| {
+                    !exec.env.iter().any(|(v, _)| v == var)
+                        && !exec.inject.iter().any(|(v, _)| v == var)
+                })
+                .map(|(var, value)| (var.as_str(), value.as_bytes()))
+                .collect();
+            entries.extend(
+                exec.env
+                    .iter()
+                    .map(|(var, value)| (var.as_str(), value.as_bytes())),
+            );
+            entries.extend(
+                exec.inject
+                    .iter()
+                    .map(|(var, secret)| (var.as_str(), secret_of(secret))),
+            );
+            let environment = match Environment::new(&entries) {
+                Ok(environment) => environment,
+                Err(error) => return refusal(error.to_string()),
+            };
+            let launch = Launch {
+                argv,
+                environment,
+                wants_stdin: exec.stdin_secret.is_some(),
+            };
+            (launch, held.redactor.longest_form())
+        };
+        let daemon = self.inner.daemon.clone();
+        let mut running = match exec::spawn(launch, self.inner.ledger.clone(), |pid| {
+            daemon.register_group(pid).map_err(|e| e.to_string())
+        }) {
+            Ok(running) => running,
+            Err(error) => {
+                log::line(format_args!("call {}: not started: {error}", tool.name));
+                return refusal(format!(
+                    "{} could not be started: {error}",
+                    exec.program.display()
+                ));
+            }
+        };
+        if let Some(name) = &exec.stdin_secret {
+            let held = held.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes = held
+                .secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.expose())
+                .unwrap_or_default();
+            if let Err(errno) = running.feed_stdin(bytes) {
+                log::line(format_args!(
+                    "call {}: stdin not written: {errno}",
+                    tool.name
+                ));
+            }
+        }
+        let pid = running.pid();
+        let limit = exec.max_output_bytes + lookahead;
+        let output = running
+            .finish(limit, exec.timeout, context.ct.cancelled())
+            .await;
+        let (stdout, stderr, replaced) = {
+            let held = held.lock().unwrap_or_else(|p| p.into_inner());
+            let out = held.redactor.redact(output.stdout.as_slice());
+            let err = held.redactor.redact(output.stderr.as_slice());
+            (out.text, err.text, out.replaced + err.replaced)
+        };
+        drop(output.stdout);
+        drop(output.stderr);
+        drop(held);
+        let (stdout, stderr, truncated) = cap(stdout, stderr, exec.max_output_bytes);
+        log::line(format_args!(
+            "call {}: pid {pid} {}; {} bytes of output, {replaced} redactions",
+            tool.name,
+            describe_end(output.end),
+            stdout.len() + stderr.len()
+        ));
+        let mut content = vec![ContentBlock::text(stdout)];
+        if !stderr.is_empty() {
+            content.push(ContentBlock::text(format!("stderr:\n{stderr}")));
+        }
+        let status = match output.end {
+            End::Exited(0) if !truncated => None,
+            End::Exited(0) => Some(format!(
+                "[dazai: output cut at {} bytes]",
+                exec.max_output_bytes
+            )),
+            End::Exited(code) => Some(format!("[dazai: the program exited with status {code}]")),
+            End::Signaled(signal) => Some(format!("[dazai: the program was killed by signal {signal}]")),
+            End::TimedOut => Some(format!(
+                "[dazai: stopped at the {} s time limit; the program's process group was killed]",
+                exec.timeout.as_secs()
+            )),
+            End::CapReached => Some(format!(
+                "[dazai: stopped at the output cap of {} bytes; the program's process group was killed]",
+                exec.max_output_bytes
+            )),
+            End::Cancelled => Some("[dazai: cancelled; the program's process group was killed]".into()),
+        };
+        match status {
+            None => CallToolResult::success(content).into(),
+            Some(status) => {
+                content.push(ContentBlock::text(status));
+                let failed = !matches!(output.end, End::Exited(0));
+                if failed {
+                    CallToolResult::error(content).into()
+                } else {
+                    CallToolResult::success(content).into()
+                }
+            }
+        }
+    }
+}
+
+/// Keeps at most `max` bytes, stdout first; whether anything was cut.
+fn cap(mut stdout: Vec<u8>, mut stderr: Vec<u8>, max: usize) -> (String, String, bool) {
+    let truncated = stdout.len() + stderr.len() > max;
+    stdout.truncate(max);
+    stderr.truncate(max - stdout.len());
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&stdout), text(&stderr), truncated)
+}
+
+fn describe_end(end: End) -> String {
+    match end {
+        End::Exited(code) => format!("exited with status {code}"),
+        End::Signaled(signal) => format!("killed by signal {signal}"),
+        End::TimedOut => "stopped at its time limit".into(),
+        End::CapReached => "stopped at its output cap".into(),
+        End::Cancelled => "cancelled".into(),
+    }
+}

@@ -1,0 +1,624 @@
+//! `dazai mcp` (SPEC.md §7), driven by a scripted MCP client over stdio, in
+//! both protocol eras, and observed from outside: the daemon, `/proc`, exit
+//! statuses.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dazai_e2e::{eventually, is_alive, signal, wait_exit, DaemonBuilder, McpClient};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// A secret whose base64 holds `+` and `/`, whose URL encodings differ from
+/// each other, and that needs no JSON escaping.
+const SECRET: &str = "hunter2>>>??/&+ x";
+
+/// Prints the injected secret in every form the redactor must catch, each
+/// computed by the program itself from its environment.
+const ENCODINGS: &str = r#"
+echo "environment: $1"
+printf 'raw: %s\n' "$API_KEY"
+printf 'base64: %s\n' "$(printf %s "$API_KEY" | base64 -w0)"
+printf 'base64url: %s\n' "$(printf %s "$API_KEY" | basenc --base64url -w0)"
+printf 'base64url-nopad: %s\n' "$(printf %s "$API_KEY" | basenc --base64url -w0 | tr -d =)"
+printf 'hex: %s\n' "$(printf %s "$API_KEY" | od -An -v -tx1 | tr -d ' \n')"
+printf 'HEX: %s\n' "$(printf %s "$API_KEY" | od -An -v -tx1 | tr -d ' \n' | tr a-f A-F)"
+printf 'url: %s\n' "$(printf %s "$API_KEY" | perl -pe 's/([^A-Za-z0-9_.~-])/sprintf("%%%02X", ord($1))/ge')"
+printf 'form: %s\n' "$(printf %s "$API_KEY" | perl -pe 's/([^A-Za-z0-9_.* -])/sprintf("%%%02X", ord($1))/ge; s/ /+/g')"
+echo "status: healthy"
+"#;
+
+fn tools() -> String {
+    format!(
+        r#"
+[[tool]]
+name = "deploy_status"
+description = "Reads the deployment status with the API token"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", '''{ENCODINGS}''', "deploy-status", "{{environment}}"]
+inject = {{ API_KEY = "secret:api" }}
+timeout_secs = 10
+max_output_bytes = 65536
+
+[tool.params.environment]
+type = "string"
+description = "Which deployment"
+pattern = "production|staging"
+max_length = 16
+
+[[tool]]
+name = "api_token"
+description = "The API token itself"
+kind = "static"
+secret = "api"
+"#
+    )
+}
+
+/// The exec call's redacted output: every form replaced, nothing else touched.
+const REDACTED: &str = "environment: production
+raw: [REDACTED:api]
+base64: [REDACTED:api]
+base64url: [REDACTED:api]
+base64url-nopad: [REDACTED:api]
+hex: [REDACTED:api]
+HEX: [REDACTED:api]
+url: [REDACTED:api]
+form: [REDACTED:api]
+status: healthy
+";
+
+fn text_of(reply: &Value, block: usize) -> &str {
+    reply["result"]["content"][block]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text block {block} in {reply}"))
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(!text.contains(SECRET), "{what} holds the secret: {text}");
+}
+
+#[test]
+fn the_initialize_era_serves_discovery_list_calls_refusals_and_invalid_params() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, &tools());
+
+    let init = mcp.request(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+    mcp.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let list = mcp.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+    let static_call = mcp.request(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "api_token", "arguments": {}}}));
+    let exec_call = mcp.request(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "deploy_status", "arguments": {"environment": "production"}}}));
+    let refused = mcp.request(json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "deploy_status", "arguments": {"environment": "prod; id"}}}));
+    let wrong_type = mcp.request(json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+        "params": {"name": "deploy_status", "arguments": {"environment": 7}}}));
+    let unknown = mcp.request(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "rm_rf", "arguments": {}}}));
+
+    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(2));
+    assert_eq!(text_of(&static_call, 0), SECRET);
+    assert_eq!(text_of(&exec_call, 0), REDACTED);
+    assert_eq!(exec_call["result"]["isError"], false);
+    assert_eq!(refused["result"]["isError"], true);
+    assert_eq!(wrong_type["result"]["isError"], true);
+    assert_eq!(unknown["error"]["code"], -32602);
+    // The static call is the only place the secret may appear.
+    let transcript = mcp.transcript();
+    assert_eq!(transcript.matches(SECRET).count(), 1, "{transcript}");
+    assert_no_secret("the log", &mcp.log());
+    insta::assert_snapshot!("initialize_era", transcript);
+}
+
+fn meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "scripted-client", "version": "1"}
+    })
+}
+
+#[test]
+fn the_stateless_era_serves_discovery_list_calls_refusals_and_invalid_params() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, &tools());
+
+    let discover = mcp.request(json!({"jsonrpc": "2.0", "id": "discover-1",
+        "method": "server/discover", "params": {"_meta": meta()}}));
+    let list = mcp.request(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+        "params": {"_meta": meta()}}));
+    let static_call = mcp.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"_meta": meta(), "name": "api_token", "arguments": {}}}));
+    let exec_call = mcp.request(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"_meta": meta(), "name": "deploy_status", "arguments": {"environment": "production"}}}));
+    let refused = mcp.request(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"_meta": meta(), "name": "deploy_status", "arguments": {"environment": "../../etc"}}}));
+    let unknown = mcp.request(json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"_meta": meta(), "name": "rm_rf", "arguments": {}}}));
+    let no_meta = mcp.request(json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list",
+        "params": {}}));
+
+    let versions = discover["result"]["supportedVersions"].to_string();
+    assert!(
+        versions.contains("2026-07-28") && versions.contains("2025-11-25"),
+        "{versions}"
+    );
+    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(2));
+    assert_eq!(text_of(&static_call, 0), SECRET);
+    assert_eq!(text_of(&exec_call, 0), REDACTED);
+    assert_eq!(refused["result"]["isError"], true);
+    assert_eq!(unknown["error"]["code"], -32602);
+    assert_eq!(no_meta["error"]["code"], -32602);
+    let transcript = mcp.transcript();
+    assert_eq!(transcript.matches(SECRET).count(), 1, "{transcript}");
+    assert_no_secret("the log", &mcp.log());
+    insta::assert_snapshot!("stateless_era", transcript);
+}
+
+/// A job that outlives any test: the program and a child in its group, each
+/// writing its pid to `$DIR`.
+const LONG_JOB: &str = r#"
+[[tool]]
+name = "long_job"
+description = "Runs for ten minutes"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'echo $$ > "$DIR/leader.pid"; sleep 600 & echo $! > "$DIR/child.pid"; wait']
+inject = { API_KEY = "secret:api" }
+pass_env = ["PATH", "DIR"]
+timeout_secs = 600
+"#;
+
+fn start_long_job(mcp: &mut McpClient) {
+    mcp.send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    mcp.receive();
+    mcp.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "long_job", "arguments": {}}}));
+}
+
+#[test]
+fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
+    let mut daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+    start_long_job(&mut mcp);
+    let leader = daemon.read_pid_file("leader.pid");
+    let child = daemon.read_pid_file("child.pid");
+    let registered = daemon.status()["registered"].to_string();
+    assert!(
+        registered.contains(&mcp.pid().to_string()) && registered.contains(&leader.to_string()),
+        "dazai mcp and the program are registered before the panic: {registered}"
+    );
+
+    assert!(daemon.exchange(b"dazai/1 PANIC HARD\n").starts_with("OK"));
+
+    assert_eq!(
+        daemon.wait_exit().signal(),
+        Some(9),
+        "the daemon SIGKILLs itself"
+    );
+    assert_eq!(
+        wait_exit(&mut mcp.child).signal(),
+        Some(9),
+        "the panic SIGKILLs dazai mcp"
+    );
+    for (what, pid) in [("the program", leader), ("its child", child)] {
+        eventually(&format!("{what} (pid {pid}) to be killed"), || {
+            !is_alive(pid)
+        });
+    }
+    assert!(daemon.log().contains("PANIC"), "{}", daemon.log());
+}
+
+#[test]
+fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
+    let mut daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+    start_long_job(&mut mcp);
+    let leader = daemon.read_pid_file("leader.pid");
+    let child = daemon.read_pid_file("child.pid");
+
+    // A clean shutdown kills nothing itself: dazai mcp must notice on its own.
+    signal(daemon.pid, Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let noticed = Instant::now();
+
+    assert_eq!(
+        wait_exit(&mut mcp.child).code(),
+        Some(3),
+        "log: {}",
+        mcp.log()
+    );
+    assert!(
+        noticed.elapsed() < Duration::from_secs(5),
+        "dazai mcp took {:?} to exit",
+        noticed.elapsed()
+    );
+    for (what, pid) in [("the program", leader), ("its child", child)] {
+        eventually(&format!("{what} (pid {pid}) to be killed"), || {
+            !is_alive(pid)
+        });
+    }
+    let log = mcp.log();
+    assert!(log.contains("the daemon is gone"), "{log}");
+    assert!(
+        log.contains("wiped 1 secrets"),
+        "the call's secret was wiped: {log}"
+    );
+}
+
+fn call_only_tool(mcp: &mut McpClient, arguments: Value) -> (Value, Duration) {
+    mcp.request(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    let started = Instant::now();
+    let reply = mcp.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "job", "arguments": arguments}}));
+    (reply, started.elapsed())
+}
+
+#[test]
+fn the_output_cap_stops_the_program_and_cuts_the_output() {
+    let daemon = DaemonBuilder::new().start();
+    let mut mcp = McpClient::start(
+        &daemon,
+        r#"
+[[tool]]
+name = "job"
+description = "Floods its output"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'echo $$ > "$DIR/leader.pid"; while :; do echo 0123456789abcdef; done']
+pass_env = ["PATH", "DIR"]
+max_output_bytes = 1000
+timeout_secs = 120
+"#,
+    );
+    let (reply, took) = call_only_tool(&mut mcp, json!({}));
+
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    assert_eq!(text_of(&reply, 0).len(), 1000);
+    assert_eq!(
+        text_of(&reply, 1),
+        "[dazai: stopped at the output cap of 1000 bytes; the program's process group was killed]"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let leader = daemon.read_pid_file("leader.pid");
+    eventually("the flooding program to be killed", || !is_alive(leader));
+}
+
+#[test]
+fn the_time_limit_kills_the_programs_whole_process_group() {
+    let daemon = DaemonBuilder::new().start();
+    let mut mcp = McpClient::start(
+        &daemon,
+        r#"
+[[tool]]
+name = "job"
+description = "Hangs"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'echo $$ > "$DIR/leader.pid"; echo started; sleep 600 & echo $! > "$DIR/child.pid"; wait']
+pass_env = ["PATH", "DIR"]
+timeout_secs = 1
+"#,
+    );
+    let (reply, took) = call_only_tool(&mut mcp, json!({}));
+
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    assert_eq!(text_of(&reply, 0), "started\n");
+    assert_eq!(
+        text_of(&reply, 1),
+        "[dazai: stopped at the 1 s time limit; the program's process group was killed]"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+    for name in ["leader.pid", "child.pid"] {
+        let pid = daemon.read_pid_file(name);
+        eventually(&format!("{name} ({pid}) to be killed"), || !is_alive(pid));
+    }
+}
+
+#[test]
+fn every_encoding_of_an_injected_secret_is_redacted_including_wrapped_base64() {
+    // Longer than 57 bytes, so `base64` wraps it over two lines.
+    let long = "correct-horse-battery-staple/with+symbols&and spaces=plenty?!";
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .secret("long", long)
+        .start();
+    let mut mcp = McpClient::start(
+        &daemon,
+        &format!(
+            r#"
+[[tool]]
+name = "job"
+description = "Prints its secrets in many encodings"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", '''{ENCODINGS}
+printf %s "$LONG" | base64
+printf %s "$LONG" | basenc --base64url
+''', "job", "production"]
+inject = {{ API_KEY = "secret:api", LONG = "secret:long" }}
+"#
+        ),
+    );
+    let (reply, _) = call_only_tool(&mut mcp, json!({}));
+
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    assert_eq!(
+        text_of(&reply, 0),
+        format!("{REDACTED}[REDACTED:long]\n[REDACTED:long]\n")
+    );
+}
+
+#[test]
+fn a_secret_injected_on_stdin_reaches_the_program_and_not_the_agent() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(
+        &daemon,
+        r#"
+[[tool]]
+name = "job"
+description = "Reads the token on stdin"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'IFS= read -r token; echo "read ${#token} bytes"; echo "$token"; tr -d "\n" < /proc/$$/environ | grep -c hunter2 || true']
+stdin = "secret:api"
+"#,
+    );
+    let (reply, _) = call_only_tool(&mut mcp, json!({}));
+
+    assert_eq!(
+        text_of(&reply, 0),
+        "read 17 bytes\n[REDACTED:api]\n0\n",
+        "the secret is on stdin, not in the environment"
+    );
+}
+
+#[test]
+fn an_invalid_tools_file_refuses_to_start_with_one_line_naming_file_and_line() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let cases = [
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"shell\"\n",
+            ":4: unknown kind \"shell\"; fix: set kind = \"static\"",
+        ),
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"static\"\n",
+            ":1: this static tool has no `secret` (and no `value`); fix:",
+        ),
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"exec\"\nprogram = \"/bin/echo\"\nargs = [\"{v}\"]\n[tool.params.v]\ntype = \"string\"\npattern = \"(\"\n",
+            ":9: bad pattern \"(\"",
+        ),
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"exec\"\nprogram = \"/usr/bin/curl\"\nargs = [\"-u\", \"secret:api\"]\n",
+            ":6: a secret may not be put on a command line",
+        ),
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"static\"\nsecret = \"missing\"\n",
+            ":1: tool \"x\" uses the secret \"missing\", which the daemon at",
+        ),
+    ];
+    for (tools, expected) in cases {
+        let mut mcp = McpClient::start(&daemon, tools);
+        assert_eq!(wait_exit(&mut mcp.child).code(), Some(9), "{tools}");
+        let log = std::fs::read_to_string(daemon.path("mcp.log")).unwrap();
+        assert_eq!(log.lines().count(), 1, "one line: {log}");
+        let tools_path = daemon.path("tools.toml").display().to_string();
+        assert!(
+            log.starts_with(&format!("dazai: error: {tools_path}{expected}")),
+            "{log}"
+        );
+    }
+}
+
+// The two daemon requests `dazai mcp` relies on.
+
+#[test]
+fn a_watch_connection_stays_silent_until_the_daemon_ends() {
+    let mut daemon = DaemonBuilder::new().start();
+    let mut watch = daemon.connect();
+    watch.write_all(b"dazai/1 WATCH\n").unwrap();
+    let mut reader = BufReader::new(watch.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK watching"), "{line}");
+    // Still open well past the 3 s deadline of an ordinary control connection.
+    watch
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = watch.read(&mut byte).expect_err("no data, no end of file");
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+
+    signal(daemon.pid, Signal::SIGTERM);
+    daemon.wait_exit();
+    watch
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        watch.read(&mut byte).unwrap(),
+        0,
+        "end of file at the daemon's end"
+    );
+}
+
+#[test]
+fn register_group_takes_only_a_group_leader_and_the_panic_kills_its_whole_group() {
+    let mut daemon = DaemonBuilder::new().start();
+    let mut leader = Command::new("/bin/sh")
+        .args(["-c", "sleep 600 & echo $!; wait"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(leader.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let member: i32 = line.trim().parse().unwrap();
+
+    let refused = daemon.exchange(format!("dazai/1 REGISTER {member} GROUP\n").as_bytes());
+    assert!(
+        refused.contains("does not lead a process group"),
+        "{refused}"
+    );
+    let ok = daemon.exchange(format!("dazai/1 REGISTER {} GROUP\n", leader.id()).as_bytes());
+    assert_eq!(
+        ok,
+        format!("OK registered pid {} and its process group\n", leader.id())
+    );
+
+    assert!(daemon.exchange(b"dazai/1 PANIC HARD\n").starts_with("OK"));
+    daemon.wait_exit();
+    assert_eq!(wait_exit(&mut leader).signal(), Some(9));
+    eventually("the group member to be killed", || !is_alive(member));
+}
+
+#[test]
+fn sigterm_kills_the_running_program_wipes_and_exits() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+    start_long_job(&mut mcp);
+    let leader = daemon.read_pid_file("leader.pid");
+    let child = daemon.read_pid_file("child.pid");
+
+    signal(mcp.pid(), Signal::SIGTERM);
+
+    assert_eq!(wait_exit(&mut mcp.child).code(), Some(128 + 15));
+    for (what, pid) in [("the program", leader), ("its child", child)] {
+        eventually(&format!("{what} (pid {pid}) to be killed"), || {
+            !is_alive(pid)
+        });
+    }
+    let log = mcp.log();
+    assert!(
+        log.contains("SIGTERM: killed 1 running program groups, wiped 1 secrets"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_call_ends_when_its_program_exits_and_what_it_left_running_is_killed() {
+    let daemon = DaemonBuilder::new().start();
+    let mut mcp = McpClient::start(
+        &daemon,
+        r#"
+[[tool]]
+name = "job"
+description = "Leaves a job behind that holds its output open"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'sleep 600 & echo $! > "$DIR/child.pid"; echo done']
+pass_env = ["PATH", "DIR"]
+timeout_secs = 120
+"#,
+    );
+    let (reply, took) = call_only_tool(&mut mcp, json!({}));
+
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    assert_eq!(text_of(&reply, 0), "done\n");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let child = daemon.read_pid_file("child.pid");
+    eventually("the job left behind to be killed", || !is_alive(child));
+}
+
+/// The fenced block between `<!-- NAME -->` and `<!-- /NAME -->` in docs/mcp.md.
+fn docs_snippet(name: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/mcp.md"))
+        .expect("docs/mcp.md");
+    let start = doc
+        .find(&format!("<!-- {name} -->"))
+        .expect("snippet start");
+    let end = doc.find(&format!("<!-- /{name} -->")).expect("snippet end");
+    let block = &doc[start..end];
+    let body = &block[block.find("```").unwrap()..];
+    let body = &body[body.find('\n').unwrap() + 1..body.rfind("```").unwrap()];
+    body.to_owned()
+}
+
+#[test]
+fn the_client_configuration_in_the_docs_starts_a_working_server_as_written() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let config: Value = serde_json::from_str(&docs_snippet("mcp-client-config")).unwrap();
+    let server = &config["mcpServers"]["dazai"];
+    let args: Vec<&str> = server["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    // The user's side: dazai on PATH, the tools file in its default place, a
+    // daemon on the socket the environment names.
+    let home = daemon.path("home");
+    std::fs::create_dir_all(home.join(".config/dazai")).unwrap();
+    std::fs::write(
+        home.join(".config/dazai/tools.toml"),
+        "[[tool]]\nname = \"api_token\"\ndescription = \"The API token\"\nkind = \"static\"\nsecret = \"api\"\n",
+    )
+    .unwrap();
+    let bin_dir = dazai_e2e::dazai_bin().parent().unwrap().to_owned();
+    let mut command = Command::new(server["command"].as_str().unwrap());
+    command
+        .args(&args)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("DAZAI_SOCKET", &daemon.socket);
+    let mut mcp = McpClient::spawn(&daemon, command);
+
+    let init = mcp.request(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    let list = mcp.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+
+    assert_eq!(
+        init["result"]["serverInfo"]["name"],
+        "dazai-mcp",
+        "{}",
+        mcp.log()
+    );
+    assert_eq!(list["result"]["tools"][0]["name"], "api_token");
+}
+
+#[test]
+fn an_initialize_asking_for_the_stateless_revision_gets_the_newest_with_a_handshake() {
+    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    let mut mcp = McpClient::start(&daemon, &tools());
+    let init = mcp.request(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2026-07-28", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+    let old = {
+        let mut mcp = McpClient::start(&daemon, &tools());
+        mcp.request(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "old-client", "version": "1"}}}),
+        )
+    };
+    assert_eq!(old["result"]["protocolVersion"], "2024-11-05");
+}
