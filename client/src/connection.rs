@@ -98,8 +98,21 @@ impl Connection {
 
     /// Sends a request line and reads the reply line.
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        self.send_line(&request.to_string())?;
-        self.read_reply()
+        match self.send_line(&request.to_string()) {
+            Ok(()) => self.read_reply(),
+            // The daemon answers some connections and closes them before
+            // reading a byte (a peer of another uid, too many connections):
+            // the write then fails, but the answer is there to read.
+            Err(ClientError::Io(error))
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.read_reply().map_err(|_| ClientError::Io(error))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Reads one reply line.

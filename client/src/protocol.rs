@@ -9,7 +9,9 @@
 //!   PING                     -> PONG            (repeated, heartbeat connection only)
 //! dazai/1 STATUS             -> STATUS {json}
 //! dazai/1 REGISTER [PID]     -> OK registered pid PID
+//! dazai/1 REGISTER PID GROUP -> OK registered pid PID and its process group
 //! dazai/1 GET NAME           -> SECRET LEN\n<LEN raw bytes>
+//! dazai/1 WATCH              -> OK watching ...; then nothing: the daemon's end closes it
 //! dazai/1 PANIC [HARD]       -> OK panic requested
 //! anything malformed         -> ERR <cause>; the connection is closed
 //! ```
@@ -40,6 +42,15 @@ pub enum Request {
         /// The process to register; `None` registers the connecting process.
         pid: Option<i32>,
     },
+    /// Register a process-group leader: the panic kills the process and, as
+    /// long as it has not been reaped, every member of its process group.
+    RegisterGroup {
+        /// The process to register; it must lead its own process group.
+        leader: i32,
+    },
+    /// Hold the connection open, silent, until the daemon ends: a peer learns
+    /// of the daemon's end (panic, shutdown, crash) as end of file.
+    Watch,
     /// Fetch a secret by name (only for processes the panic would kill).
     Get {
         /// The secret's name.
@@ -109,6 +120,8 @@ impl fmt::Display for Request {
             Self::Status => write!(f, "STATUS"),
             Self::Register { pid: None } => write!(f, "REGISTER"),
             Self::Register { pid: Some(pid) } => write!(f, "REGISTER {pid}"),
+            Self::RegisterGroup { leader } => write!(f, "REGISTER {leader} GROUP"),
+            Self::Watch => write!(f, "WATCH"),
             Self::Get { name } => write!(f, "GET {name}"),
             Self::Panic { hard: false } => write!(f, "PANIC"),
             Self::Panic { hard: true } => write!(f, "PANIC HARD"),
@@ -134,7 +147,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
     let version = words.next().unwrap_or_default();
     if version != VERSION_TOKEN {
         return Err(if version.starts_with("dazai/") {
-            ProtocolError::UnsupportedVersion(version.to_owned())
+            ProtocolError::UnsupportedVersion(truncated(version))
         } else {
             ProtocolError::MissingVersion
         });
@@ -149,9 +162,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
         ("REGISTER", []) => Ok(Request::Register { pid: None }),
         ("REGISTER", [pid]) => match pid.parse::<i32>() {
             Ok(pid) if pid > 0 => Ok(Request::Register { pid: Some(pid) }),
-            _ => Err(ProtocolError::BadArguments("REGISTER [PID]")),
+            _ => Err(ProtocolError::BadArguments("REGISTER [PID [GROUP]]")),
         },
-        ("REGISTER", _) => Err(ProtocolError::BadArguments("REGISTER [PID]")),
+        ("REGISTER", [pid, "GROUP"]) => match pid.parse::<i32>() {
+            Ok(leader) if leader > 0 => Ok(Request::RegisterGroup { leader }),
+            _ => Err(ProtocolError::BadArguments("REGISTER [PID [GROUP]]")),
+        },
+        ("REGISTER", _) => Err(ProtocolError::BadArguments("REGISTER [PID [GROUP]]")),
+        ("WATCH", []) => Ok(Request::Watch),
+        ("WATCH", _) => Err(ProtocolError::BadArguments("WATCH")),
         ("GET", [name]) if is_valid_name(name) => Ok(Request::Get {
             name: (*name).to_owned(),
         }),
@@ -247,6 +266,8 @@ mod tests {
             Request::Status,
             Request::Register { pid: None },
             Request::Register { pid: Some(42) },
+            Request::RegisterGroup { leader: 42 },
+            Request::Watch,
             Request::Get {
                 name: "api.key-1".into(),
             },
@@ -291,6 +312,11 @@ mod tests {
             "dazai/1 REGISTER 0",
             "dazai/1 REGISTER -1",
             "dazai/1 REGISTER x",
+            "dazai/1 REGISTER 0 GROUP",
+            "dazai/1 REGISTER GROUP",
+            "dazai/1 REGISTER 12 GROUP x",
+            "dazai/1 REGISTER 12 TEAM",
+            "dazai/1 WATCH 12",
         ] {
             assert!(parse_request(line.as_bytes()).is_err(), "{line}");
         }
@@ -318,5 +344,9 @@ mod tests {
         let line = format!("dazai/1 {}", "X".repeat(200));
         let message = parse_request(line.as_bytes()).unwrap_err().to_string();
         assert!(message.len() < 64, "{message}");
+        // Found by the `wire` fuzz target: a long version word was echoed whole.
+        let line = format!("dazai/{} STATUS", "9".repeat(200));
+        let message = parse_request(line.as_bytes()).unwrap_err().to_string();
+        assert!(message.len() < 100, "{message}");
     }
 }

@@ -293,3 +293,312 @@ pub fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `dazai mcp` under test, driven by a scripted MCP client over its stdin and
+/// stdout that records every line both ways as a transcript.
+pub struct McpClient {
+    /// The `dazai mcp` process.
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    transcript: Vec<String>,
+    dir: PathBuf,
+}
+
+impl McpClient {
+    /// Writes `tools` to `tools.toml` in the daemon's directory, starts
+    /// `dazai mcp` on it (with `$DIR` set to that directory, stderr to
+    /// `mcp.log`), and waits until it serves or exits.
+    pub fn start(daemon: &Daemon, tools: &str) -> Self {
+        let tools_path = daemon.path("tools.toml");
+        fs::write(&tools_path, tools).expect("write tools.toml");
+        let mut command = dazai();
+        command
+            .arg("mcp")
+            .arg("--tools")
+            .arg(&tools_path)
+            .arg("--socket")
+            .arg(&daemon.socket);
+        Self::spawn(daemon, command)
+    }
+
+    /// Starts `command` as the MCP server (as a client would launch it), with
+    /// `$DIR` set to the daemon's directory and stderr to `mcp.log` there, and
+    /// waits until it serves or exits.
+    pub fn spawn(daemon: &Daemon, mut command: Command) -> Self {
+        let log = fs::File::create(daemon.path("mcp.log")).expect("mcp.log");
+        let mut child = command
+            .env("DIR", daemon.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dazai mcp");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = Self {
+            child,
+            stdin,
+            lines,
+            transcript: Vec::new(),
+            dir: daemon.dir.path().to_owned(),
+        };
+        eventually("dazai mcp to serve (or exit)", || {
+            client.log().contains("serving ") || client.child.try_wait().ok().flatten().is_some()
+        });
+        client
+    }
+
+    /// The pid of `dazai mcp`.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What `dazai mcp` logged on stderr.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("mcp.log")).unwrap_or_default()
+    }
+
+    /// Sends one message as one line.
+    pub fn send(&mut self, message: serde_json::Value) {
+        let line = message.to_string();
+        self.transcript.push(format!("> {line}"));
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to dazai mcp");
+    }
+
+    /// The next line `dazai mcp` writes, parsed; fails the test after [`PATIENCE`].
+    pub fn receive(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no reply from dazai mcp; log: {}", self.log()));
+        self.transcript.push(format!("< {line}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Sends a request and returns the reply.
+    pub fn request(&mut self, message: serde_json::Value) -> serde_json::Value {
+        self.send(message);
+        self.receive()
+    }
+
+    /// Everything sent (`>`) and received (`<`), one line each, with the
+    /// daemon's directory written as `$DIR`.
+    pub fn transcript(&self) -> String {
+        let dir = self.dir.display().to_string();
+        self.transcript
+            .iter()
+            .map(|line| line.replace(&dir, "$DIR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Closes `dazai mcp`'s stdin (end of the session).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+}
+
+impl Drop for McpClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Helpers of the abuse and fault tests (tests/abuse.rs, tests/faults.rs).
+
+/// The secret a guarded daemon holds: a reply or a log line that shows it is a leak.
+pub const CANARY: &str = "canary-robustness-5e1f9a";
+
+/// The uid (and gid) of `nobody`: "another user" for the tests that need one.
+pub const NOBODY: u32 = 65534;
+
+/// Whether the tests run as root, which they need to act as another user
+/// (CI runs as root; elsewhere the lab is the place for those tests).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A supervised program that fetches secret `api` with `dazai get` each time
+/// `$DIR/fetch` appears, into `$DIR/fetched`: the way a test reads the
+/// secret back through the daemon without registering itself.
+pub fn fetcher_script() -> String {
+    format!(
+        r#"echo $$ > "$DIR/program.pid"
+while :; do
+    if [ -e "$DIR/fetch" ]; then
+        rm -f "$DIR/fetch"
+        {} get api > "$DIR/fetched.part" 2>&1
+        mv "$DIR/fetched.part" "$DIR/fetched"
+    fi
+    sleep 0.05
+done"#,
+        dazai_bin().display()
+    )
+}
+
+/// User time plus system time a process has used, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .expect("stat format")
+        .1
+        .split(' ')
+        .collect();
+    // Fields 14 and 15 of proc(5), counted from the state (field 3) here.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// How many file descriptors a process holds.
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
+
+impl Daemon {
+    /// The secret as the supervised [`fetcher_script`] gets it from the daemon.
+    pub fn fetch_secret(&self) -> String {
+        let fetched = self.path("fetched");
+        let _ = fs::remove_file(&fetched);
+        fs::write(self.path("fetch"), "").expect("ask the fetcher");
+        eventually("the supervised program to fetch the secret", || {
+            exists(&fetched)
+        });
+        fs::read_to_string(&fetched).expect("fetched secret")
+    }
+
+    /// Whether the daemon process is still running (not reaped, not a zombie).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none() && is_alive(self.pid)
+    }
+}
+
+/// A daemon under attack: it holds [`CANARY`] as secret `api`, runs with
+/// `--ping-timeout 5` (a loop stalled that long loses the session), supervises
+/// the [`fetcher_script`], and a real `dazai client` holds its heartbeat.
+pub struct Guarded {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// The `dazai client` holding the heartbeat.
+    pub client: Child,
+}
+
+impl Guarded {
+    /// Starts the daemon (with `extra` daemon arguments) and attaches the client.
+    pub fn start(extra: &[&str]) -> Self {
+        let daemon = DaemonBuilder::new()
+            .secret("api", CANARY)
+            .args(&["--ping-timeout", "5"])
+            .args(extra)
+            .exec_shell(&fetcher_script())
+            .start();
+        daemon.read_pid_file("program.pid");
+        let client = daemon.attach_client(&[]);
+        Self { daemon, client }
+    }
+
+    /// The heartbeat and the secret are as they were: the daemon runs, armed
+    /// and attached to the same client, which still runs; the secret is held,
+    /// locked, and reads back whole; nothing panicked and nothing leaked.
+    pub fn assert_untouched(&mut self) {
+        assert!(
+            self.daemon.is_running(),
+            "the daemon ended; log: {}",
+            self.daemon.log()
+        );
+        assert!(
+            self.client.try_wait().expect("try_wait").is_none(),
+            "the heartbeat client ended; log: {}",
+            self.daemon.log()
+        );
+        let status = self.daemon.status();
+        assert_eq!(status["liveness"], "attached", "{status}");
+        assert_eq!(status["armed"], true, "{status}");
+        assert_eq!(status["heartbeat"]["pid"], self.client.id(), "{status}");
+        assert_eq!(status["secrets"][0]["bytes"], CANARY.len(), "{status}");
+        assert_eq!(status["secrets"][0]["locked"], true, "{status}");
+        assert_eq!(self.daemon.fetch_secret(), CANARY, "the secret changed");
+        let log = self.daemon.log();
+        assert!(!log.contains("PANIC"), "{log}");
+        assert!(!log.contains(CANARY), "the log leaked the secret: {log}");
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        stop(&mut self.client);
+    }
+}
+
+impl DaemonBuilder {
+    /// Starts the daemon as user `uid` (group `uid`), in a directory that user
+    /// owns; needs root. Without root's rights the daemon gets no cgroup, so
+    /// the panic reaches its tree by process group only.
+    pub fn start_as(self, uid: u32) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::Builder::new()
+            .prefix("dazai-e2e-user")
+            .tempdir()
+            .expect("tempdir");
+        let owner = Some(nix::unistd::Uid::from_raw(uid));
+        let group = Some(nix::unistd::Gid::from_raw(uid));
+        nix::unistd::chown(dir.path(), owner, group).expect("chown the directory");
+        let socket = dir.path().join("dazai.sock");
+        let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let mut command = dazai();
+        command
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .args(&self.args)
+            .env("DIR", dir.path())
+            .env("DAZAI_SOCKET", &socket)
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (key, value) in &self.envs {
+            command.env(key, value);
+        }
+        if !self.exec.is_empty() {
+            command.arg("--exec").args(&self.exec);
+        }
+        let mut child = command.spawn().expect("spawn dazai daemon");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut ready_line = String::new();
+        let _ = stdout.read_line(&mut ready_line);
+        let pid = child.id() as i32;
+        let daemon = Daemon {
+            child,
+            pid,
+            dir,
+            socket,
+            ready_line,
+            reaped: None,
+        };
+        assert!(
+            daemon.ready_line.starts_with("dazai daemon ready:"),
+            "daemon did not get ready: {:?}; log: {}",
+            daemon.ready_line,
+            daemon.log()
+        );
+        daemon
+    }
+}

@@ -81,7 +81,8 @@ fn a_program_that_cannot_start_is_a_one_line_error_with_exit_code_8() {
 fn status_gives_a_compact_human_view_and_the_same_fields_as_json() {
     let daemon = dazai_e2e::DaemonBuilder::new()
         .secret("api", "canary-status-view")
-        .args(&["--grace", "5"])
+        // A fixed backend: the automatic one depends on the kernel.
+        .args(&["--grace", "5", "--memory", "locked"])
         .start();
     let run = |json: bool| {
         let mut command = Command::new(dazai_e2e::dazai_bin());
@@ -111,4 +112,132 @@ fn status_gives_a_compact_human_view_and_the_same_fields_as_json() {
         })
         .collect();
     insta::assert_snapshot!(human);
+}
+
+#[test]
+fn shell_completions_are_generated_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(dazai_e2e::dazai_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let script = String::from_utf8(output.stdout).unwrap();
+        for subcommand in ["daemon", "client", "status", "run"] {
+            assert!(script.contains(subcommand), "{shell}: {subcommand}");
+        }
+        insta::assert_snapshot!(format!("completions_{shell}"), script);
+    }
+}
+
+#[test]
+fn the_man_page_documents_every_subcommand() {
+    let output = Command::new(dazai_e2e::dazai_bin())
+        .arg("manpage")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH dazai"),
+        "roff: {page}"
+    );
+    insta::assert_snapshot!(page);
+}
+
+/// Runs `dazai` with `args` and returns its one stderr line with run-specific
+/// paths replaced.
+fn one_line_error(args: &[&str], dir: &std::path::Path, code: i32) -> String {
+    let output = Command::new(dazai_e2e::dazai_bin())
+        .args(args)
+        .env_remove("DAZAI_SOCKET")
+        .env_remove("DAZAI_TEST_UNSET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr.replace(&dir.display().to_string(), "DIR")
+}
+
+#[test]
+fn every_user_facing_error_is_one_line_with_cause_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(d("not-a-socket"), "").unwrap();
+    std::fs::write(d("big"), vec![b'x'; 70 * 1024]).unwrap();
+    let cases: Vec<(Vec<String>, i32)> = vec![
+        (vec!["status".into(), "--socket".into(), d("none.sock")], 3),
+        (
+            vec![
+                "get".into(),
+                "api".into(),
+                "--socket".into(),
+                d("none.sock"),
+            ],
+            3,
+        ),
+        (
+            vec!["daemon".into(), "--socket".into(), d("not-a-socket")],
+            7,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("a.sock"),
+                "--secret".into(),
+                "api=env:DAZAI_TEST_UNSET".into(),
+            ],
+            6,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("b.sock"),
+                "--secret".into(),
+                format!("api=file:{}", d("missing")),
+            ],
+            6,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("c.sock"),
+                "--secret".into(),
+                format!("api=file:{}", d("big")),
+            ],
+            6,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("e.sock"),
+                "--secret".into(),
+                "api=fd:97".into(),
+            ],
+            6,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("f.sock"),
+                "--exec".into(),
+                "/nonexistent/program".into(),
+            ],
+            8,
+        ),
+    ];
+    let mut errors = String::new();
+    for (args, code) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = one_line_error(&args, dir.path(), *code);
+        assert!(line.starts_with("dazai: error: "), "{line}");
+        errors.push_str(&format!("exit {code}: {line}"));
+    }
+    insta::assert_snapshot!(errors);
 }

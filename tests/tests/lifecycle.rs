@@ -254,3 +254,133 @@ fn an_env_secret_is_removed_from_the_daemons_environment() {
         "the daemon's original environment block still holds the secret"
     );
 }
+
+/// `true` when the prerequisite holds; otherwise the test fails in CI
+/// (`CI=true`) and is skipped elsewhere, saying why.
+fn prerequisite(test: &str, check: Result<(), String>) -> bool {
+    match check {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("{test}: prerequisite missing in CI (CI=true): {why}")
+        }
+        Err(why) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+fn root() -> Result<(), String> {
+    match nix::unistd::Uid::effective() {
+        uid if uid.is_root() => Ok(()),
+        uid => Err(format!(
+            "needs root (runs as uid {uid}): only root reads a non-dumpable daemon's memory"
+        )),
+    }
+}
+
+fn secret_memory() -> Result<(), String> {
+    // SAFETY: memfd_secret takes one integer argument and no pointers; the
+    // descriptor it may return is closed right below.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "the kernel gives no secret memory (memfd_secret: {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just returned by the kernel to this test and nothing
+    // else uses it.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// What root gets reading every readable mapping of `pid` through
+/// `/proc/PID/mem`: the maps lines holding `canary`, and the lines whose
+/// read failed, with the error.
+fn scan_as_root(pid: i32, canary: &[u8]) -> (Vec<String>, Vec<(String, Option<i32>)>) {
+    use std::os::unix::fs::FileExt;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let (mut hits, mut unreadable) = (Vec::new(), Vec::new());
+    for line in maps.lines() {
+        let mut words = line.split_whitespace();
+        let (range, perms) = (words.next().unwrap(), words.next().unwrap());
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let mut bytes = vec![0; (end - start) as usize];
+        match mem.read_exact_at(&mut bytes, start) {
+            Ok(()) if bytes.windows(canary.len()).any(|w| w == canary) => {
+                hits.push(line.to_owned())
+            }
+            Ok(()) => {}
+            Err(error) => unreadable.push((line.to_owned(), error.raw_os_error())),
+        }
+    }
+    (hits, unreadable)
+}
+
+// docs/threat-model.md, "root reads memory": with the memfd_secret backend
+// root finds 0 copies (`/proc/PID/mem` gives EIO); with the locked backend
+// root can read the secret before the wipe (the documented limit). The daemon
+// is non-dumpable, but root (CAP_SYS_PTRACE) opens its /proc/PID/mem anyway.
+#[test]
+fn root_reads_the_secret_from_a_locked_daemon_but_gets_eio_from_a_secretmem_daemon() {
+    let test = "root_reads_the_secret_from_a_locked_daemon_but_gets_eio_from_a_secretmem_daemon";
+    if !prerequisite(test, root()) || !prerequisite(test, secret_memory()) {
+        return;
+    }
+    let canary = "canary-4e0b7a-root-reads-memory";
+    let locked = DaemonBuilder::new()
+        .secret("api", canary)
+        .args(&["--memory", "locked"])
+        .start();
+    let secretmem = DaemonBuilder::new()
+        .secret("api", canary)
+        .args(&["--memory", "secretmem"])
+        .start();
+
+    let (locked_hits, _) = scan_as_root(locked.pid, canary.as_bytes());
+    let (secretmem_hits, secretmem_unreadable) = scan_as_root(secretmem.pid, canary.as_bytes());
+
+    assert!(
+        locked.ready_line.contains(" memory=locked "),
+        "{}",
+        locked.ready_line
+    );
+    assert!(
+        secretmem.ready_line.contains(" memory=secretmem "),
+        "{}",
+        secretmem.ready_line
+    );
+    assert_eq!(secretmem.status()["secrets"][0]["backend"], "secretmem");
+    assert_eq!(
+        secretmem.status()["memory_note"],
+        "secretmem requested; set by --memory secretmem"
+    );
+    assert_eq!(
+        locked_hits.len(),
+        1,
+        "root reads the locked daemon's secret, once: {locked_hits:?}"
+    );
+    assert_eq!(secretmem_hits, Vec::<String>::new(), "no copy anywhere");
+    let secret_pages: Vec<_> = secretmem_unreadable
+        .iter()
+        .filter(|(line, _)| line.ends_with("/secretmem (deleted)"))
+        .collect();
+    assert_eq!(
+        secret_pages.len(),
+        1,
+        "one secret-memory mapping: {secretmem_unreadable:?}"
+    );
+    assert_eq!(
+        secret_pages[0].1,
+        Some(libc::EIO),
+        "reading it gives EIO: {secret_pages:?}"
+    );
+}

@@ -87,7 +87,8 @@ fn busy_transcript() {
 fn status_transcript() {
     let daemon = DaemonBuilder::new()
         .secret("api", "secret")
-        .args(&["--grace", "5", "--ping-timeout", "30"])
+        // A fixed backend: the automatic one depends on the kernel.
+        .args(&["--grace", "5", "--ping-timeout", "30", "--memory", "locked"])
         .start();
     let status = daemon.status();
     assert!(
@@ -207,7 +208,10 @@ fn docs_protocol_shows_every_transcript_snapshot() {
         }
         let snapshot = std::fs::read_to_string(&path).unwrap();
         let body = snapshot.split_once("\n---\n").unwrap().1.trim();
-        assert!(doc.contains(body), "docs/protocol.md lacks the transcript of {name}");
+        assert!(
+            doc.contains(body),
+            "docs/protocol.md lacks the transcript of {name}"
+        );
         checked += 1;
     }
     assert!(checked >= 6, "only {checked} transcripts found");

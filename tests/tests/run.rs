@@ -44,7 +44,10 @@ fn get_works_inside_the_program_without_set_up() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(fs::read_to_string(dir.path().join("got")).unwrap(), "canary-run");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("got")).unwrap(),
+        "canary-run"
+    );
 }
 
 /// Makes the pty's slave side the controlling terminal of a new session.
@@ -71,8 +74,11 @@ fn closing_the_terminal_under_run_kills_the_program_and_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let pty = nix::pty::openpty(None, None).unwrap();
     // Only this test may hold the master: closing it must hang the terminal up.
-    nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .unwrap();
+    nix::fcntl::fcntl(
+        &pty.master,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .unwrap();
     let mut command = run_command(
         dir.path(),
         r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#,
@@ -84,7 +90,11 @@ fn closing_the_terminal_under_run_kills_the_program_and_the_daemon() {
     eventually("the program to start", || {
         fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
     });
-    let program: i32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let program: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let daemon_pid: i32 = {
         let pidfile = dir.path().join("run.pid");
         eventually("the daemon's pidfile", || pidfile.exists());
@@ -96,5 +106,9 @@ fn closing_the_terminal_under_run_kills_the_program_and_the_daemon() {
     let status = wait_exit(&mut run);
     eventually("the program to be killed", || !is_alive(program));
     eventually("the daemon to be gone", || !is_alive(daemon_pid));
-    assert_ne!(status.code(), Some(0), "run reports the lost session: {status:?}");
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "run reports the lost session: {status:?}"
+    );
 }

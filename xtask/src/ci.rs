@@ -26,7 +26,11 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     // `ci` profile (.config/nextest.toml) reports every failure and bounds a
     // hung test instead of stopping at the first.
     steps.command(cmd!(sh, "cargo build --workspace --bins"))?;
-    steps.command(cmd!(sh, "cargo nextest run --workspace --profile ci"))?;
+    // The lab's own tests need root, docker and the lab image: the lab step runs them.
+    steps.command(cmd!(
+        sh,
+        "cargo nextest run --workspace --exclude lab --profile ci"
+    ))?;
     // Every daemon test again, this time against the live seccomp filter.
     steps.command(cmd!(
         sh,
@@ -34,7 +38,7 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     ))?;
     steps.command(cmd!(
         sh,
-        "cargo nextest run --workspace --profile ci --features dazai/seccomp"
+        "cargo nextest run --workspace --exclude lab --profile ci --features dazai/seccomp"
     ))?;
     steps.run(
         "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps",
@@ -44,6 +48,21 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
             Ok(doc.quiet().run()?)
         },
     )?;
+    // The libFuzzer targets (fuzz/), all at once for 60 s each: about 3.5 min
+    // with their build. A crash fails CI; the input is left in fuzz/artifacts/.
+    steps.run("cargo xtask fuzz --time 60", || {
+        crate::fuzz::run(
+            sh,
+            &crate::fuzz::Options {
+                time: 60,
+                only: Vec::new(),
+            },
+        )
+    })?;
+    // Last: the lab attacks the shipped binary in containers (docs/lab.md).
+    steps.run("cargo xtask lab", || {
+        crate::lab::run(sh, &crate::lab::Options::default())
+    })?;
     steps.print_summary();
     Ok(())
 }
@@ -85,12 +104,18 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
         }
     } else {
         let needed: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(_, why)| *why).collect();
-        println!("    not Debian: not checking packages; the tests need {}", needed.join("; "));
+        println!(
+            "    not Debian: not checking packages; the tests need {}",
+            needed.join("; ")
+        );
     }
 
     if missing.is_empty() {
         let packages: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
-        println!("    present: rustfmt, clippy, cargo-nextest, {}", packages.join(", "));
+        println!(
+            "    present: rustfmt, clippy, cargo-nextest, {}",
+            packages.join(", ")
+        );
         return Ok(());
     }
     if cmd!(sh, "id -u").quiet().read()? != "0" {

@@ -1,8 +1,11 @@
 //! Project automation, run as `cargo xtask <verb>`: the build logic lives in
 //! Rust, one module per verb, and `.ci/run` and the workflows only call it.
 
+mod bench;
 mod ci;
+mod fuzz;
 mod lab;
+mod man;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,14 +15,32 @@ use xshell::Shell;
 const USAGE: &str = "\
 usage: cargo xtask <verb>
 
-  ci    fmt, clippy, the whole suite with and without seccomp, docs
-  lab   attack the real binary and write the evidence report (not built yet)";
+  ci    fmt, clippy, the whole suite with and without seccomp, docs,
+        the fuzz targets for a bounded time and, last, the lab
+  man   write target/man/dazai.1 from the command line's definition
+  fuzz  build the libFuzzer targets in fuzz/ and run them all at once
+        [--time SECS]   seconds each target runs (default 60)
+        [--only T,T]    only these targets (wire, mcp_request, tools_config)
+  lab   attack the real binary in containers and write the evidence report
+        [--update-docs] copy it into docs/threat-model.md
+        [--only ROWS]   only these rows, e.g. --only wipe,session-loss
+        [--verbose]     print every piece of evidence
+  bench measure destroy latency, ping-timeout precision, idle cost, load,
+        size, and ssh-agent side by side -> target/bench/report.json
+        [--runs N]      runs per destroy configuration (default 200)
+        [--update-docs] copy the figures into docs/performance.md";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["ci"] => shell_at_repo_root().and_then(|sh| ci::run(&sh)),
-        ["lab"] => lab::run(),
+        ["lab", ref rest @ ..] => lab::Options::parse(rest)
+            .and_then(|options| shell_at_repo_root().and_then(|sh| lab::run(&sh, &options))),
+        ["bench", ref rest @ ..] => bench::Options::parse(rest)
+            .and_then(|options| shell_at_repo_root().and_then(|sh| bench::run(&sh, &options))),
+        ["man"] => shell_at_repo_root().and_then(|sh| man::run(&sh)),
+        ["fuzz", ref rest @ ..] => fuzz::Options::parse(rest)
+            .and_then(|options| shell_at_repo_root().and_then(|sh| fuzz::run(&sh, &options))),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

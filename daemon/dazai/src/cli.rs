@@ -31,6 +31,15 @@ pub enum Command {
     Get(GetArgs),
     /// Register a process (default: the caller's parent, e.g. your shell) so the panic kills it.
     Register(RegisterArgs),
+    /// Serve MCP tools backed by the daemon's secrets on stdio (launched by an agent).
+    Mcp(crate::mcp::McpArgs),
+    /// Run PROGRAM with secrets, tied to this terminal or SSH session: the common case in one command.
+    Run(RunArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff); `cargo xtask man` writes it to a file.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Where the daemon's socket is.
@@ -79,6 +88,10 @@ pub struct DaemonArgs {
     /// process cannot be made non-dumpable. Status and logs say so.
     #[arg(long)]
     pub insecure_allow_unlocked: bool,
+    /// Memory for the secrets: secretmem (memfd_secret(2): not even root reads it), locked
+    /// (mlock), or auto (secretmem where the kernel offers it) [default: $DAZAI_MEMORY, else auto]
+    #[arg(long, value_enum, value_name = "BACKEND", hide_possible_values = true)]
+    pub memory: Option<crate::daemon::secrets::MemoryArg>,
     /// Print the seccomp allowlist this build would install, and exit.
     #[arg(long)]
     pub print_seccomp: bool,
@@ -131,6 +144,36 @@ pub struct GetArgs {
     pub name: String,
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+/// `dazai run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A secret to hold, as NAME=SOURCE; SOURCE is fd:N, env:VAR, file:PATH or prompt. Repeatable.
+    #[arg(long = "secret", value_name = "NAME=SOURCE")]
+    pub secrets: Vec<SecretSpec>,
+    /// Treat N seconds without a PING from this session as liveness lost.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_timeout: Option<u64>,
+    /// Give a lost session N seconds to re-attach before the panic.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub grace: u64,
+    /// INSECURE: see `dazai daemon --insecure-allow-unlocked`.
+    #[arg(long)]
+    pub insecure_allow_unlocked: bool,
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/dazai/run-PID.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+/// `dazai completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// `dazai register`.

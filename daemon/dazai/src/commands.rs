@@ -8,7 +8,9 @@ use dazai_client::protocol::{Reply, Request};
 use dazai_client::{hold_heartbeat, Connection, HeartbeatEnd, HeartbeatOptions};
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs};
+use clap::CommandFactory;
+
+use crate::cli::{Cli, ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs};
 use crate::failure::{Exit, Failure};
 
 /// `dazai client`: holds the heartbeat until the session ends.
@@ -22,7 +24,11 @@ pub fn client(args: &ClientArgs) -> Result<u8, Failure> {
         HeartbeatEnd::SessionHungUp(stream) => format!("{stream} hung up"),
         HeartbeatEnd::ParentGone => "parent process gone".to_owned(),
     };
-    eprintln!("dazai: session ended ({why}); heartbeat released");
+    // The session's terminal may be gone already: a failed write is no error.
+    let _ = writeln!(
+        std::io::stderr(),
+        "dazai: session ended ({why}); heartbeat released"
+    );
     Ok(0)
 }
 
@@ -77,6 +83,11 @@ fn human_status(status: &Value) -> String {
             secret["backend"].as_str().unwrap_or("?")
         ));
     }
+    out.push_str(&format!(
+        "memory: {} ({})\n",
+        status["memory"].as_str().unwrap_or("?"),
+        status["memory_note"].as_str().unwrap_or("?")
+    ));
     out.push_str(&format!(
         "registered: {}  locked memory: {} bytes  seccomp: {}\n",
         status["registered"],
@@ -135,4 +146,17 @@ pub fn register(args: &RegisterArgs) -> Result<u8, Failure> {
         }
         other => Err(unexpected(other).into()),
     }
+}
+
+/// `dazai completions SHELL`.
+pub fn completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "dazai", &mut std::io::stdout());
+}
+
+/// `dazai manpage`: the man page in roff, for `cargo xtask man`.
+pub fn manpage() -> Result<u8, Failure> {
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot write the man page ({e})")))?;
+    Ok(0)
 }

@@ -22,6 +22,8 @@ pub enum Exit {
     Endpoint = 7,
     /// The `--exec` program could not be started.
     Spawn = 8,
+    /// The `dazai mcp` tools file is invalid.
+    Config = 9,
 }
 
 /// A failure: exit code plus one line saying the cause and the fix.

@@ -6,6 +6,8 @@ mod confinement;
 mod daemon;
 mod failure;
 mod log;
+mod mcp;
+mod run;
 mod sys;
 
 use std::process::ExitCode;
@@ -32,6 +34,13 @@ fn main() -> ExitCode {
         Command::Panic(args) => commands::panic(args),
         Command::Get(args) => commands::get(args),
         Command::Register(args) => commands::register(args),
+        Command::Mcp(args) => mcp::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Completions(args) => {
+            commands::completions(args.shell);
+            Ok(0)
+        }
+        Command::Manpage => commands::manpage(),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -28,15 +28,16 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
     match hold_heartbeat(&socket, HeartbeatOptions::default()) {
         // This session ended: the daemon sees the heartbeat close and panics.
         Ok(end) => say(&format!("session ended ({}); the daemon panics", describe(end))),
-        // The daemon ended first (PROGRAM exited, or a panic ran), perhaps
-        // before the heartbeat could even attach.
-        Err(_) if matches!(daemon.try_wait(), Ok(Some(_))) => {}
-        Err(ClientError::DaemonGone) => {}
-        Err(error) => {
+        // A refusal means something else answers on the socket: give up.
+        Err(error @ (ClientError::Busy(_) | ClientError::Refused(_))) => {
             let _ = daemon.kill();
             let _ = daemon.wait();
             return Err(error.into());
         }
+        // Any other end of the connection is the daemon ending (PROGRAM
+        // exited, or a panic ran), perhaps before the heartbeat could attach:
+        // its exit status says which.
+        Err(_) => {}
     }
     let status = daemon
         .wait()
@@ -76,8 +77,12 @@ fn default_run_socket() -> PathBuf {
 /// `Ok(Err(code))` when the daemon failed to start (it said why on stderr).
 /// The daemon inherits the terminal, so `prompt` secrets and PROGRAM work as usual.
 fn start_daemon(args: &RunArgs, socket: &std::path::Path) -> Result<Result<Child, u8>, Failure> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot find the dazai binary ({e})")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            Exit::Internal,
+            format!("cannot find the dazai binary ({e})"),
+        )
+    })?;
     let mut command = Command::new(exe);
     command
         .arg("daemon")
@@ -88,7 +93,9 @@ fn start_daemon(args: &RunArgs, socket: &std::path::Path) -> Result<Result<Child
         .arg("--grace")
         .arg(args.grace.to_string());
     for secret in &args.secrets {
-        command.arg("--secret").arg(format!("{}={}", secret.name, secret.source));
+        command
+            .arg("--secret")
+            .arg(format!("{}={}", secret.name, secret.source));
     }
     if let Some(timeout) = args.ping_timeout {
         command.arg("--ping-timeout").arg(timeout.to_string());
@@ -96,7 +103,10 @@ fn start_daemon(args: &RunArgs, socket: &std::path::Path) -> Result<Result<Child
     if args.insecure_allow_unlocked {
         command.arg("--insecure-allow-unlocked");
     }
-    command.arg("--exec").args(&args.program).stdout(Stdio::piped());
+    command
+        .arg("--exec")
+        .args(&args.program)
+        .stdout(Stdio::piped());
     let mut daemon = command
         .spawn()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot start the daemon ({e})")))?;

@@ -34,7 +34,11 @@ impl Endpoint {
             replaced.push(format!("stale socket {}", socket.display()));
         }
         let listener = bind_private(socket)?;
-        if write_pidfile(pidfile)? {
+        // A refused start leaves nothing behind, not even the socket it bound.
+        let pidfile_replaced = write_pidfile(pidfile).inspect_err(|_| {
+            let _ = fs::remove_file(socket);
+        })?;
+        if pidfile_replaced {
             replaced.push(format!("stale pidfile {}", pidfile.display()));
         }
         Ok(Self {

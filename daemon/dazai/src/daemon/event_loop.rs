@@ -29,8 +29,13 @@ use crate::log::{utc_timestamp, Log};
 const CONTROL_DEADLINE: Duration = Duration::from_secs(3);
 /// At most this many control connections wait at once; more get `ERR busy`.
 const MAX_CONTROLS: usize = 64;
+/// At most this many `WATCH` connections are held at once; more get `ERR busy`.
+const MAX_WATCHERS: usize = 64;
 /// A reply that cannot be written in this time is abandoned.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After `accept(2)` fails (EMFILE: out of descriptors), the listener is left
+/// out of the poll set this long: it stays readable, so polling it would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The configured timeouts.
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +141,13 @@ struct Control {
     deadline: Instant,
 }
 
+/// A `WATCH` connection: held silent until the daemon ends, so its peer
+/// (`dazai mcp`) learns of the end as end of file.
+struct Watcher {
+    stream: UnixStream,
+    pid: i32,
+}
+
 /// What the poll set's entries stand for.
 #[derive(Clone, Copy)]
 enum Source {
@@ -143,6 +155,7 @@ enum Source {
     Listener,
     Heartbeat,
     Control(usize),
+    Watcher(usize),
 }
 
 /// The daemon's state while it runs.
@@ -160,6 +173,9 @@ pub struct EventLoop {
     armed: bool,
     heartbeat: Option<Heartbeat>,
     controls: Vec<Control>,
+    watchers: Vec<Watcher>,
+    /// Until when the listener is not polled, after `accept(2)` failed.
+    accept_paused_until: Option<Instant>,
 }
 
 impl EventLoop {
@@ -191,6 +207,8 @@ impl EventLoop {
             armed: false,
             heartbeat: None,
             controls: Vec::new(),
+            watchers: Vec::new(),
+            accept_paused_until: None,
         }
     }
 
@@ -222,11 +240,15 @@ impl EventLoop {
                     .unwrap_or_default()
             ));
         }
+        let memory = self.vault.memory();
+        self.log
+            .line(format_args!("memory: {} ({})", memory.backend, memory.note));
         println!(
-            "dazai daemon ready: pid={} socket={} state=waiting-for-heartbeat secrets={} seccomp={}",
+            "dazai daemon ready: pid={} socket={} state=waiting-for-heartbeat secrets={} memory={} seccomp={}",
             std::process::id(),
             self.endpoint.socket_path.display(),
             self.vault.iter().count(),
+            memory.backend,
             self.confinement
         );
     }
@@ -271,6 +293,10 @@ impl EventLoop {
                         self.on_control_input(index);
                         None
                     }
+                    Source::Watcher(index) => {
+                        self.on_watcher_input(index);
+                        None
+                    }
                 };
                 if let Some(code) = exit {
                     return code;
@@ -281,11 +307,17 @@ impl EventLoop {
     }
 
     fn sources(&self) -> Vec<Source> {
-        let mut sources = vec![Source::Signals, Source::Listener];
+        let mut sources = vec![Source::Signals];
+        if self.accept_paused_until.is_none() {
+            sources.push(Source::Listener);
+        }
         if self.heartbeat.is_some() {
             sources.push(Source::Heartbeat);
         }
         sources.extend((0..self.controls.len()).map(Source::Control));
+        // After the controls: a control that becomes a watcher in this round
+        // only appends, so it shifts none of the watchers handled before it.
+        sources.extend((0..self.watchers.len()).map(Source::Watcher));
         // Reversed iteration handles signals last otherwise: put them at the end.
         sources.rotate_left(1);
         sources
@@ -301,6 +333,7 @@ impl EventLoop {
                 .map(|h| h.stream.as_fd())
                 .expect("heartbeat source only while attached"),
             Source::Control(index) => self.controls[index].stream.as_fd(),
+            Source::Watcher(index) => self.watchers[index].stream.as_fd(),
         }
     }
 
@@ -329,6 +362,7 @@ impl EventLoop {
         liveness
             .into_iter()
             .chain(ping)
+            .chain(self.accept_paused_until)
             .chain(self.controls.iter().map(|c| c.deadline))
     }
 
@@ -359,8 +393,14 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog for now.
-                    self.log.line(format_args!("accept failed ({e})"));
+                    // EMFILE and friends: leave the rest in the backlog and
+                    // retry after a pause (expired stalled connections free
+                    // descriptors meanwhile). One log line per pause, not a flood.
+                    self.log.line(format_args!(
+                        "accept failed ({e}); retrying in {}ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    ));
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
             };
@@ -476,7 +516,9 @@ impl EventLoop {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 let _ = send(&control.stream, &Reply::Status(json), &[]);
             }
-            Request::Register { pid } => self.register(&control, pid.unwrap_or(control.pid)),
+            Request::Register { pid } => self.register(&control, pid.unwrap_or(control.pid), false),
+            Request::RegisterGroup { leader } => self.register(&control, leader, true),
+            Request::Watch => self.attach_watcher(control),
             Request::Get { name } => self.hand_out_secret(&control, &name),
             Request::Panic { hard } => {
                 let _ = send(&control.stream, &Reply::Ok("panic requested".into()), &[]);
@@ -547,21 +589,77 @@ impl EventLoop {
         }
     }
 
-    fn register(&mut self, control: &Control, pid: i32) {
+    fn register(&mut self, control: &Control, pid: i32, group: bool) {
         let target = Pid::from_raw(pid);
+        let what = if group { " and its process group" } else { "" };
         // The requester has the daemon's uid; registering needs the right to signal.
-        let result = kill(target, None).and_then(|()| self.registry.register(target));
-        let reply = match result {
-            Ok(()) => {
-                self.log.line(format_args!(
-                    "registered pid {pid} (requested by pid {})",
-                    control.pid
-                ));
-                Reply::Ok(format!("registered pid {pid}"))
-            }
+        let reply = match kill(target, None) {
             Err(errno) => Reply::Err(format!("cannot register pid {pid}: {errno}")),
+            Ok(()) if group && getpgid(Some(target)) != Ok(target) => Reply::Err(format!(
+                "cannot register pid {pid} with its group: it does not lead a process group; fix: start it in its own group (setpgid(0, 0))"
+            )),
+            Ok(()) => match self.registry.register(target, group) {
+                Ok(()) => {
+                    self.log.line(format_args!(
+                        "registered pid {pid}{what} (requested by pid {})",
+                        control.pid
+                    ));
+                    Reply::Ok(format!("registered pid {pid}{what}"))
+                }
+                Err(errno) => Reply::Err(format!("cannot register pid {pid}: {errno}")),
+            },
         };
         let _ = send(&control.stream, &reply, &[]);
+    }
+
+    /// `WATCH`: keeps the connection, silent, until the daemon ends.
+    fn attach_watcher(&mut self, control: Control) {
+        if self.watchers.len() >= MAX_WATCHERS {
+            let _ = send(
+                &control.stream,
+                &Reply::Err("busy: too many watch connections; retry".into()),
+                &[],
+            );
+            return;
+        }
+        let reply = Reply::Ok(
+            "watching: this connection closes when the daemon ends; send nothing on it".into(),
+        );
+        if send(&control.stream, &reply, &[]).is_err() {
+            return;
+        }
+        self.log
+            .line(format_args!("watch attached by pid {}", control.pid));
+        self.watchers.push(Watcher {
+            stream: control.stream,
+            pid: control.pid,
+        });
+    }
+
+    /// A watcher closed its end (or broke the silence): let it go.
+    fn on_watcher_input(&mut self, index: usize) {
+        let mut byte = [0u8; 1];
+        match (&self.watchers[index].stream).read(&mut byte) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return
+            }
+            Ok(1..) => {
+                let _ = send(
+                    &self.watchers[index].stream,
+                    &Reply::Err("a watch connection carries nothing; closing it".into()),
+                    &[],
+                );
+            }
+            Ok(0) | Err(_) => {}
+        }
+        let watcher = self.watchers.swap_remove(index);
+        self.log
+            .line(format_args!("watch by pid {} ended", watcher.pid));
     }
 
     /// Hands a secret only to a process the panic would kill.
@@ -597,6 +695,9 @@ impl EventLoop {
 
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+        }
         match &self.liveness {
             Liveness::Waiting {
                 arm_deadline: Some(deadline),
@@ -745,6 +846,8 @@ impl EventLoop {
                 .map(|(_, s)| s.data_pages_len())
                 .sum(),
             secrets,
+            memory: self.vault.memory().backend.to_string(),
+            memory_note: self.vault.memory().note.clone(),
             registered: self.registry.live_pids(),
             supervised: self.supervised.as_ref().map(|s| SupervisedStatus {
                 pid: s.program.as_raw(),

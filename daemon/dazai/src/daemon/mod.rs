@@ -68,8 +68,9 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     // 2. No core dumps, no same-UID ptrace, no /proc/PID/mem.
     hardening.record(goodnight::forbid_core_dumps_and_tracing())?;
     hardening.record(goodnight::limit_core_size_to_zero())?;
-    // 3. Allocate and lock the secret buffers; read the secrets straight into them.
-    let vault = Vault::load(&args.secrets, policy)?;
+    // 3. Choose the memory (secretmem or locked), allocate the secret buffers
+    //    in it, and read the secrets straight into them.
+    let vault = Vault::load(&args.secrets, policy, args.memory)?;
     // 4. Spawn the supervised child (its buffers are not inherited: MADV_DONTFORK).
     let socket = args.socket.path();
     let supervised = match args.exec.as_slice() {

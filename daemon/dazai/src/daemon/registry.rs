@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::sys::{pidfd_open, pidfd_send_signal};
@@ -11,24 +11,34 @@ use crate::sys::{pidfd_open, pidfd_send_signal};
 /// Most processes held at once: keeps the status reply and the panic bounded.
 pub const MAX_REGISTERED: usize = 1024;
 
+/// One registered process.
+struct Entry {
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// The panic also kills the process group `pid` leads.
+    group: bool,
+}
+
 /// Registered processes, each held by a pidfd.
 #[derive(Default)]
 pub struct Registry {
-    entries: Vec<(Pid, OwnedFd)>,
+    entries: Vec<Entry>,
 }
 
 impl Registry {
-    /// Registers `pid`; the caller has already checked the requester may signal it.
-    pub fn register(&mut self, pid: Pid) -> Result<(), Errno> {
+    /// Registers `pid`; the caller has already checked the requester may signal
+    /// it and, with `group`, that it leads its process group.
+    pub fn register(&mut self, pid: Pid, group: bool) -> Result<(), Errno> {
         self.forget_exited();
-        if self.contains(pid) {
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.pid == pid) {
+            entry.group |= group;
             return Ok(());
         }
         if self.entries.len() >= MAX_REGISTERED {
             return Err(Errno::ENOSPC);
         }
         let pidfd = pidfd_open(pid)?;
-        self.entries.push((pid, pidfd));
+        self.entries.push(Entry { pid, pidfd, group });
         Ok(())
     }
 
@@ -36,29 +46,41 @@ impl Registry {
     pub fn contains(&self, pid: Pid) -> bool {
         self.entries
             .iter()
-            .any(|(held, fd)| *held == pid && pidfd_send_signal(fd.as_fd(), None).is_ok())
+            .any(|e| e.pid == pid && pidfd_send_signal(e.pidfd.as_fd(), None).is_ok())
     }
 
     /// The registered pids that are still alive.
     pub fn live_pids(&self) -> Vec<i32> {
         self.entries
             .iter()
-            .filter(|(_, fd)| pidfd_send_signal(fd.as_fd(), None).is_ok())
-            .map(|(pid, _)| pid.as_raw())
+            .filter(|e| pidfd_send_signal(e.pidfd.as_fd(), None).is_ok())
+            .map(|e| e.pid.as_raw())
             .collect()
     }
 
-    /// SIGKILLs every registered process; returns the pids that were signalled.
+    /// SIGKILLs every registered process, and the process group of each one
+    /// registered with its group; returns the pids that were signalled.
+    ///
+    /// A group is signalled only while its leader is still held (alive or a
+    /// zombie not yet reaped): until then the kernel cannot hand the leader's
+    /// pid, and so the group id, to another process, so the kill reaches
+    /// exactly the group that was registered.
     pub fn kill_all(&self) -> Vec<i32> {
         self.entries
             .iter()
-            .filter(|(_, fd)| pidfd_send_signal(fd.as_fd(), Some(Signal::SIGKILL)).is_ok())
-            .map(|(pid, _)| pid.as_raw())
+            .filter(|e| {
+                let held = pidfd_send_signal(e.pidfd.as_fd(), None).is_ok();
+                if held && e.group {
+                    let _ = kill(Pid::from_raw(-e.pid.as_raw()), Signal::SIGKILL);
+                }
+                held && pidfd_send_signal(e.pidfd.as_fd(), Some(Signal::SIGKILL)).is_ok()
+            })
+            .map(|e| e.pid.as_raw())
             .collect()
     }
 
     fn forget_exited(&mut self) {
         self.entries
-            .retain(|(_, fd)| pidfd_send_signal(fd.as_fd(), None).is_ok());
+            .retain(|e| pidfd_send_signal(e.pidfd.as_fd(), None).is_ok());
     }
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use goodnight::{LockPolicy, SecretBuffer};
+use goodnight::{Backend, LockPolicy, MemoryBackend, SecretBuffer, SecretError};
 use nix::sys::termios::{self, LocalFlags, SetArg};
 
 use crate::failure::{Exit, Failure};
@@ -83,16 +83,89 @@ impl fmt::Display for SecretSource {
     }
 }
 
+/// `--memory`: which memory holds the secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryArg {
+    /// secretmem when the kernel offers it, else locked
+    Auto,
+    /// memfd_secret(2) pages, which not even root reads through /proc/PID/mem or ptrace; refuse to start without them
+    Secretmem,
+    /// anonymous memory pinned with mlock(2)
+    Locked,
+}
+
+impl From<MemoryArg> for MemoryBackend {
+    fn from(arg: MemoryArg) -> Self {
+        match arg {
+            MemoryArg::Auto => MemoryBackend::Auto,
+            MemoryArg::Secretmem => MemoryBackend::SecretMem,
+            MemoryArg::Locked => MemoryBackend::Locked,
+        }
+    }
+}
+
+/// The memory every secret of the daemon is held in: decided once at
+/// start-up, so that all secrets land in the same kind of memory and the
+/// status can say which, and why, even before (or without) any secret.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    /// The backend holding the secrets.
+    pub backend: Backend,
+    /// Why this backend (the status's `memory_note`), e.g. "secretmem
+    /// unavailable: kernel booted without secretmem.enable=1".
+    pub note: String,
+    /// What each buffer is created with.
+    choice: MemoryBackend,
+}
+
+impl Memory {
+    /// Resolves `--memory` (else `DAZAI_MEMORY`, else auto) by creating, and
+    /// dropping, a one-page buffer: an explicit `secretmem` the kernel does not
+    /// offer stops start-up here with the cause and the fix.
+    pub fn choose(flag: Option<MemoryArg>, policy: LockPolicy) -> Result<Self, Failure> {
+        let refused = |error: SecretError| Failure::new(Exit::Hardening, error);
+        let (choice, source) = match flag {
+            Some(arg) => (MemoryBackend::from(arg), "--memory "),
+            None => match MemoryBackend::from_env().map_err(refused)? {
+                Some(choice) => (choice, "DAZAI_MEMORY="),
+                None => (MemoryBackend::Auto, ""),
+            },
+        };
+        let probe = SecretBuffer::with_backend(1, policy, choice).map_err(refused)?;
+        let note = match choice {
+            MemoryBackend::Auto => probe.backend_note().to_owned(),
+            explicit => format!("{}; set by {source}{explicit}", probe.backend_note()),
+        };
+        Ok(Self {
+            backend: probe.backend(),
+            note,
+            choice: match probe.backend() {
+                Backend::SecretMem => MemoryBackend::SecretMem,
+                Backend::Locked | Backend::Unlocked => MemoryBackend::Locked,
+            },
+        })
+    }
+}
+
 /// The named secrets the daemon holds.
-#[derive(Default)]
 pub struct Vault {
     secrets: Vec<(String, SecretBuffer)>,
+    memory: Memory,
 }
 
 impl Vault {
-    /// Reads every secret straight into locked memory, in command-line order.
-    pub fn load(specs: &[SecretSpec], policy: LockPolicy) -> Result<Self, Failure> {
-        let mut vault = Self::default();
+    /// Reads every secret straight into the memory chosen (see
+    /// [`Memory::choose`]), in command-line order.
+    pub fn load(
+        specs: &[SecretSpec],
+        policy: LockPolicy,
+        memory: Option<MemoryArg>,
+    ) -> Result<Self, Failure> {
+        let mut vault = Self {
+            secrets: Vec::new(),
+            memory: Memory::choose(memory, policy)?,
+        };
+        let choice = vault.memory.choice;
         for spec in specs {
             if vault.get(&spec.name).is_some() {
                 return Err(Failure::new(
@@ -103,9 +176,13 @@ impl Vault {
                     ),
                 ));
             }
-            let secret = read_secret(spec, policy).map_err(|cause| {
+            let secret = read_secret(spec, policy, choice).map_err(|failure| {
+                let (exit, cause) = match failure {
+                    ReadFailure::Memory(error) => (Exit::Hardening, error.to_string()),
+                    ReadFailure::Source(cause) => (Exit::Secret, cause),
+                };
                 Failure::new(
-                    Exit::Secret,
+                    exit,
                     format!(
                         "cannot read secret {} from {}: {cause}",
                         spec.name, spec.source
@@ -132,6 +209,11 @@ impl Vault {
             .map(|(name, secret)| (name.as_str(), secret))
     }
 
+    /// The memory the secrets are held in, and why.
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
     /// Wipes every buffer; returns how many were wiped.
     pub fn wipe_all(&mut self) -> usize {
         for (_, secret) in &mut self.secrets {
@@ -141,35 +223,65 @@ impl Vault {
     }
 }
 
-/// Reads one secret from its source into a new locked buffer.
-fn read_secret(spec: &SecretSpec, policy: LockPolicy) -> Result<SecretBuffer, String> {
+/// Why one secret could not be read: its memory could not be made (exit 5,
+/// like the memory probe that covers the first secret), or its source failed
+/// (exit 6). A second secret over `RLIMIT_MEMLOCK` is a memory failure too.
+enum ReadFailure {
+    Memory(SecretError),
+    Source(String),
+}
+
+impl From<String> for ReadFailure {
+    fn from(cause: String) -> Self {
+        Self::Source(cause)
+    }
+}
+
+impl From<SecretError> for ReadFailure {
+    fn from(error: SecretError) -> Self {
+        match error {
+            SecretError::TooLong { .. } | SecretError::Read { .. } => {
+                Self::Source(error.to_string())
+            }
+            memory => Self::Memory(memory),
+        }
+    }
+}
+
+/// Reads one secret from its source into a new buffer of `choice`.
+fn read_secret(
+    spec: &SecretSpec,
+    policy: LockPolicy,
+    choice: MemoryBackend,
+) -> Result<SecretBuffer, ReadFailure> {
     let mut secret = match &spec.source {
         SecretSource::Fd(fd) => {
             // SAFETY-free borrow: the fd number came from the user, so check it is open first.
             let file = take_inherited_fd(*fd)?;
-            read_to_end(file.as_fd(), MAX_SECRET_BYTES, policy)?
+            read_to_end(file.as_fd(), MAX_SECRET_BYTES, policy, choice)?
         }
         SecretSource::File(path) => {
             let file = File::open(path)
                 .map_err(|e| format!("{e}; fix: check the path and its permissions"))?;
             let size = file.metadata().map_err(|e| e.to_string())?.len() as usize;
             if size > MAX_SECRET_BYTES {
-                return Err(format!(
-                    "the file holds {size} bytes, more than the {MAX_SECRET_BYTES}-byte limit"
-                ));
+                return Err(ReadFailure::Source(format!(
+                    "the file holds {size} bytes, more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
+                )));
             }
-            read_to_end(file.as_fd(), size.max(1), policy)?
+            read_to_end(file.as_fd(), size.max(1), policy, choice)?
         }
-        SecretSource::Env(var) => SecretBuffer::take_env_var(var, policy)
-            .map_err(|e| e.to_string())?
+        SecretSource::Env(var) => SecretBuffer::take_env_var_with_backend(var, policy, choice)?
             .ok_or_else(|| {
                 format!("environment variable {var} is not set; fix: export it first")
             })?,
-        SecretSource::Prompt => read_from_prompt(&spec.name, policy)?,
+        SecretSource::Prompt => read_from_prompt(&spec.name, policy, choice)?,
     };
     secret.trim_trailing_newline();
     if secret.is_empty() {
-        return Err("the secret is empty; fix: give it at least one byte".into());
+        return Err(ReadFailure::Source(
+            "the secret is empty; fix: give it at least one byte".into(),
+        ));
     }
     Ok(secret)
 }
@@ -191,19 +303,24 @@ fn take_inherited_fd(fd: RawFd) -> Result<File, String> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Reads a stream to EOF into a new locked buffer of `capacity` bytes.
+/// Reads a stream to EOF into a new buffer of `capacity` bytes.
 fn read_to_end(
     fd: BorrowedFd<'_>,
     capacity: usize,
     policy: LockPolicy,
-) -> Result<SecretBuffer, String> {
-    let mut secret = SecretBuffer::new(capacity, policy).map_err(|e| e.to_string())?;
-    secret.read_from(fd).map_err(|e| e.to_string())?;
+    choice: MemoryBackend,
+) -> Result<SecretBuffer, ReadFailure> {
+    let mut secret = SecretBuffer::with_backend(capacity, policy, choice)?;
+    secret.read_from(fd)?;
     Ok(secret)
 }
 
 /// Asks on the controlling terminal with echo off and reads one line.
-fn read_from_prompt(name: &str, policy: LockPolicy) -> Result<SecretBuffer, String> {
+fn read_from_prompt(
+    name: &str,
+    policy: LockPolicy,
+    choice: MemoryBackend,
+) -> Result<SecretBuffer, String> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -224,8 +341,8 @@ fn read_from_prompt(name: &str, policy: LockPolicy) -> Result<SecretBuffer, Stri
     let result = nix::unistd::write(&tty, prompt.as_bytes())
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            let mut secret =
-                SecretBuffer::new(MAX_SECRET_BYTES, policy).map_err(|e| e.to_string())?;
+            let mut secret = SecretBuffer::with_backend(MAX_SECRET_BYTES, policy, choice)
+                .map_err(|e| e.to_string())?;
             secret
                 .read_line_from(tty.as_fd())
                 .map_err(|e| e.to_string())?;

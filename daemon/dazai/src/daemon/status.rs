@@ -68,6 +68,14 @@ pub struct Status {
     pub arm_timeout_secs: Option<u64>,
     /// The secrets held (never their values).
     pub secrets: Vec<SecretStatus>,
+    /// The memory backend holding the secrets: `secretmem`, `locked` or
+    /// `UNLOCKED (insecure)`.
+    pub memory: String,
+    /// Why that backend, e.g. "chosen automatically: memfd_secret(2) is
+    /// available", "secretmem unavailable: kernel booted without
+    /// secretmem.enable=1" or "locked requested; secretmem not tried; set by
+    /// --memory locked".
+    pub memory_note: String,
     /// Bytes of secret memory held locked.
     pub locked_bytes: usize,
     /// Registered processes that are alive.

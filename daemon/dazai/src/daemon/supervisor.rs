@@ -71,7 +71,10 @@ impl Supervised {
         let spawn_error = |what: &str, e: &dyn std::fmt::Display| {
             Failure::new(
                 Exit::Spawn,
-                format!("cannot start {:?}: {what} ({e})", argv[0]),
+                format!(
+                    "cannot start {:?}: {what} failed ({e}); fix: check that the program exists and is executable",
+                    argv[0]
+                ),
             )
         };
         let (cgroup, cgroup_unavailable) = match Cgroup::create() {
@@ -265,6 +268,7 @@ fn run_shim(argv: &[String], socket: &Path, daemon: Pid, control: OwnedFd, repor
         exit_now(1);
     }
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    take_the_terminal_foreground(daemon);
     let mut control = File::from(control);
     let mut report = File::from(report);
     let mut byte = [0u8; 1];
@@ -285,6 +289,22 @@ fn run_shim(argv: &[String], socket: &Path, daemon: Pid, control: OwnedFd, repor
     };
     let _ = writeln!(report, "S {program}");
     relay_exit(program, control, report)
+}
+
+/// An interactive program (`dazai run -- claude`) must own the terminal: when
+/// the daemon's group was in the foreground, hand the foreground to the new
+/// group, so the program reads the terminal and Ctrl-C reaches it, not the daemon.
+fn take_the_terminal_foreground(daemon: Pid) {
+    let stdin = std::io::stdin();
+    let daemon_group = nix::unistd::getpgid(Some(daemon));
+    if nix::unistd::tcgetpgrp(&stdin).ok() != daemon_group.ok() {
+        return;
+    }
+    // A background group asking for the foreground gets SIGTTOU unless blocked.
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let _ = ttou.thread_block();
+    let _ = nix::unistd::tcsetpgrp(&stdin, getpid());
 }
 
 /// What the program gets between fork and exec.
