@@ -48,8 +48,9 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
             Ok(doc.quiet().run()?)
         },
     )?;
-    // The libFuzzer targets (fuzz/), all at once for 60 s each: about 3.5 min
-    // with their build. A crash fails CI; the input is left in fuzz/artifacts/.
+    // The libFuzzer targets (fuzz/), all at once for 60 s each: under 4 min
+    // with their build from scratch (docs/robustness.md). A crash fails CI;
+    // the input is left in fuzz/artifacts/.
     steps.run("cargo xtask fuzz --time 60", || {
         crate::fuzz::run(
             sh,

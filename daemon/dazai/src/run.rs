@@ -27,7 +27,10 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
     };
     match hold_heartbeat(&socket, HeartbeatOptions::default()) {
         // This session ended: the daemon sees the heartbeat close and panics.
-        Ok(end) => say(&format!("session ended ({}); the daemon panics", describe(end))),
+        Ok(end) => say(&format!(
+            "session ended ({}); the daemon panics",
+            describe(end)
+        )),
         // A refusal means something else answers on the socket: give up.
         Err(error @ (ClientError::Busy(_) | ClientError::Refused(_))) => {
             let _ = daemon.kill();

@@ -1,0 +1,450 @@
+//! Hostile input against a running daemon that holds a live heartbeat: each
+//! test asserts the documented reply, then that the heartbeat and the secret
+//! are untouched (`Guarded::assert_untouched`). The table of every case, with
+//! the tests elsewhere that cover the rest, is in docs/robustness.md.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dazai_e2e::{
+    dazai, eventually, exists, is_alive, is_root, open_fds, signal, wait_exit, Guarded, CANARY,
+    NOBODY, PATIENCE, SIGSYS,
+};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::signal::Signal;
+
+/// "Malformed input of any kind gets `ERR <cause>` … and the connection is
+/// closed" (docs/protocol.md), even when the line never ends: the daemon
+/// stops reading at 256 bytes instead of buffering what follows.
+#[test]
+fn a_megabyte_without_a_newline_gets_one_err_line_and_is_never_buffered() {
+    let mut guarded = Guarded::start(&[]);
+    let letters = vec![b'A'; 1 << 20];
+    let garbage: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .map(|b| if b == b'\n' { 0 } else { b })
+        .collect();
+    for blob in [letters, garbage] {
+        let mut stream = guarded.daemon.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let sending = std::thread::spawn(move || writer.write_all(&blob));
+
+        let reply = reply_until_closed(&mut stream);
+
+        assert_eq!(reply, "ERR line longer than 256 bytes\n");
+        assert!(
+            sending.join().unwrap().is_err(),
+            "the daemon read the whole megabyte instead of closing at the limit"
+        );
+    }
+    guarded.assert_untouched();
+}
+
+/// A slowloris that keeps sending a byte at a time still gets the 3-second
+/// deadline: activity does not extend it.
+#[test]
+fn a_request_trickled_byte_by_byte_is_dropped_at_its_deadline_though_it_keeps_sending() {
+    let mut guarded = Guarded::start(&[]);
+    let mut stream = guarded.daemon.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for byte in b"dazai/1 STATUS".iter().cycle().take(100) {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    let reply = reply_until_closed(&mut stream);
+    let took = started.elapsed();
+
+    assert_eq!(reply, "ERR timeout: no complete request within 3s\n");
+    assert!(
+        took >= Duration::from_millis(2_900) && took < Duration::from_secs(10),
+        "dropped after {took:?}, not at the 3 s deadline"
+    );
+    trickle.join().unwrap();
+    guarded.assert_untouched();
+}
+
+/// Ten thousand connections opened and closed as fast as four threads can:
+/// every one is accepted and let go, and the daemon holds exactly the
+/// descriptors it held before.
+#[test]
+fn ten_thousand_rapid_connects_leave_heartbeat_secret_and_descriptors_as_they_were() {
+    let mut guarded = Guarded::start(&[]);
+    let daemon_pid = guarded.daemon.pid;
+    let socket = guarded.daemon.socket.clone();
+    let before = open_fds(daemon_pid);
+
+    let connected: usize = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connected = 0;
+                    for round in 0..2_500 {
+                        let mut stream = UnixStream::connect(&socket).expect("connect");
+                        if round % 4 == 0 {
+                            let _ = stream.write_all(b"\x07\n");
+                        }
+                        connected += 1;
+                    }
+                    connected
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+
+    assert_eq!(connected, 10_000);
+    eventually("the daemon to let every connection go", || {
+        open_fds(daemon_pid) == before
+    });
+    guarded.assert_untouched();
+}
+
+/// Connections that never send (and ones half-closed before sending) cannot
+/// pile up: at most 64 wait, each gets `ERR timeout` at its deadline, the
+/// rest `ERR busy` at once, a half-closed one is let go without a word, and
+/// none is held afterwards.
+#[test]
+fn idle_and_half_closed_connections_are_timed_out_or_refused_and_all_let_go() {
+    let mut guarded = Guarded::start(&[]);
+    let daemon_pid = guarded.daemon.pid;
+    let before = open_fds(daemon_pid);
+    let half_closed: Vec<UnixStream> = (0..20)
+        .map(|_| {
+            let stream = guarded.daemon.connect();
+            stream.shutdown(Shutdown::Write).unwrap();
+            stream
+        })
+        .collect();
+    let idle: Vec<UnixStream> = (0..100).map(|_| guarded.daemon.connect()).collect();
+
+    for mut stream in half_closed {
+        let reply = reply_until_closed(&mut stream);
+        assert_eq!(
+            reply, "",
+            "a half-closed connection is closed without a reply"
+        );
+    }
+    let (mut timed_out, mut busy) = (0, 0);
+    for mut stream in idle {
+        let reply = reply_until_closed(&mut stream);
+        match reply.as_str() {
+            "ERR timeout: no complete request within 3s\n" => timed_out += 1,
+            "ERR busy: too many open connections; retry\n" => busy += 1,
+            other => panic!("unexpected reply to an idle connection: {other:?}"),
+        }
+    }
+
+    assert!((1..=64).contains(&timed_out), "{timed_out} waited");
+    assert_eq!(timed_out + busy, 100);
+    eventually("the daemon to hold no idle connection", || {
+        open_fds(daemon_pid) == before
+    });
+    guarded.assert_untouched();
+}
+
+/// "Peers are checked with SO_PEERCRED: a peer of another UID is refused"
+/// (SPEC §2). The socket path is opened to everyone first, as a careless
+/// chmod would, so only the credential check stands between the other user
+/// and the daemon: it can neither read status, attach, fetch nor panic.
+#[test]
+fn a_peer_of_another_uid_is_refused_even_through_an_open_socket_and_cannot_panic() {
+    if !is_root() {
+        eprintln!("skipped: switching to another uid needs root (the lab runs this as root)");
+        return;
+    }
+    let mut guarded = Guarded::start(&[]);
+    let socket = guarded.daemon.socket.clone();
+    fs::set_permissions(guarded.daemon.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+
+    for request in [
+        &["status"][..],
+        &["panic", "--hard"],
+        &["client"],
+        &["get", "api"],
+    ] {
+        let output = dazai()
+            .args(request)
+            .arg("--socket")
+            .arg(&socket)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{request:?}: {stderr}");
+        assert!(
+            stderr.contains("refused: peer uid 65534 is not the daemon's uid 0"),
+            "{request:?}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{request:?} got output");
+    }
+
+    let log = guarded.daemon.log();
+    assert_eq!(
+        log.matches("refused a connection from uid 65534").count(),
+        4,
+        "{log}"
+    );
+    guarded.assert_untouched();
+}
+
+/// A second `dazai daemon` aimed at the running one's files through every
+/// unsafe path is refused with one line, and leaves the running daemon, its
+/// socket and its pidfile as they were, and no file of its own behind.
+#[test]
+fn refused_start_ups_leave_the_running_daemon_and_every_file_as_they_were() {
+    let mut guarded = Guarded::start(&[]);
+    let live_socket = guarded.daemon.socket.clone();
+    let live_pidfile = guarded.daemon.path("dazai.pid");
+    let pidfile_before = fs::read_to_string(&live_pidfile).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let at = |name: &str| scratch.path().join(name);
+    symlink(&live_socket, at("link.sock")).unwrap();
+    symlink(&live_pidfile, at("pid.link")).unwrap();
+    fs::create_dir(at("open")).unwrap();
+    fs::set_permissions(at("open"), fs::Permissions::from_mode(0o777)).unwrap();
+
+    let cases = [
+        (
+            "symlinked socket",
+            at("link.sock"),
+            at("a.pid"),
+            "is a symlink",
+        ),
+        (
+            "socket directory writable by others",
+            at("open").join("b.sock"),
+            at("b.pid"),
+            "is writable by others",
+        ),
+        (
+            "pidfile of a running daemon",
+            at("c.sock"),
+            live_pidfile.clone(),
+            "which is running",
+        ),
+        (
+            "symlinked pidfile",
+            at("d.sock"),
+            at("pid.link"),
+            "is a symlink or not a regular file",
+        ),
+        (
+            "live socket",
+            live_socket.clone(),
+            at("e.pid"),
+            "a daemon already answers",
+        ),
+    ];
+    for (what, socket, pidfile, expected) in cases {
+        let output = dazai()
+            .args(["daemon", "--socket"])
+            .arg(&socket)
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(7), "{what}: {stderr}");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+    }
+
+    let mut left: Vec<String> = fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["link.sock", "open", "pid.link"], "files left behind");
+    assert_eq!(fs::read_dir(at("open")).unwrap().count(), 0);
+    assert_eq!(fs::read_to_string(&live_pidfile).unwrap(), pidfile_before);
+    assert!(fs::symlink_metadata(&live_socket)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    guarded.assert_untouched();
+}
+
+/// "Liveness loss, a panic signal or a `PANIC` request runs the kill
+/// sequence, once" (SPEC §3): a SIGTERM that arrives while the panic runs
+/// cannot turn it into a clean shutdown, which would spare the processes.
+///
+/// To catch the daemon inside its panic, its log is a pipe the test has
+/// filled: the panic kills, wipes, then blocks writing its log line until the
+/// test reads the pipe. SIGTERM is sent in that moment.
+#[test]
+fn sigterm_during_the_panic_cannot_turn_it_into_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dazai.sock");
+    let (log_read, log_write) = nix::unistd::pipe().unwrap();
+    let mut daemon = dazai()
+        .args([
+            "daemon",
+            "--secret",
+            "api=env:DAZAI_TEST_CANARY",
+            "--socket",
+        ])
+        .arg(&socket)
+        .args(["--exec", "/bin/sh", "-c"])
+        .arg(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .env("DAZAI_TEST_CANARY", CANARY)
+        .env("DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_write.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    let daemon_pid = daemon.id() as i32;
+    let mut ready = String::new();
+    BufReader::new(daemon.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("dazai daemon ready:"), "{ready:?}");
+    let program_pid_file = dir.path().join("program.pid");
+    eventually("the program to start", || {
+        fs::read_to_string(&program_pid_file).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let program: i32 = fs::read_to_string(&program_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Read the start-up lines, shrink the pipe to one page, and fill it.
+    let mut log = String::from_utf8(drain(&log_read)).unwrap();
+    fcntl(&log_write, FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    assert_eq!(nix::unistd::write(&log_write, &[b'#'; 4096]).unwrap(), 4096);
+    drop(log_write);
+
+    signal(daemon_pid, Signal::SIGUSR2);
+    eventually("the panic to kill the supervised program", || {
+        !is_alive(program)
+    });
+    assert!(
+        is_alive(daemon_pid),
+        "the daemon should be inside its panic"
+    );
+    signal(daemon_pid, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        is_alive(daemon_pid),
+        "the daemon should still be inside its panic"
+    );
+
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = fs::File::from(log_read).read_to_end(&mut rest);
+        rest
+    });
+    let status = wait_exit(&mut daemon);
+    let rest = reader.join().unwrap();
+    log.push_str(&String::from_utf8_lossy(&rest).replace('#', ""));
+
+    assert_ne!(status.signal(), Some(SIGSYS), "{log}");
+    assert_eq!(status.signal(), Some(9), "the panic ends by SIGKILL: {log}");
+    assert!(log.contains("PANIC: SIGUSR2;"), "{log}");
+    assert!(log.contains("wiped 1 secrets; SIGKILL self"), "{log}");
+    assert!(!log.contains("clean shutdown"), "{log}");
+    assert!(!log.contains(CANARY), "{log}");
+    // A clean shutdown removes them; the panic leaves them for the next start.
+    assert!(exists(&socket) && exists(&dir.path().join("dazai.pid")));
+}
+
+/// Everything the daemon writes before it closes the connection. A close
+/// with bytes still unread by the daemon (the rest of a flood) ends the
+/// stream with ECONNRESET instead of end of file, after the reply.
+fn reply_until_closed(stream: &mut UnixStream) -> String {
+    let mut reply = Vec::new();
+    if let Err(error) = stream.read_to_end(&mut reply) {
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "reading the reply failed after {reply:?}: {error}"
+        );
+    }
+    String::from_utf8(reply).expect("a text reply")
+}
+
+/// Everything the pipe holds now, without waiting for more.
+fn drain(read_end: &std::os::fd::OwnedFd) -> Vec<u8> {
+    fcntl(read_end.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let started = Instant::now();
+    while let Ok(n @ 1..) = nix::unistd::read(read_end.as_fd(), &mut chunk) {
+        bytes.extend_from_slice(&chunk[..n]);
+        assert!(started.elapsed() < PATIENCE, "the log never ran dry");
+    }
+    fcntl(read_end.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    bytes
+}
+
+/// docs/robustness.md lists every abuse and fault test, and each test it
+/// names (`file::test`) exists: the table cannot drift from the suite.
+#[test]
+fn docs_robustness_lists_every_abuse_and_fault_test_and_names_only_real_ones() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let doc = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/robustness.md"
+    ))
+    .expect("docs/robustness.md");
+    let tests_in = |file: &str| -> Option<Vec<String>> {
+        let source = fs::read_to_string(format!("{root}/{file}.rs")).ok()?;
+        Some(
+            source
+                .split("#[test]\nfn ")
+                .skip(1)
+                .filter_map(|rest| rest.split_once('(').map(|(name, _)| name.to_owned()))
+                .collect(),
+        )
+    };
+    for file in ["abuse", "faults"] {
+        for test in tests_in(file).unwrap() {
+            if test.starts_with("docs_") {
+                continue;
+            }
+            assert!(
+                doc.contains(&format!("`{file}::{test}`")),
+                "docs/robustness.md does not list {file}::{test}"
+            );
+        }
+    }
+    let mut named = 0;
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        let Some((file, test)) = quoted.split_once("::") else {
+            continue;
+        };
+        let is_name = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !is_name(file) || !is_name(test) {
+            continue;
+        }
+        if let Some(tests) = tests_in(file) {
+            assert!(
+                tests.iter().any(|t| t == test),
+                "docs/robustness.md names {file}::{test}, which does not exist"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 30, "only {named} tests named");
+}
