@@ -154,9 +154,15 @@ fn a_stale_socket_is_replaced_after_proving_nobody_answers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("the new daemon to answer on the old path", || {
-        std::os::unix::net::UnixStream::connect(&first.socket).is_ok()
-    });
+    // The ready line comes after the replaced files were logged.
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(second.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.starts_with("dazai daemon ready:"), "{ready}");
+    assert!(std::os::unix::net::UnixStream::connect(&first.socket).is_ok());
     dazai_e2e::stop(&mut second);
     let output = second.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
