@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::env::{Lab, PATIENCE};
+use crate::env::{Env, Lab, PATIENCE};
 use crate::runner::Recorder;
 
 /// The row's scenario.
@@ -14,7 +14,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     rec.check(
         "an OOM-killed supervised child makes the daemon panic and wipe",
         |v| {
-            let kills_before = oom_kills_of_probe();
+            let kills_before = oom_kills_in(&env)?;
             let daemon = env
                 .daemon()
                 .named("oom")
@@ -31,10 +31,10 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 ending.signal() == Some(9),
                 format!("the daemon then ended: {}", ending.how),
             );
-            let kills = oom_kills_of_probe().saturating_sub(kills_before);
+            let kills = oom_kills_in(&env)?.saturating_sub(kills_before);
             v.require(
                 kills >= 1,
-                format!("kernel log: {kills} new OOM kill(s) of the supervised lab-probe"),
+                format!("the container's memory cgroup counted {kills} new OOM kill(s)"),
             );
             v.figure("panic on OOM kill");
             Ok(())
@@ -79,15 +79,24 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     Ok(())
 }
 
-/// OOM kills of `lab-probe` in the kernel log so far.
-fn oom_kills_of_probe() -> usize {
-    std::process::Command::new("dmesg")
-        .output()
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains("Killed process") && l.contains("lab-probe"))
-                .count()
+/// The OOM kills the kernel counted in the container's memory cgroup (the
+/// kernel log is a ring buffer that earlier runs can wrap away).
+fn oom_kills_in(env: &Env) -> Result<u64> {
+    let id = env.id();
+    let counter_files = [
+        // cgroup v1, docker's cgroupfs driver (these machines)
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
+        // cgroup v2, systemd and cgroupfs drivers
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.events"),
+    ];
+    counter_files
+        .iter()
+        .find_map(|path| {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.lines()
+                .find_map(|line| line.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
         })
-        .unwrap_or(0)
+        .with_context(|| format!("no OOM-kill counter for container {id} in its memory cgroup"))
 }
