@@ -179,6 +179,14 @@ const COMMON: &[Allowed] = &[
         },
         "abort(3): a Rust panic ends in SIGABRT, not SIGSYS",
     ),
+    with(
+        "tkill",
+        Args::OneOf {
+            index: 1,
+            values: &[(libc::SIGABRT as u64, "SIGABRT")],
+        },
+        "musl's abort(3) raises SIGABRT with tkill, not tgkill",
+    ),
     any("wait4", "reap the supervised shim"),
     any("waitid", "reap the supervised shim"),
     any("write", "the log and stdout"),
@@ -405,6 +413,7 @@ pub mod filter {
             setsockopt,
             sigaltstack,
             tgkill,
+            tkill,
             wait4,
             waitid,
             write,
@@ -443,7 +452,7 @@ pub mod filter {
             SYS_recvfrom as recvfrom, SYS_restart_syscall as restart_syscall,
             SYS_rt_sigaction as rt_sigaction, SYS_rt_sigprocmask as rt_sigprocmask,
             SYS_rt_sigreturn as rt_sigreturn, SYS_sendto as sendto, SYS_setsockopt as setsockopt,
-            SYS_sigaltstack as sigaltstack, SYS_tgkill as tgkill, SYS_unlinkat as unlinkat,
+            SYS_sigaltstack as sigaltstack, SYS_tgkill as tgkill, SYS_tkill as tkill, SYS_unlinkat as unlinkat,
             SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
         };
     }

@@ -112,10 +112,11 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
 /// A Rust panic in the daemon prints its message and ends in SIGABRT (the
 /// documented exit, distinct from the seccomp filter's SIGSYS), in every
 /// build profile: unwinding would run destructors in an unknown state.
+/// std's own hook is not used: with `RUST_BACKTRACE` set it resolves a
+/// backtrace (`getcwd`, opening the executable), which the seal kills.
 fn end_rust_panics_in_sigabrt() {
-    let print_message = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        print_message(info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = writeln!(std::io::stderr(), "dazai: internal error: {info}");
         std::process::abort();
     }));
 }
