@@ -1,10 +1,12 @@
-//! The builder scenarios are written with: a [`Lab`] makes containers
-//! ([`Env`]), an `Env` runs daemons, probes, the observer and real SSH
-//! sessions in them, and everything they leave behind is a file in the
-//! container's run directory (bind-mounted from the host), read as evidence.
+//! The builder scenarios are written with: a [`Lab`] makes environments
+//! ([`Env`]): containers on this machine's kernel, or a fresh corner of a
+//! lab VM on another kernel and architecture. An `Env` runs daemons, probes,
+//! the observer (and, in containers, real SSH sessions), and everything they
+//! leave behind is a file in its run directory (shared with the host), read
+//! as evidence.
 //!
 //! ```text
-//! let env = lab.container("session").ssh().cap_add("NET_ADMIN").start()?;
+//! let env = lab.env("session").ssh().cap_add("NET_ADMIN").start()?;
 //! let daemon = env.daemon().args(&["--ping-timeout", "2"]).start()?;
 //! let session = env.ssh_session().pty().command(&daemon.client_command()).spawn()?;
 //! ```
@@ -13,6 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -22,11 +25,14 @@ use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
+use crate::host::Sysctl;
+use crate::vm::Vm;
+
 /// How long any one wait for an effect may take. It bounds a wait; it
 /// does not measure anything.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Where things are inside every container.
+/// Where things are inside every environment.
 pub const BIN: &str = "/lab/bin";
 /// The run directory (bind-mounted, read and written by host and container).
 pub const RUN: &str = "/lab/run";
@@ -59,23 +65,57 @@ pub fn wait_for<T>(
     }
 }
 
-/// The lab: the image to run, the binaries under test, a host work directory.
+/// One leg of the lab: the binaries under test, a host work directory and
+/// the machines the environments run on.
 pub struct Lab {
-    /// `name:tag` of the lab image (checked to exist before every start).
-    pub image: String,
-    /// Host directory holding `dazai`, `lab-probe`, `lab-observer` (mounted at [`BIN`]).
+    /// Host directory holding `dazai`, `lab-probe`, `lab-observer` (at [`BIN`]).
     pub bin_dir: PathBuf,
-    /// Host scratch directory of this run.
+    /// Host scratch directory of this run (a VM sees it at `/lab/work`).
     pub work: PathBuf,
-    /// The SSH key pair and `authorized_keys` (mounted at `/lab/ssh`).
-    pub ssh_dir: PathBuf,
-    /// `x86_64` for containers on this kernel.
+    /// The architecture of the binaries and the kernel: `x86_64`, `aarch64`.
     pub arch: String,
+    /// Where the environments run.
+    pub machines: Machines,
+}
+
+/// Where a leg's environments run.
+pub enum Machines {
+    /// Containers of the lab image on this machine's kernel, reached by SSH
+    /// with the key pair in `ssh_dir` (mounted at `/lab/ssh`).
+    Containers {
+        /// `name:tag` of the lab image (checked to exist before every start).
+        image: String,
+        /// The SSH key pair and `authorized_keys`.
+        ssh_dir: PathBuf,
+    },
+    /// One VM, its environments one after the other.
+    Vm(Arc<Vm>),
 }
 
 impl Lab {
-    /// A container to configure.
-    pub fn container(&self, name: &str) -> EnvBuilder<'_> {
+    /// `x86_64 containers`, `aarch64 VM`: the report's column.
+    pub fn leg(&self) -> String {
+        match &self.machines {
+            Machines::Containers { .. } => format!("{} containers", self.arch),
+            Machines::Vm(_) => format!("{} VM", self.arch),
+        }
+    }
+
+    /// Whether this leg runs in a VM (no container runtime, no SSH, no cgroup limits).
+    pub fn in_vm(&self) -> bool {
+        matches!(self.machines, Machines::Vm(_))
+    }
+
+    /// The kernel the environments run on.
+    pub fn kernel(&self) -> String {
+        match &self.machines {
+            Machines::Containers { .. } => crate::host::kernel_release(),
+            Machines::Vm(vm) => vm.kernel.clone(),
+        }
+    }
+
+    /// An environment to configure.
+    pub fn env(&self, name: &str) -> EnvBuilder<'_> {
         EnvBuilder {
             lab: self,
             name: name.to_owned(),
@@ -122,25 +162,55 @@ impl<'lab> EnvBuilder<'lab> {
         self
     }
 
-    /// Starts the container (the image must exist: no registry lookup).
+    /// Starts the environment: a container, or a fresh corner of the VM.
     pub fn start(self) -> Result<Env> {
-        let (repo, tag) = self
-            .lab
-            .image
-            .split_once(':')
-            .context("image is name:tag")?;
-        if !crate::images::exists(&self.lab.image) {
-            bail!(
-                "image {} is missing; refusing to start (testcontainers would ask a registry)",
-                self.lab.image
-            );
-        }
         let run_dir = self.lab.work.join(&self.name);
         fs::create_dir_all(&run_dir)?;
         fs::set_permissions(
             &run_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )?;
+        match &self.lab.machines {
+            Machines::Containers { image, ssh_dir } => {
+                self.start_container(image, ssh_dir, run_dir)
+            }
+            Machines::Vm(vm) => self.start_in_vm(vm, run_dir),
+        }
+    }
+
+    /// In the VM, an environment is its run directory bound at [`RUN`] and
+    /// no process left from the previous one ([`Env`]'s drop resets).
+    fn start_in_vm(self, vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
+        if self.memory.is_some() || self.ssh {
+            bail!(
+                "{}: cgroup limits and SSH need the container leg",
+                self.name
+            );
+        }
+        let name = &self.name;
+        let bind = format!(
+            "umount {RUN} 2>/dev/null; rm -rf {SOCKETS}; mkdir -p {RUN} && mount --bind /lab/work/{name} {RUN}"
+        );
+        let ran = vm.exec("root", &["/bin/sh", "-c", &bind], &[], PATIENCE)?;
+        if ran.code != Some(0) {
+            bail!("bind {RUN} in the VM: {}", ran.stderr.trim());
+        }
+        Ok(Env {
+            machine: Machine::Vm(Arc::clone(vm)),
+            run_dir,
+            ssh_port: None,
+            ssh_dir: PathBuf::new(),
+        })
+    }
+
+    /// Starts the container (the image must exist: no registry lookup).
+    fn start_container(self, image: &str, ssh_dir: &Path, run_dir: PathBuf) -> Result<Env> {
+        let (repo, tag) = image.split_once(':').context("image is name:tag")?;
+        if !crate::images::exists(image) {
+            bail!(
+                "image {image} is missing; refusing to start (testcontainers would ask a registry)"
+            );
+        }
         let image = GenericImage::new(repo, tag)
             .with_wait_for(WaitFor::message_on_stderr("Server listening"))
             .with_exposed_port(22.tcp());
@@ -151,7 +221,7 @@ impl<'lab> EnvBuilder<'lab> {
             )
             .with_mount(Mount::bind_mount(run_dir.to_string_lossy(), RUN))
             .with_mount(
-                Mount::bind_mount(self.lab.ssh_dir.to_string_lossy(), "/lab/ssh")
+                Mount::bind_mount(ssh_dir.to_string_lossy(), "/lab/ssh")
                     .with_access_mode(testcontainers::core::AccessMode::ReadOnly),
             )
             .with_startup_timeout(PATIENCE);
@@ -192,17 +262,17 @@ impl<'lab> EnvBuilder<'lab> {
             None
         };
         Ok(Env {
-            container,
+            machine: Machine::Container(Box::new(container)),
             run_dir,
             ssh_port,
-            ssh_dir: self.lab.ssh_dir.clone(),
+            ssh_dir: ssh_dir.to_path_buf(),
         })
     }
 }
 
-/// A running container of the lab.
+/// A running environment of the lab.
 pub struct Env {
-    container: Container<GenericImage>,
+    machine: Machine,
     /// The run directory on the host (at [`RUN`] inside).
     pub run_dir: PathBuf,
     ssh_port: Option<u16>,
@@ -219,6 +289,23 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// What an [`Env`] runs on.
+enum Machine {
+    Container(Box<Container<GenericImage>>),
+    Vm(Arc<Vm>),
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // A container ends with its processes; in the VM they are killed.
+        if let Machine::Vm(vm) = &self.machine {
+            if let Err(error) = vm.reset() {
+                eprintln!("lab: could not reset the VM: {error:#}");
+            }
+        }
+    }
+}
+
 impl From<Output> for Ran {
     fn from(out: Output) -> Self {
         Self {
@@ -230,37 +317,76 @@ impl From<Output> for Ran {
 }
 
 impl Env {
-    /// The container's id.
-    pub fn id(&self) -> &str {
-        self.container.id()
+    /// The container's id (the VM leg has none).
+    pub fn container_id(&self) -> Result<&str> {
+        match &self.machine {
+            Machine::Container(container) => Ok(container.id()),
+            Machine::Vm(_) => bail!("this needs a container; the VM leg has none"),
+        }
     }
 
-    /// `docker exec -u USER ID ARGV...`, waiting for it.
+    /// Runs `argv` as `user` inside, waiting for it.
     pub fn exec(&self, user: &str, argv: &[&str]) -> Result<Ran> {
-        let out = Command::new("docker")
-            .args(["exec", "-u", user, self.id()])
-            .args(argv)
-            .stdin(Stdio::null())
-            .output()
-            .context("docker exec")?;
-        Ok(out.into())
+        self.exec_with_env(user, argv, &[], PATIENCE)
+    }
+
+    /// Runs `argv` as `user` inside with `env` added, waiting for it (in
+    /// the VM up to `patience`; `docker exec` is not bounded).
+    pub fn exec_with_env(
+        &self,
+        user: &str,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        patience: Duration,
+    ) -> Result<Ran> {
+        match &self.machine {
+            Machine::Container(container) => {
+                let mut command = Command::new("docker");
+                command.args(["exec", "-u", user]);
+                for (key, value) in env {
+                    command.arg("-e").arg(format!("{key}={value}"));
+                }
+                let out = command
+                    .arg(container.id())
+                    .args(argv)
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("docker exec")?;
+                Ok(out.into())
+            }
+            Machine::Vm(vm) => vm.exec(user, argv, env, patience),
+        }
+    }
+
+    /// The kernel's log as root inside sees it (the host's, for containers).
+    pub fn kernel_log(&self) -> String {
+        let ran = match &self.machine {
+            Machine::Container(_) => Command::new("dmesg").output().map(Ran::from).ok(),
+            Machine::Vm(vm) => vm.exec("root", &["dmesg"], &[], PATIENCE).ok(),
+        };
+        ran.map(|ran| ran.stdout).unwrap_or_default()
+    }
+
+    /// Sets a kernel setting (`/proc/sys/...`) of the kernel the environment
+    /// runs on. Containers share the host's: the guard restores it. A VM's
+    /// kernel is discarded with the VM, so there is nothing to restore.
+    pub fn set_kernel_setting(&self, path: &str, value: &str) -> Result<Option<Sysctl>> {
+        match &self.machine {
+            Machine::Container(_) => Sysctl::set(path, value).map(Some),
+            Machine::Vm(vm) => {
+                let script = format!("printf '%s' '{value}' > {path}");
+                let ran = vm.exec("root", &["/bin/sh", "-c", &script], &[], PATIENCE)?;
+                if ran.code != Some(0) {
+                    bail!("set {path} in the VM: {}", ran.stderr.trim());
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// `sh -c SCRIPT` as `user`.
     pub fn sh(&self, user: &str, script: &str) -> Result<Ran> {
         self.exec(user, &["/bin/sh", "-c", script])
-    }
-
-    /// A `docker exec` left running, its stdout piped to the caller.
-    pub fn spawn(&self, user: &str, argv: &[&str]) -> Result<Child> {
-        Command::new("docker")
-            .args(["exec", "-u", user, self.id()])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("docker exec")
     }
 
     /// The observer (root, in the container): its last JSON line.
@@ -292,19 +418,23 @@ impl Env {
         for suffix in ["pid", "exit", "out", "log"] {
             let _ = fs::remove_file(self.run_dir.join(format!("{name}.{suffix}")));
         }
-        let mut command = Command::new("docker");
-        command.args(["exec", "-d", "-u", user, self.id()]).args([
-            "/lab/bin/lab-probe",
-            "launch",
-            RUN,
-            name,
-        ]);
+        let mut launcher = vec!["/lab/bin/lab-probe", "launch", RUN, name];
         if let Some(file) = stdin {
-            command.args(["--stdin", file]);
+            launcher.extend_from_slice(&["--stdin", file]);
         }
-        let status = command.arg("--").args(argv).status()?;
-        if !status.success() {
-            bail!("docker exec -d lab-probe launch {name}: {status}");
+        launcher.push("--");
+        launcher.extend_from_slice(argv);
+        match &self.machine {
+            Machine::Container(container) => {
+                let status = Command::new("docker")
+                    .args(["exec", "-d", "-u", user, container.id()])
+                    .args(&launcher)
+                    .status()?;
+                if !status.success() {
+                    bail!("docker exec -d lab-probe launch {name}: {status}");
+                }
+            }
+            Machine::Vm(vm) => vm.spawn_detached(user, &launcher)?,
         }
         let launched = Launched {
             name: name.to_owned(),

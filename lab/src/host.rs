@@ -74,6 +74,15 @@ impl Drop for Swapfile {
     }
 }
 
+/// `uname -r` of this machine: the kernel every container shares.
+pub fn kernel_release() -> String {
+    Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn run(command: &mut Command) -> Result<()> {
     let out = command
         .output()

@@ -1,7 +1,8 @@
 //! The lab's images, built locally and cached by the hash of their inputs:
 //! a base root filesystem from `mmdebstrap`, imported with `docker import`,
-//! and the lab image built `FROM` it. No registry is ever asked: an image is
-//! made here or not at all, and its existence is checked before any start.
+//! and the lab image and the `cross` toolchain image built `FROM` it. No
+//! registry is ever asked: an image is made here or not at all, and its
+//! existence is checked before any start.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,10 +22,16 @@ pub const BASE_PACKAGES: &[&str] = &["openssh-server", "procps", "iproute2", "ip
 const BASE_REPO: &str = "ningen-lab-base";
 /// Repository name of the lab image.
 const LAB_REPO: &str = "ningen-lab";
+/// Repository name of the `cross` toolchain image.
+const CROSS_REPO: &str = "ningen-cross";
+/// The name Cross.toml gives: fixed, so that file stays static while the
+/// cache key is the hash; [`ensure_cross`] points it at the current hash.
+pub const CROSS_LOCAL: &str = "ningen-cross:local";
 
 /// The Dockerfile and sshd config, compiled in so the hash is of what is built.
 const DOCKERFILE: &str = include_str!("../images/Dockerfile");
 const SSHD_CONF: &str = include_str!("../images/lab-sshd.conf");
+const CROSS_DOCKERFILE: &str = include_str!("../images/cross.Dockerfile");
 
 /// First 16 hex digits of the SHA-256 of `parts`.
 fn input_hash(parts: &[&str]) -> String {
@@ -64,6 +71,14 @@ pub fn lab_image() -> String {
     )
 }
 
+/// `name:tag` of the `cross` toolchain image for the current inputs.
+pub fn cross_image() -> String {
+    format!(
+        "{CROSS_REPO}:{}",
+        input_hash(&[&base_image(), CROSS_DOCKERFILE])
+    )
+}
+
 /// Whether `image` exists locally (never a registry lookup).
 pub fn exists(image: &str) -> bool {
     Command::new("docker")
@@ -79,6 +94,28 @@ pub fn ensure(work: &Path, log: &mut dyn FnMut(&str)) -> Result<Vec<ImageBuild>>
     let base_build = timed(&base, || build_base(&base, work, log))?;
     let lab_build = timed(&lab, || build_lab(&lab, &base, work, log))?;
     Ok(vec![base_build, lab_build])
+}
+
+/// Makes the `cross` toolchain image (and the base image under it) unless it
+/// exists, and points [`CROSS_LOCAL`] at it; returns what the toolchain image
+/// cost.
+pub fn ensure_cross(work: &Path, log: &mut dyn FnMut(&str)) -> Result<ImageBuild> {
+    let base = base_image();
+    let image = cross_image();
+    timed(&base, || build_base(&base, work, log))?;
+    let build = timed(&image, || {
+        build_from_base(
+            &image,
+            &base,
+            &[("Dockerfile", CROSS_DOCKERFILE)],
+            work,
+            log,
+        )
+    })?;
+    // Every time, not only after a build: an older hash may still hold the name.
+    run(Command::new("docker").args(["tag", &image, CROSS_LOCAL]))
+        .with_context(|| format!("docker tag {image} {CROSS_LOCAL}"))?;
+    Ok(build)
 }
 
 fn timed(image: &str, make: impl FnOnce() -> Result<bool>) -> Result<ImageBuild> {
@@ -113,6 +150,23 @@ fn build_base(image: &str, work: &Path, log: &mut dyn FnMut(&str)) -> Result<boo
 }
 
 fn build_lab(image: &str, base: &str, work: &Path, log: &mut dyn FnMut(&str)) -> Result<bool> {
+    build_from_base(
+        image,
+        base,
+        &[("Dockerfile", DOCKERFILE), ("lab-sshd.conf", SSHD_CONF)],
+        work,
+        log,
+    )
+}
+
+/// `docker build` of `image` from a context holding `files`, `FROM` `base`.
+fn build_from_base(
+    image: &str,
+    base: &str,
+    files: &[(&str, &str)],
+    work: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<bool> {
     if exists(image) {
         log(&format!("image {image}: cached"));
         return Ok(false);
@@ -120,10 +174,13 @@ fn build_lab(image: &str, base: &str, work: &Path, log: &mut dyn FnMut(&str)) ->
     if !exists(base) {
         bail!("base image {base} is missing; refusing to let docker look it up in a registry");
     }
-    let context = work.join("image-context");
+    // One context per repository: the lab and `cross` may build side by side.
+    let repository = image.split(':').next().unwrap_or(image);
+    let context = work.join(format!("{repository}-context"));
     std::fs::create_dir_all(&context)?;
-    std::fs::write(context.join("Dockerfile"), DOCKERFILE)?;
-    std::fs::write(context.join("lab-sshd.conf"), SSHD_CONF)?;
+    for (name, text) in files {
+        std::fs::write(context.join(name), text)?;
+    }
     log(&format!("image {image}: docker build FROM {base}"));
     // The legacy builder: buildx is not installed, and BuildKit would try a registry.
     run(Command::new("docker")
@@ -132,7 +189,7 @@ fn build_lab(image: &str, base: &str, work: &Path, log: &mut dyn FnMut(&str)) ->
         .arg(format!("BASE={base}"))
         .args(["--tag", image])
         .arg(&context))
-    .context("docker build the lab image")?;
+    .with_context(|| format!("docker build {image}"))?;
     Ok(true)
 }
 

@@ -1,26 +1,40 @@
-//! `lab`: runs every scenario against the binaries in `--bin-dir` and writes
-//! the evidence report. `cargo xtask lab` builds the binaries, installs what
-//! is missing and calls this; run by hand:
+//! `lab`: runs every scenario in every leg against the binaries of each
+//! architecture and writes the evidence report. `cargo xtask lab` builds the
+//! binaries, installs what is missing and calls this; run by hand:
 //!
 //! ```text
-//! lab --bin-dir target/lab/bin --out target/lab [--only wipe,swap] [--verbose]
+//! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--only wipe,swap] [--verbose]
 //! ```
+//!
+//! The legs, in order: x86_64 containers on this machine's kernel, an x86_64
+//! VM and an aarch64 VM on Debian's kernels (qemu-system, TCG). Each leg
+//! tests `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use lab::env::Lab;
-use lab::report::{Outcome, Report};
+use lab::env::{Lab, Machines};
+use lab::report::{Check, Leg, Outcome, Report};
 use lab::runner::{human_ms, Recorder};
+use lab::vm::Vm;
+use lab::vm_assets::VmArch;
 
 struct Options {
-    bin_dir: PathBuf,
+    bin_root: PathBuf,
     out: PathBuf,
+    arches: Vec<String>,
     only: Option<Vec<String>>,
     verbose: bool,
 }
+
+const USAGE: &str =
+    "usage: lab --bin-root DIR --out DIR [--arch x86_64,aarch64] [--only ROWS] [--verbose]";
+
+/// What every leg's bin directory must hold.
+const BINARIES: [&str; 4] = ["dazai", "lab-probe", "lab-observer", "lab-init"];
 
 fn main() -> ExitCode {
     match parse().and_then(|options| run(&options)) {
@@ -35,83 +49,79 @@ fn main() -> ExitCode {
 
 fn parse() -> Result<Options> {
     let mut options = Options {
-        bin_dir: PathBuf::from("target/lab/bin"),
+        bin_root: PathBuf::from("target/lab"),
         out: PathBuf::from("target/lab"),
+        arches: vec!["x86_64".into(), "aarch64".into()],
         only: None,
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--bin-dir" => options.bin_dir = args.next().context("--bin-dir DIR")?.into(),
+            "--bin-root" => options.bin_root = args.next().context("--bin-root DIR")?.into(),
             "--out" => options.out = args.next().context("--out DIR")?.into(),
+            "--arch" => {
+                let arches = args.next().context("--arch x86_64,aarch64")?;
+                options.arches = arches.split(',').map(str::to_owned).collect();
+            }
             "--only" => {
                 let rows = args.next().context("--only ROW,ROW")?;
                 options.only = Some(rows.split(',').map(str::to_owned).collect());
             }
             "--verbose" => options.verbose = true,
-            other => bail!(
-                "unknown argument {other}; usage: lab --bin-dir DIR --out DIR [--only ROWS] [--verbose]"
-            ),
+            other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
+    for arch in &options.arches {
+        vm_arch(arch)?;
+    }
     Ok(options)
+}
+
+fn vm_arch(arch: &str) -> Result<VmArch> {
+    match arch {
+        "x86_64" => Ok(VmArch::X86_64),
+        "aarch64" => Ok(VmArch::Aarch64),
+        other => bail!("unknown architecture {other}: x86_64 or aarch64"),
+    }
 }
 
 fn run(options: &Options) -> Result<bool> {
     let started = Instant::now();
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("the lab runs as root (it starts containers, traces processes and sets core_pattern); run it with sudo");
+        bail!("the lab runs as root (it starts containers and VMs, traces processes and sets core_pattern); run it with sudo");
     }
-    let bin_dir = options.bin_dir.canonicalize().with_context(|| {
-        format!(
-            "{} (build it with cargo xtask lab)",
-            options.bin_dir.display()
-        )
-    })?;
-    for binary in ["dazai", "lab-probe", "lab-observer"] {
-        if !bin_dir.join(binary).is_file() {
-            bail!("{} is missing from {}", binary, bin_dir.display());
-        }
-    }
-    let dazai = bin_dir.join("dazai");
-    let dazai_sha256 = lab::images::sha256_file(&dazai)?;
     std::fs::create_dir_all(&options.out)?;
     let work = scratch_dir()?;
-    println!("lab: dazai {} (sha256 {})", dazai.display(), dazai_sha256);
     println!("lab: scratch directory {}", work.display());
-
-    let images = lab::images::ensure(&work, &mut |line| println!("lab: {line}"))?;
-    let ssh_dir = make_ssh_key(&work)?;
-    let lab = Lab {
-        image: lab::images::lab_image(),
-        bin_dir,
-        work: work.clone(),
-        ssh_dir,
-        arch: std::env::consts::ARCH.to_owned(),
-    };
-
+    let mut legs = Vec::new();
     let mut checks = Vec::new();
-    for scenario in lab::scenarios::ALL {
-        if let Some(only) = &options.only {
-            if !only.iter().any(|row| {
-                row.replace(['-', '_'], " ")
-                    .eq_ignore_ascii_case(scenario.row)
-            }) {
-                continue;
-            }
+    let mut images = Vec::new();
+    for arch in &options.arches {
+        let bin_dir = bin_dir(&options.bin_root, arch)?;
+        if arch == std::env::consts::ARCH {
+            images = lab::images::ensure(&work, &mut |line| println!("lab: {line}"))?;
+            let leg_work = work.join("containers");
+            std::fs::create_dir_all(&leg_work)?;
+            let lab = Lab {
+                machines: Machines::Containers {
+                    image: lab::images::lab_image(),
+                    ssh_dir: make_ssh_key(&leg_work)?,
+                },
+                bin_dir: bin_dir.clone(),
+                work: leg_work,
+                arch: arch.clone(),
+            };
+            let (leg, leg_checks) = run_leg(&lab, options)?;
+            legs.push(leg);
+            checks.extend(leg_checks);
         }
-        let mut rec = Recorder::new(scenario.row, &lab.arch, options.verbose);
-        if let Err(error) = (scenario.run)(&lab, &mut rec) {
-            rec.row_failed(&format!("the {} scenario runs", scenario.row), &error);
-        }
-        checks.extend(rec.checks);
+        let (leg, leg_checks) = run_vm_leg(arch, &bin_dir, &work, options)?;
+        legs.push(leg);
+        checks.extend(leg_checks);
     }
-
     let report = Report {
-        dazai_sha256,
-        dazai_path: dazai.display().to_string(),
-        kernel: uname_r(),
+        legs,
         images,
         checks,
         total_ms: started.elapsed().as_millis() as u64,
@@ -120,6 +130,114 @@ fn run(options: &Options) -> Result<bool> {
     print_summary(&report);
     let _ = std::fs::remove_dir_all(&work);
     Ok(report.is_green())
+}
+
+/// `<bin-root>/<arch>/bin`, checked to hold every binary a leg needs.
+fn bin_dir(bin_root: &Path, arch: &str) -> Result<PathBuf> {
+    let dir = bin_root.join(arch).join("bin");
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{} (build it with cargo xtask lab)", dir.display()))?;
+    for binary in BINARIES {
+        if !dir.join(binary).is_file() {
+            bail!("{binary} is missing from {}", dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+/// Boots the VM of `arch` and runs the rows that need no container in it;
+/// a VM that does not boot is a red row of its leg, never a skip.
+fn run_vm_leg(
+    arch: &str,
+    bin_dir: &Path,
+    work: &Path,
+    options: &Options,
+) -> Result<(Leg, Vec<Check>)> {
+    let started = Instant::now();
+    let vm_arch = vm_arch(arch)?;
+    let leg_work = work.join(format!("vm-{arch}"));
+    std::fs::create_dir_all(&leg_work)?;
+    let cache = options.out.join("vm-cache");
+    let booted = lab::vm_assets::fetch(vm_arch, &cache, &mut |line| println!("lab: {line}"))
+        .and_then(|assets| {
+            println!(
+                "lab: booting {} with {}",
+                vm_arch.qemu_system(),
+                assets.kernel_package
+            );
+            Vm::boot(&assets, &bin_dir.join("lab-init"), bin_dir, &leg_work)
+        });
+    let lab = match booted {
+        Ok(vm) => {
+            println!(
+                "lab: {arch} VM up in {} on kernel {} ({})",
+                human_ms(started.elapsed().as_millis() as u64),
+                vm.kernel,
+                vm.kernel_package
+            );
+            Lab {
+                machines: Machines::Vm(Arc::new(vm)),
+                bin_dir: bin_dir.to_path_buf(),
+                work: leg_work,
+                arch: arch.to_owned(),
+            }
+        }
+        Err(error) => {
+            let name = format!("{arch} VM");
+            let mut rec = Recorder::new("VM", &name, options.verbose);
+            rec.row_failed(&format!("the {arch} VM boots"), &error);
+            let leg = leg_of(&name, arch, "did not boot", bin_dir, started)?;
+            return Ok((leg, rec.checks));
+        }
+    };
+    run_leg(&lab, options)
+}
+
+/// Every selected scenario of the leg, in the order of the threat model.
+fn run_leg(lab: &Lab, options: &Options) -> Result<(Leg, Vec<Check>)> {
+    let started = Instant::now();
+    let name = lab.leg();
+    println!("lab: leg {name}: kernel {}", lab.kernel());
+    let mut checks = Vec::new();
+    for scenario in lab::scenarios::ALL {
+        if lab.in_vm() && !scenario.in_vm {
+            continue;
+        }
+        if let Some(only) = &options.only {
+            if !only.iter().any(|row| {
+                row.replace(['-', '_'], " ")
+                    .eq_ignore_ascii_case(scenario.row)
+            }) {
+                continue;
+            }
+        }
+        let mut rec = Recorder::new(scenario.row, &name, options.verbose);
+        if let Err(error) = (scenario.run)(lab, &mut rec) {
+            rec.row_failed(&format!("the {} scenario runs", scenario.row), &error);
+        }
+        checks.extend(rec.checks);
+    }
+    let kernel = match &lab.machines {
+        Machines::Vm(vm) => format!("{} ({})", vm.kernel, vm.kernel_package),
+        Machines::Containers { .. } => lab.kernel(),
+    };
+    Ok((
+        leg_of(&name, &lab.arch, &kernel, &lab.bin_dir, started)?,
+        checks,
+    ))
+}
+
+fn leg_of(name: &str, arch: &str, kernel: &str, bin_dir: &Path, started: Instant) -> Result<Leg> {
+    let dazai = bin_dir.join("dazai");
+    Ok(Leg {
+        name: name.to_owned(),
+        arch: arch.to_owned(),
+        kernel: kernel.to_owned(),
+        dazai_sha256: lab::images::sha256_file(&dazai)?,
+        dazai_path: dazai.display().to_string(),
+        took_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// A fresh host directory for this run (bind mounts, keys, cores).
@@ -154,14 +272,6 @@ fn make_ssh_key(work: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn uname_r() -> String {
-    Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn write_report(report: &Report, out: &Path) -> Result<()> {
     let json = out.join("report.json");
     let markdown = out.join("report.md");
@@ -187,6 +297,9 @@ fn print_summary(report: &Report) {
         count(Outcome::Fail),
         human_ms(report.total_ms)
     );
+    for leg in &report.legs {
+        println!("lab: leg {}: dazai sha256 {}", leg.name, leg.dazai_sha256);
+    }
     for image in &report.images {
         println!(
             "lab: image {} {} in {}",
@@ -196,6 +309,6 @@ fn print_summary(report: &Report) {
         );
     }
     for check in report.checks.iter().filter(|c| c.outcome == Outcome::Fail) {
-        println!("lab: FAIL {}: {}", check.row, check.scenario);
+        println!("lab: FAIL {} {}: {}", check.leg, check.row, check.scenario);
     }
 }

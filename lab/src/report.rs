@@ -1,6 +1,7 @@
-//! The evidence report: one check per scenario, as JSON (machine) and a
-//! Markdown table (docs), keyed by the `dazai` binary's SHA-256 and the
-//! architecture, so more legs (aarch64) add rows, not columns.
+//! The evidence report: one check per scenario and leg, as JSON (machine)
+//! and Markdown (docs): a table of the legs (architecture, machine, kernel,
+//! the SHA-256 of the `dazai` binary each tested) and a table with one line
+//! per scenario and one column per leg.
 
 use std::fmt;
 
@@ -35,8 +36,8 @@ pub struct Check {
     pub row: String,
     /// The scenario, as a sentence of expected behaviour.
     pub scenario: String,
-    /// `x86_64` (containers on this kernel) or, later, `aarch64`.
-    pub arch: String,
+    /// The leg it ran in: `x86_64 containers`, `x86_64 VM`, `aarch64 VM`.
+    pub leg: String,
     /// What it observed.
     pub outcome: Outcome,
     /// The measured figure (latency in ms, hits, bytes), for the table.
@@ -50,18 +51,31 @@ pub struct Check {
 /// The whole lab run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    /// SHA-256 of the `dazai` binary under test.
-    pub dazai_sha256: String,
-    /// Its path when tested.
-    pub dazai_path: String,
-    /// The kernel the containers ran on (`uname -r`).
-    pub kernel: String,
+    /// Every leg that ran, in run order.
+    pub legs: Vec<Leg>,
     /// Image build time in ms (0 when cached) and whether each image was cached.
     pub images: Vec<ImageBuild>,
     /// Every check, in run order.
     pub checks: Vec<Check>,
     /// Wall time of the whole run, in ms.
     pub total_ms: u64,
+}
+
+/// One leg: a `dazai` binary of one architecture on one kind of machine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Leg {
+    /// `x86_64 containers`, `x86_64 VM`, `aarch64 VM` (the checks' `leg`).
+    pub name: String,
+    /// `x86_64` or `aarch64`.
+    pub arch: String,
+    /// The kernel it ran on (`uname -r`), and for a VM the Debian package.
+    pub kernel: String,
+    /// SHA-256 of the `dazai` binary under test.
+    pub dazai_sha256: String,
+    /// Its path when tested.
+    pub dazai_path: String,
+    /// Wall time of the leg, in ms (a VM's boot included).
+    pub took_ms: u64,
 }
 
 /// One image the lab needed.
@@ -81,33 +95,69 @@ impl Report {
         self.checks.iter().all(|c| c.outcome != Outcome::Fail)
     }
 
-    /// The Markdown table for `docs/threat-model.md`.
+    /// The Markdown tables for `docs/threat-model.md`.
     pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "Evidence for `dazai` with SHA-256 `{}`, kernel {}, total {:.1} s.\n\n",
-            self.dazai_sha256,
-            self.kernel,
+        let mut out = format!(
+            "Evidence of {} checks in {} legs, total {:.1} s.\n\n",
+            self.checks.len(),
+            self.legs.len(),
             self.total_ms as f64 / 1000.0
-        ));
-        out.push_str("| row | scenario | arch | result | figure | dazai SHA-256 |\n");
-        out.push_str("|---|---|---|---|---|---|\n");
-        for check in &self.checks {
+        );
+        out.push_str("| leg | kernel | dazai SHA-256 | checks | time |\n|---|---|---|---|---|\n");
+        for leg in &self.legs {
+            let checks: Vec<&Check> = self.checks.iter().filter(|c| c.leg == leg.name).collect();
+            let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | `{}` |\n",
-                check.row,
-                check.scenario.replace('|', "\\|"),
-                check.arch,
-                check.outcome,
-                check.figure.replace('|', "\\|"),
-                short_sha(&self.dazai_sha256)
+                "| {} | {} | `{}` | {} ({}) | {:.1} s |\n",
+                leg.name,
+                leg.kernel,
+                leg.dazai_sha256,
+                checks.len(),
+                if failed == 0 {
+                    "green".to_owned()
+                } else {
+                    format!("{failed} FAIL")
+                },
+                leg.took_ms as f64 / 1000.0
             ));
         }
+        out.push_str("\n| row | scenario |");
+        for leg in &self.legs {
+            out.push_str(&format!(" {} |", leg.name));
+        }
+        out.push_str("\n|---|---|");
+        out.push_str(&"---|".repeat(self.legs.len()));
+        out.push('\n');
+        let mut scenarios: Vec<(&str, &str)> = Vec::new();
+        for check in &self.checks {
+            if !scenarios.contains(&(check.row.as_str(), check.scenario.as_str())) {
+                scenarios.push((&check.row, &check.scenario));
+            }
+        }
+        for (row, scenario) in scenarios {
+            out.push_str(&format!("| {row} | {} |", cell(scenario)));
+            for leg in &self.legs {
+                let found = self
+                    .checks
+                    .iter()
+                    .find(|c| c.leg == leg.name && c.row == row && c.scenario == scenario);
+                match found {
+                    Some(check) if check.figure.is_empty() => {
+                        out.push_str(&format!(" {} |", check.outcome));
+                    }
+                    Some(check) => {
+                        out.push_str(&format!(" {}: {} |", check.outcome, cell(&check.figure)));
+                    }
+                    None => out.push_str(" — |"),
+                }
+            }
+            out.push('\n');
+        }
+        out.push_str("\n— : not part of that leg (SSH sessions, cgroup limits and the host's swap need the containers).\n");
         out
     }
 }
 
-/// The first 12 hex digits, enough to tell builds apart in a table.
-pub fn short_sha(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
 }

@@ -81,21 +81,21 @@ impl Verdict {
     }
 }
 
-/// Collects the checks of one threat-model row.
+/// Collects the checks of one threat-model row in one leg.
 pub struct Recorder {
     row: &'static str,
-    arch: String,
+    leg: String,
     /// The checks recorded so far.
     pub checks: Vec<Check>,
     verbose: bool,
 }
 
 impl Recorder {
-    /// A recorder for `row` on `arch`.
-    pub fn new(row: &'static str, arch: &str, verbose: bool) -> Self {
+    /// A recorder for `row` in `leg`.
+    pub fn new(row: &'static str, leg: &str, verbose: bool) -> Self {
         Self {
             row,
-            arch: arch.to_owned(),
+            leg: leg.to_owned(),
             checks: Vec::new(),
             verbose,
         }
@@ -112,14 +112,15 @@ impl Recorder {
         let check = Check {
             row: self.row.to_owned(),
             scenario: scenario.to_owned(),
-            arch: self.arch.clone(),
+            leg: self.leg.clone(),
             outcome: verdict.outcome,
             figure: verdict.figure,
             evidence: verdict.evidence,
             took_ms,
         };
         println!(
-            "  {:<12} {:<11} {:>10}  {}  [{}]",
+            "  {:<17} {:<12} {:<11} {:>10}  {}  [{}]",
+            check.leg,
             check.row,
             check.outcome.to_string(),
             human_ms(took_ms),
@@ -144,6 +145,9 @@ impl Recorder {
 pub struct Scenario {
     /// The row's name in docs/threat-model.md.
     pub row: &'static str,
+    /// Whether it runs in the VM legs too (SSH sessions, cgroup limits and
+    /// the host's swap need containers).
+    pub in_vm: bool,
     /// Runs every check of the row.
     pub run: fn(&Lab, &mut Recorder) -> Result<()>,
 }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use lab::env::{fresh_canary, Env, Lab, PATIENCE};
+use lab::env::{fresh_canary, Env, Lab, Machines, PATIENCE};
 use lab::report::Outcome;
 use lab::runner::Verdict;
 use lab::scenarios::wipe::{every_copy_is_locked, wiped_at_self_kill};
@@ -23,9 +23,11 @@ fn lab(test: &str) -> Lab {
         "the lab image {image} is missing: run `cargo xtask lab`, which builds it"
     );
     Lab {
-        image,
+        machines: Machines::Containers {
+            image,
+            ssh_dir: work.join("ssh"),
+        },
         bin_dir,
-        ssh_dir: work.join("ssh"),
         work,
         arch: std::env::consts::ARCH.to_owned(),
     }
@@ -52,7 +54,7 @@ fn the_wipe_scenario_turns_red_against_a_probe_that_skips_the_wipe_and_green_aga
 ) {
     let lab = lab("can-fail-wipe");
     let env = lab
-        .container("can-fail")
+        .env("can-fail")
         .cap_add("SYS_PTRACE")
         .start()
         .expect("container");
@@ -91,7 +93,7 @@ fn the_wipe_scenario_turns_red_against_a_probe_that_skips_the_wipe_and_green_aga
 fn the_live_scan_turns_red_against_a_probe_that_leaves_a_heap_copy() {
     let lab = lab("can-fail-heap");
     let env = lab
-        .container("can-fail-heap")
+        .env("can-fail-heap")
         .cap_add("SYS_PTRACE")
         .start()
         .expect("container");

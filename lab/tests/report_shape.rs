@@ -1,13 +1,25 @@
-//! The evidence table's shape is fixed by a snapshot: columns, their order,
-//! how a limit and a failure read. Figures and hashes here are made up.
+//! The evidence tables' shape is fixed by a snapshot: one line per leg with
+//! the SHA-256 it tested, one column per leg, how a limit, a failure and a
+//! scenario a leg does not run read. Figures and hashes here are made up.
 
-use lab::report::{Check, ImageBuild, Outcome, Report};
+use lab::report::{Check, ImageBuild, Leg, Outcome, Report};
 
-fn check(row: &str, scenario: &str, outcome: Outcome, figure: &str) -> Check {
+fn leg(name: &str, arch: &str, kernel: &str, sha: &str) -> Leg {
+    Leg {
+        name: name.into(),
+        arch: arch.into(),
+        kernel: kernel.into(),
+        dazai_sha256: sha.repeat(16),
+        dazai_path: format!("target/lab/{arch}/bin/dazai"),
+        took_ms: 30_000,
+    }
+}
+
+fn check(leg: &str, row: &str, scenario: &str, outcome: Outcome, figure: &str) -> Check {
     Check {
         row: row.into(),
         scenario: scenario.into(),
-        arch: "x86_64".into(),
+        leg: leg.into(),
         outcome,
         figure: figure.into(),
         evidence: vec!["observed".into()],
@@ -16,11 +28,17 @@ fn check(row: &str, scenario: &str, outcome: Outcome, figure: &str) -> Check {
 }
 
 #[test]
-fn the_evidence_table_has_row_scenario_arch_result_figure_and_binary_hash() {
+fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
     let report = Report {
-        dazai_sha256: "0123456789abcdef".repeat(4),
-        dazai_path: "target/lab/bin/dazai".into(),
-        kernel: "6.18.0".into(),
+        legs: vec![
+            leg("x86_64 containers", "x86_64", "6.18.0", "0123"),
+            leg(
+                "aarch64 VM",
+                "aarch64",
+                "6.1.0-41-arm64 (linux-image-6.1.0-41-arm64 6.1.158-1)",
+                "abcd",
+            ),
+        ],
         images: vec![ImageBuild {
             image: "ningen-lab:0000".into(),
             cached: true,
@@ -28,18 +46,35 @@ fn the_evidence_table_has_row_scenario_arch_result_figure_and_binary_hash() {
         }],
         checks: vec![
             check(
+                "x86_64 containers",
                 "session loss",
                 "a dropped SSH session (with a pty) runs the panic",
                 Outcome::Pass,
                 "2 ms",
             ),
             check(
+                "x86_64 containers",
                 "OOM",
                 "a daemon killed by SIGKILL cannot wipe",
                 Outcome::Limit,
                 "child gone in 6 ms; no wipe",
             ),
             check(
+                "x86_64 containers",
+                "wipe",
+                "the daemon wipes the secret | before its final SIGKILL",
+                Outcome::Pass,
+                "0 hits in 3872 KiB",
+            ),
+            check(
+                "aarch64 VM",
+                "OOM",
+                "a daemon killed by SIGKILL cannot wipe",
+                Outcome::Limit,
+                "child gone in 40 ms; no wipe",
+            ),
+            check(
+                "aarch64 VM",
                 "wipe",
                 "the daemon wipes the secret | before its final SIGKILL",
                 Outcome::Fail,

@@ -1,15 +1,18 @@
-//! `cargo xtask lab`: attack the real `dazai` binary in containers and write
-//! the evidence report (docs/lab.md says what each scenario shows).
+//! `cargo xtask lab`: attack the real `dazai` binaries in containers and VMs
+//! and write the evidence report (docs/lab.md says what each leg and
+//! scenario shows).
 //!
 //! In order, each step announced on one line:
 //! 1. prerequisites: on Debian as root, install what is missing (docker.io,
-//!    mmdebstrap, openssh-client); otherwise name it and stop — a missing
-//!    prerequisite is a failure, never a skip;
+//!    mmdebstrap, openssh-client, qemu-system from bookworm-backports);
+//!    otherwise name it and stop — a missing prerequisite is a failure, never a skip;
 //! 2. `dockerd`: start it if it is not running (and stop it again at the end);
-//! 3. build the shipped `dazai` (release, `--features seccomp`) and the lab's
-//!    probes and observer, staged in `target/lab/bin`;
-//! 4. run every scenario (`lab`: images built or taken from the cache by
-//!    input hash; host settings restored by guards) → `target/lab/report.{json,md}`;
+//! 3. for each architecture, build with `cross` the shipped `dazai` (static
+//!    musl, release, `--features seccomp`: `target/dist/<target>/dazai`), the
+//!    lab's guest programs and the daemon's integration tests, staged in
+//!    `target/lab/<arch>/bin`;
+//! 4. run every leg (`lab`: x86_64 containers, x86_64 VM, aarch64 VM) →
+//!    `target/lab/report.{json,md}`;
 //! 5. the lab's own tests, among them the proof that it can fail;
 //! 6. with `--update-docs`, copy the evidence into docs/threat-model.md.
 
@@ -20,9 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-/// `cargo xtask lab [--update-docs] [--only ROWS] [--verbose]`.
+/// `cargo xtask lab [--arch ARCHES] [--update-docs] [--only ROWS] [--verbose]`.
 #[derive(Default)]
 pub(crate) struct Options {
+    /// Only these architectures (`x86_64`: containers and VM; `aarch64`: VM).
+    pub arch: Option<String>,
     /// Copy the evidence table into docs/threat-model.md.
     pub update_docs: bool,
     /// Only these rows (comma-separated), for working on one scenario.
@@ -40,7 +45,8 @@ impl Options {
                 "--update-docs" => options.update_docs = true,
                 "--verbose" => options.verbose = true,
                 "--only" => options.only = Some(args.next().context("--only ROW,ROW")?.to_string()),
-                other => bail!("unknown lab option {other}; usage: cargo xtask lab [--update-docs] [--only ROWS] [--verbose]"),
+                "--arch" => options.arch = Some(args.next().context("--arch x86_64,aarch64")?.to_string()),
+                other => bail!("unknown lab option {other}; usage: cargo xtask lab [--arch ARCHES] [--update-docs] [--only ROWS] [--verbose]"),
             }
         }
         Ok(options)
@@ -48,7 +54,7 @@ impl Options {
 }
 
 /// The Debian packages the lab calls, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str, &str); 4] = [
+const DEBIAN_PACKAGES: [(&str, &str, &str); 5] = [
     (
         "docker.io",
         "dockerd",
@@ -69,7 +75,27 @@ const DEBIAN_PACKAGES: [(&str, &str, &str); 4] = [
         "swapon",
         "the swapfile of the swap scenario; dmesg",
     ),
+    (
+        "xz-utils",
+        "xz",
+        "unpacking Debian's amd64 kernel for the x86_64 VM",
+    ),
 ];
+
+/// qemu-system for the VM legs, from bookworm-backports: the machine's
+/// qemu-utils come from there and bookworm's qemu-system conflicts with them.
+const QEMU_PACKAGES: [(&str, &str); 2] = [
+    ("qemu-system-arm", "qemu-system-aarch64"),
+    ("qemu-system-x86", "qemu-system-x86_64"),
+];
+
+/// The apt source added for [`QEMU_PACKAGES`] and removed again right after.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/ningen-lab-backports.sources";
+
+/// The integration tests that run inside the VMs: the daemon's own, which
+/// need nothing but busybox beside the binary (the others need bash,
+/// util-linux, systemd or the source tree).
+const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
 
 pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     let started = Instant::now();
@@ -78,27 +104,26 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     step("dockerd");
     let _dockerd = Dockerd::ensure_running(&sh.current_dir())?;
 
-    step("build the shipped dazai (release, --features seccomp) and the lab's helpers");
-    cmd!(sh, "cargo build --release -p dazai --features seccomp").run()?;
-    cmd!(sh, "cargo build -p lab --bins").run()?;
+    step("cross, its rustup targets and its toolchain image");
+    crate::cross::prepare(sh)?;
     let target = sh.current_dir().join("target");
-    let bin_dir = target.join("lab/bin");
-    std::fs::create_dir_all(&bin_dir)?;
-    for (from, name) in [
-        ("release/dazai", "dazai"),
-        ("debug/lab-probe", "lab-probe"),
-        ("debug/lab-observer", "lab-observer"),
-    ] {
-        std::fs::copy(target.join(from), bin_dir.join(name))
-            .with_context(|| format!("stage {name} in {}", bin_dir.display()))?;
+    let arches: Vec<&str> = match &options.arch {
+        Some(list) => list.split(',').collect(),
+        None => vec!["x86_64", "aarch64"],
+    };
+    for arch in &arches {
+        step(&format!("build with cross for {arch}: the shipped dazai, the guest programs, the daemon's tests"));
+        stage_binaries(sh, arch, &target.join("lab").join(arch).join("bin"))?;
     }
+    cmd!(sh, "cargo build -p lab --bin lab").run()?;
 
-    step("run the scenarios");
+    step("run the legs");
     let mut lab = Command::new(target.join("debug/lab"));
-    lab.arg("--bin-dir")
-        .arg(&bin_dir)
+    lab.arg("--bin-root")
+        .arg(target.join("lab"))
         .arg("--out")
-        .arg(target.join("lab"));
+        .arg(target.join("lab"))
+        .args(["--arch", &arches.join(",")]);
     if let Some(only) = &options.only {
         lab.args(["--only", only]);
     }
@@ -110,10 +135,15 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
         .status()
         .context("run the lab")?;
 
-    step("the lab's own tests (it can fail; the report's shape)");
-    let tests = cmd!(sh, "cargo test -p lab")
-        .env("LAB_BIN_DIR", &bin_dir)
-        .run();
+    let tests = if arches.contains(&"x86_64") {
+        step("the lab's own tests (it can fail; the report's shape)");
+        cmd!(sh, "cargo test -p lab")
+            .env("LAB_BIN_DIR", target.join("lab/x86_64/bin"))
+            .run()
+    } else {
+        step("the lab's own tests but can_fail, which needs the x86_64 containers");
+        cmd!(sh, "cargo test -p lab --lib --test report_shape").run()
+    };
 
     if !scenarios.success() {
         bail!("the lab found a red row (see above and target/lab/report.md)");
@@ -130,6 +160,37 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Builds one architecture's binaries with cross and copies them into
+/// `bin_dir`: `dazai` (the very file `target/dist` ships), `lab-probe`,
+/// `lab-observer`, `lab-init` and the tests as `e2e-<suite>`.
+fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
+    let target = crate::cross::TARGETS
+        .iter()
+        .find(|t| t.starts_with(arch))
+        .with_context(|| format!("no shipped target for {arch}"))?;
+    let _ = std::fs::remove_dir_all(bin_dir);
+    std::fs::create_dir_all(bin_dir)?;
+    let dazai = crate::cross::build_dazai(sh, target)?;
+    std::fs::copy(&dazai.path, bin_dir.join("dazai"))?;
+    let guests =
+        crate::cross::build_executables(sh, target, &["build", "--release", "-p", "lab-guest"])?;
+    let mut tests_args = vec!["test", "--no-run", "-p", "dazai-e2e"];
+    for suite in VM_TEST_SUITES {
+        tests_args.extend_from_slice(&["--test", suite]);
+    }
+    let tests = crate::cross::build_executables(sh, target, &tests_args)?;
+    for (name, path) in guests {
+        std::fs::copy(&path, bin_dir.join(&name))
+            .with_context(|| format!("stage {name} in {}", bin_dir.display()))?;
+    }
+    for (name, path) in tests {
+        std::fs::copy(&path, bin_dir.join(format!("e2e-{name}")))
+            .with_context(|| format!("stage the {name} tests in {}", bin_dir.display()))?;
+    }
+    println!("    {arch}: dazai sha256 {}", dazai.sha256);
+    Ok(())
+}
+
 fn step(title: &str) {
     println!("==> lab: {title}");
 }
@@ -140,11 +201,17 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
         .iter()
         .filter(|(_, command, _)| !on_path(command))
         .collect();
-    if missing.is_empty() {
-        println!("    present: docker.io, mmdebstrap, openssh-client, util-linux");
+    let qemu_missing = QEMU_PACKAGES.iter().any(|(_, command)| !on_path(command));
+    if missing.is_empty() && !qemu_missing {
+        println!(
+            "    present: docker.io, mmdebstrap, openssh-client, util-linux, xz-utils, qemu-system"
+        );
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|(package, _, _)| *package).collect();
+    let mut names: Vec<&str> = missing.iter().map(|(package, _, _)| *package).collect();
+    if qemu_missing {
+        names.extend(QEMU_PACKAGES.iter().map(|(package, _)| *package));
+    }
     let is_root = cmd!(sh, "id -u").quiet().read()? == "0";
     let is_debian = Path::new("/etc/debian_version").exists();
     if !is_root || !is_debian {
@@ -168,13 +235,43 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
     for (package, _, reason) in &missing {
         println!("    installing {package} ({reason})");
     }
-    cmd!(sh, "apt-get update -qq").run()?;
-    cmd!(
-        sh,
-        "apt-get install -y -qq --no-install-recommends {names...}"
-    )
-    .env("DEBIAN_FRONTEND", "noninteractive")
-    .run()?;
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|(package, _, _)| *package).collect();
+        cmd!(sh, "apt-get update -qq").run()?;
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends {packages...}"
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    }
+    if qemu_missing {
+        install_qemu_from_backports(sh)?;
+    }
+    Ok(())
+}
+
+/// Adds bookworm-backports for one install and removes it again, so apt's
+/// sources end as they were.
+fn install_qemu_from_backports(sh: &Shell) -> Result<()> {
+    println!("    installing qemu-system-arm, qemu-system-x86 from bookworm-backports (the VM legs); the apt source is removed afterwards");
+    std::fs::write(
+        BACKPORTS_SOURCE,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )?;
+    let packages: Vec<&str> = QEMU_PACKAGES.iter().map(|(package, _)| *package).collect();
+    let installed = cmd!(sh, "apt-get update -qq").run().and_then(|()| {
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends -t bookworm-backports {packages...}"
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+    });
+    let _ = std::fs::remove_file(BACKPORTS_SOURCE);
+    let restored = cmd!(sh, "apt-get update -qq").run();
+    installed.context("install qemu-system from bookworm-backports")?;
+    restored.context("apt-get update after removing bookworm-backports")?;
     Ok(())
 }
 
@@ -263,7 +360,7 @@ fn update_docs(root: &Path, report: &Path) -> Result<()> {
         out.push_str(&status_line(line, &checks));
         out.push('\n');
     }
-    let section = format!("{BEGIN}\n## Evidence (x86_64)\n\n{markdown}{END}\n");
+    let section = format!("{BEGIN}\n## Evidence\n\n{markdown}{END}\n");
     let out = match (out.find(BEGIN), out.find(END)) {
         (Some(start), Some(end)) => format!(
             "{}{section}{}",
@@ -277,7 +374,8 @@ fn update_docs(root: &Path, report: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A table row `| row | … | status |` with its status from the checks.
+/// A table row `| row | … | status |` with its status from the checks,
+/// leg by leg.
 fn status_line(line: &str, checks: &[serde_json::Value]) -> String {
     let cells: Vec<&str> = line.split(" | ").collect();
     let Some(row) = line
@@ -290,15 +388,31 @@ fn status_line(line: &str, checks: &[serde_json::Value]) -> String {
     if mine.is_empty() || cells.len() < 4 {
         return line.to_owned();
     }
-    let count = |outcome: &str| mine.iter().filter(|c| c["outcome"] == outcome).count();
-    let status = match (count("fail"), count("limit")) {
-        (0, 0) => format!("x86_64: {} checks pass", mine.len()),
-        (0, limits) => format!("x86_64: {} pass, {limits} limit shown", mine.len() - limits),
-        (fails, _) => format!("x86_64: {fails} of {} FAIL", mine.len()),
-    };
+    let mut legs: Vec<&str> = Vec::new();
+    for check in &mine {
+        let leg = check["leg"].as_str().unwrap_or_default();
+        if !legs.contains(&leg) {
+            legs.push(leg);
+        }
+    }
+    let statuses: Vec<String> = legs
+        .iter()
+        .map(|leg| {
+            let of_leg: Vec<_> = mine.iter().filter(|c| c["leg"] == *leg).collect();
+            let count = |outcome: &str| of_leg.iter().filter(|c| c["outcome"] == outcome).count();
+            match (count("fail"), count("limit")) {
+                (0, 0) => format!("{leg}: {} pass", of_leg.len()),
+                (0, limits) => format!(
+                    "{leg}: {} pass, {limits} limit shown",
+                    of_leg.len() - limits
+                ),
+                (fails, _) => format!("{leg}: {fails} of {} FAIL", of_leg.len()),
+            }
+        })
+        .collect();
     let mut cells = cells;
     let last = cells.len() - 1;
-    let status = format!("{status}; aarch64: not yet |");
+    let status = format!("{} |", statuses.join("; "));
     cells[last] = &status;
     cells.join(" | ")
 }

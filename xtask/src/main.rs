@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod cross;
 mod fuzz;
 mod lab;
 mod man;
@@ -25,6 +26,8 @@ usage: cargo xtask <verb>
         [--update-docs] copy it into docs/threat-model.md
         [--only ROWS]   only these rows, e.g. --only wipe,session-loss
         [--verbose]     print every piece of evidence
+  cross static release dazai for x86_64 and aarch64 musl with `cross`, in
+        the toolchain image the lab builds -> target/dist/<target>/dazai
   bench measure destroy latency, ping-timeout precision, idle cost, load,
         size, and ssh-agent side by side -> target/bench/report.json
         [--runs N]      runs per destroy configuration (default 200)
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
             .and_then(|options| shell_at_repo_root().and_then(|sh| lab::run(&sh, &options))),
         ["bench", ref rest @ ..] => bench::Options::parse(rest)
             .and_then(|options| shell_at_repo_root().and_then(|sh| bench::run(&sh, &options))),
+        ["cross"] => shell_at_repo_root().and_then(|sh| cross::run(&sh)),
         ["man"] => shell_at_repo_root().and_then(|sh| man::run(&sh)),
         ["fuzz", ref rest @ ..] => fuzz::Options::parse(rest)
             .and_then(|options| shell_at_repo_root().and_then(|sh| fuzz::run(&sh, &options))),

@@ -452,8 +452,8 @@ pub mod filter {
             SYS_recvfrom as recvfrom, SYS_restart_syscall as restart_syscall,
             SYS_rt_sigaction as rt_sigaction, SYS_rt_sigprocmask as rt_sigprocmask,
             SYS_rt_sigreturn as rt_sigreturn, SYS_sendto as sendto, SYS_setsockopt as setsockopt,
-            SYS_sigaltstack as sigaltstack, SYS_tgkill as tgkill, SYS_tkill as tkill, SYS_unlinkat as unlinkat,
-            SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
+            SYS_sigaltstack as sigaltstack, SYS_tgkill as tgkill, SYS_tkill as tkill,
+            SYS_unlinkat as unlinkat, SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
         };
     }
 }

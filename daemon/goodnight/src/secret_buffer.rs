@@ -211,6 +211,16 @@ impl fmt::Display for SecretError {
                 "the secret is longer than the {capacity}-byte buffer (buffer wiped); \
                  fix: supply a shorter secret or raise the maximum secret size"
             ),
+            // Secret memory is out of the kernel's direct map: a file system
+            // that reads with zero-copy (9p, seen in the lab's VMs) cannot fill it.
+            SecretError::Read {
+                errno: Errno::EFAULT,
+            } => write!(
+                f,
+                "cannot read the secret (EFAULT: the kernel could not copy into secret memory; \
+                 buffer wiped); fix: pass it through a pipe (e.g. `3< <(cat FILE)` with fd:3), \
+                 or choose the locked backend"
+            ),
             SecretError::Read { errno } => write!(
                 f,
                 "cannot read the secret ({errno:?}: {}; buffer wiped); fix: pass a readable, \

@@ -44,9 +44,17 @@ impl Mapping {
         self.has_flag("lo") && self.locked_kib == self.size_kib
     }
 
-    /// The shape of a `SecretBuffer`'s data pages: locked and left out of dumps.
+    /// A `memfd_secret` mapping. Its pages are unevictable by construction
+    /// whether or not the kernel shows them as locked: 6.18 does (`lo`),
+    /// Debian's 6.1 does not (measured in the lab's VMs).
+    pub fn is_secretmem(&self) -> bool {
+        self.path.starts_with("/secretmem")
+    }
+
+    /// The shape of a `SecretBuffer`'s data pages: never swapped (locked,
+    /// or secret memory) and left out of dumps.
     pub fn is_secret_shaped(&self) -> bool {
-        self.is_fully_locked() && self.has_flag("dd")
+        (self.is_fully_locked() || self.is_secretmem()) && self.has_flag("dd")
     }
 
     /// One line for evidence: `7f..-7f.. rw-p [anon] 4 KiB lo dd Locked 4 KiB Swap 0 KiB`.
@@ -235,6 +243,26 @@ VmFlags: rd mr mw me sd
         assert_eq!(maps[0].path, "");
         assert_eq!(maps[1].path, "/usr/bin/dazai");
         assert!(!maps[1].is_fully_locked());
+    }
+
+    #[test]
+    fn a_secretmem_mapping_is_secret_shaped_without_lo_but_plain_memory_is_not() {
+        let maps = parse_smaps(
+            "\
+ffff83709000-ffff83719000 rw-s 00000000 00:01 2                          /secretmem (deleted)
+Size:                 64 kB
+Locked:                0 kB
+Swap:                  0 kB
+VmFlags: rd wr sh mr mw ms dc dd 
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
+Size:                  4 kB
+Locked:                0 kB
+Swap:                  0 kB
+VmFlags: rd wr mr mw me dd 
+",
+        );
+        assert!(maps[0].is_secret_shaped(), "{}", maps[0].describe());
+        assert!(!maps[1].is_secret_shaped(), "{}", maps[1].describe());
     }
 
     #[test]

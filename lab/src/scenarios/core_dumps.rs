@@ -11,9 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::env::{fresh_canary, Env, Lab, PATIENCE, RUN};
-use crate::host::Sysctl;
-use crate::procfs::{find_all, status_field, Mapping};
 use crate::runner::Recorder;
+use lab_guest::procfs::{find_all, status_field, Mapping};
 
 /// Cores land here inside the container (the pattern is resolved in the
 /// crashing process's mount namespace), i.e. in the run directory on the host.
@@ -22,7 +21,7 @@ const PATTERN: &str = "/lab/run/cores/core.%e.%p";
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     let env = lab
-        .container("core-dumps")
+        .env("core-dumps")
         .cap_add("SYS_PTRACE")
         .core_dumps()
         .start()?;
@@ -30,7 +29,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     fs::create_dir_all(&cores)?;
     fs::set_permissions(&cores, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
     // Restored when this function returns, however it returns.
-    let _pattern = Sysctl::set("/proc/sys/kernel/core_pattern", PATTERN)?;
+    let _pattern = env.set_kernel_setting("/proc/sys/kernel/core_pattern", PATTERN)?;
 
     for (signal, number) in [("SEGV", 11), ("ABRT", 6)] {
         rec.check(
@@ -48,6 +47,11 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 let maps: Vec<Mapping> =
                     serde_json::from_value(env.observe(&["maps", &pid])?["mappings"].clone())?;
                 let secret: Vec<&Mapping> = maps.iter().filter(|m| m.is_secret_shaped()).collect();
+                if secret.is_empty() {
+                    for mapping in maps.iter().filter(|m| m.has_flag("dd")) {
+                        v.note(format!("a dd mapping: {}", mapping.describe()));
+                    }
+                }
                 v.require(
                     !secret.is_empty(),
                     format!(

@@ -13,10 +13,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     // With SYS_PTRACE in the container's set, docker's default seccomp profile
     // lets process_vm_readv through, so the kernel's own check is what answers;
     // `lab` (uid 1000) holds no capability either way.
-    let env = lab
-        .container("ptrace-snooping")
-        .cap_add("SYS_PTRACE")
-        .start()?;
+    let env = lab.env("ptrace-snooping").cap_add("SYS_PTRACE").start()?;
     let daemon = env.daemon().start()?;
     rec.check(
         "an attacker with the daemon's own UID cannot read its memory",

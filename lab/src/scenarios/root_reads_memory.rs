@@ -6,15 +6,12 @@
 use anyhow::{Context, Result};
 
 use crate::env::{Env, Lab};
-use crate::procfs::Scan;
 use crate::runner::Recorder;
+use lab_guest::procfs::Scan;
 
 /// The row's scenario: the same attack on a daemon of each backend.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    let env = lab
-        .container("root-reads-memory")
-        .cap_add("SYS_PTRACE")
-        .start()?;
+    let env = lab.env("root-reads-memory").cap_add("SYS_PTRACE").start()?;
     let secretmem = root_scans(&env, "secretmem")?;
     rec.check(
         "with the memfd_secret backend root finds no copy of the secret",

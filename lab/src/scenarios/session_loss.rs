@@ -27,11 +27,7 @@ enum Drop {
 
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    let env = lab
-        .container("session-loss")
-        .ssh()
-        .cap_add("NET_ADMIN")
-        .start()?;
+    let env = lab.env("session-loss").ssh().cap_add("NET_ADMIN").start()?;
     let cases = [
         ("with a pty, killing the ssh client", true, Drop::KillClient),
         (

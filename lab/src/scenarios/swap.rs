@@ -9,8 +9,8 @@ use anyhow::Result;
 
 use crate::env::{Lab, PATIENCE};
 use crate::host::Swapfile;
-use crate::procfs::{status_field, Mapping};
 use crate::runner::Recorder;
+use lab_guest::procfs::{status_field, Mapping};
 
 /// The container's RAM limit and the pressure put on it (MiB).
 const LIMIT_MIB: i64 = 128;
@@ -21,7 +21,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     // Swapped off and removed when this function returns, however it returns.
     let _swap = Swapfile::enable(&lab.work.join("lab.swap"), 512)?;
     let env = lab
-        .container("swap")
+        .env("swap")
         .cap_add("SYS_PTRACE")
         .memory(LIMIT_MIB, 1024)
         .start()?;

@@ -4,19 +4,15 @@
 //! the canary: 0 hits; and while alive: every hit lies inside a mapping that
 //! is locked and `dd` (no stray copies in heap/stack)".
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
-
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use lab_guest::procfs::Scan;
 
-use crate::env::{Daemon, Env, Lab, PATIENCE};
-use crate::procfs::Scan;
+use crate::env::{last_json, Daemon, Env, Lab, PATIENCE};
 use crate::runner::{Recorder, Verdict};
 
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    let env = lab.container("wipe").cap_add("SYS_PTRACE").start()?;
+    let env = lab.env("wipe").cap_add("SYS_PTRACE").start()?;
     // The locked backend: root can read it, so the scan can see the wipe
     // (secret memory would hide the canary from the observer either way).
     let daemon = env.daemon().args(&["--memory", "locked"]).start()?;
@@ -100,35 +96,21 @@ pub fn every_copy_is_locked(env: &Env, pid: i32, canary_file: &str, v: &mut Verd
 /// the entry of `kill(pid, SIGKILL)` and scans it there: 0 hits required.
 pub fn wiped_at_self_kill(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
     let pid_arg = pid.to_string();
-    let mut observer = env.spawn(
+    let observer = env.launch(
         "root",
+        "wipe-observer",
+        None,
         &["/lab/bin/lab-observer", "wipe", &pid_arg, canary_file],
     )?;
-    let stdout = observer.stdout.take().context("observer stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first: Value = serde_json::from_str(
-        &rx.recv_timeout(PATIENCE)
-            .context("observer did not attach")?,
-    )?;
-    if first.get("attached").is_none() {
-        bail!("observer: {first}");
-    }
+    observer
+        .wait_output("\"attached\"", PATIENCE)
+        .context("observer did not attach")?;
     let ran = env.exec("lab", &["kill", "-USR2", &pid_arg])?;
     if ran.code != Some(0) {
         bail!("kill -USR2 {pid}: {}", ran.stderr);
     }
-    let result: Value = serde_json::from_str(
-        &rx.recv_timeout(PATIENCE)
-            .context("observer gave no result")?,
-    )?;
-    let _ = observer.wait();
+    observer.wait_end(PATIENCE)?;
+    let result = last_json(&observer.out()).context("observer gave no result")?;
     if let Some(error) = result.get("error") {
         bail!("observer: {error}");
     }

@@ -8,13 +8,14 @@
 //! lab-observer wipe PID CANARY_FILE       stop at kill(PID, SIGKILL) entry, scan, let it die
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
 //! lab-observer seccomp PID                Seccomp: of every thread
+//! lab-observer syscall-nr SYSCALL         its number on this architecture
 //! ```
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lab::procfs;
-use lab::tracer::{denied_syscall, Traced};
+use lab_guest::procfs;
+use lab_guest::tracer::{denied_syscall, Traced};
 use serde_json::json;
 
 fn main() {
@@ -26,8 +27,9 @@ fn main() {
         ["wipe", pid, canary] => wipe(parse_pid(pid), canary),
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
         ["seccomp", pid] => seccomp(parse_pid(pid)),
+        ["syscall-nr", syscall] => syscall_nr(syscall),
         _ => Err(anyhow::anyhow!(
-            "usage: lab-observer maps|scan|wipe|deny|seccomp PID [CANARY_FILE|SYSCALL]"
+            "usage: lab-observer maps|scan|wipe|deny|seccomp PID [CANARY_FILE|SYSCALL] | syscall-nr SYSCALL"
         )),
     };
     if let Err(error) = result {
@@ -102,6 +104,13 @@ fn wipe(pid: i32, canary: &str) -> Result<()> {
     Ok(())
 }
 
+/// The host reads the VM's kernel log by number, and numbers differ by architecture.
+fn syscall_nr(syscall: &str) -> Result<()> {
+    let nr = denied_syscall(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
+    println!("{}", json!({ "syscall": syscall, "nr": nr }));
+    Ok(())
+}
+
 /// Rewrites the next syscall the daemon enters into `syscall`, which the
 /// filter denies; Linux re-checks seccomp after the tracer's change.
 fn deny(pid: i32, syscall: &str) -> Result<()> {
@@ -128,7 +137,7 @@ fn deny(pid: i32, syscall: &str) -> Result<()> {
             "into": syscall,
             "nr": nr,
             "end": end.to_string(),
-            "signal": match end { lab::tracer::End::Signaled(s) => s as i32, _ => 0 },
+            "signal": match end { lab_guest::tracer::End::Signaled(s) => s as i32, _ => 0 },
         })
     );
     Ok(())

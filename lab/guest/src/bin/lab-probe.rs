@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lab-probe launch DIR NAME [--stdin FILE] -- PROGRAM ARGS...
-//!     start PROGRAM in a new session (stdout DIR/NAME.out, stderr DIR/NAME.log),
+//!     start PROGRAM in a new session (stdin a pipe fed with FILE, stdout DIR/NAME.out, stderr DIR/NAME.log),
 //!     write DIR/NAME.pid, and when it ends DIR/NAME.exit: `signal=N unix_ms=T` or `exit=N unix_ms=T`
 //! lab-probe dumpable-crash SECRET_FILE HEAP_FILE
 //!     hold SECRET_FILE in a SecretBuffer and HEAP_FILE in a Vec, stay dumpable, abort
@@ -12,6 +12,7 @@
 //! lab-probe snoop PID       a same-UID attacker: ptrace, /proc/PID/mem, process_vm_readv
 //! lab-probe pressure MIB    touch MIB of anonymous memory, then sleep
 //! lab-probe hog             allocate until the OOM killer comes
+//! lab-probe watch-gone PID  print `watching`, then `gone unix_ms=T` once PID is dead or a zombie
 //! ```
 
 use std::fs::{self, File};
@@ -36,8 +37,11 @@ fn main() {
         ["snoop", pid] => snoop(pid.parse().unwrap_or(-1)),
         ["pressure", mib] => pressure(mib.parse().unwrap_or(0)),
         ["hog"] => hog(),
+        ["watch-gone", pid] => watch_gone(pid),
         _ => {
-            eprintln!("usage: lab-probe launch|dumpable-crash|hold|snoop|pressure|hog ...");
+            eprintln!(
+                "usage: lab-probe launch|dumpable-crash|hold|snoop|pressure|hog|watch-gone ..."
+            );
             2
         }
     };
@@ -72,14 +76,19 @@ fn launch(dir: &str, name: &str, rest: &[&str]) -> i32 {
     let (Ok(out), Ok(log)) = (open("out"), open("log")) else {
         return 1;
     };
-    let stdin = match stdin {
-        Some(file) => match File::open(file) {
-            Ok(file) => Stdio::from(file),
-            Err(_) => return 1,
-        },
-        None => Stdio::null(),
+    // The program reads FILE from a pipe, as a user pipes a secret in (the
+    // VMs' 9p share cannot be read into secret memory: EFAULT).
+    let feed = match stdin.map(fs::read) {
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(_)) => return 1,
+        None => None,
     };
     let mut command = Command::new(bin);
+    let stdin = if feed.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     command.args(args).stdin(stdin).stdout(out).stderr(log);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -95,6 +104,10 @@ fn launch(dir: &str, name: &str, rest: &[&str]) -> i32 {
             return 1;
         }
     };
+    if let (Some(bytes), Some(mut pipe)) = (feed, child.stdin.take()) {
+        // Dropping the pipe is the EOF the program reads up to.
+        let _ = pipe.write_all(&bytes);
+    }
     publish(&format!("{dir}/{name}.pid"), &format!("{}\n", child.id()));
     let status = child.wait();
     let at = unix_ms();
@@ -256,5 +269,23 @@ fn hog() -> i32 {
     loop {
         blocks.push(vec![1u8; 1 << 20]);
         let _ = std::hint::black_box(&blocks);
+    }
+}
+
+/// Polls (1 ms) rather than waits: the watched process is not our child.
+fn watch_gone(pid: &str) -> i32 {
+    let stat = format!("/proc/{pid}/stat");
+    println!("watching");
+    let _ = std::io::stdout().flush();
+    loop {
+        let alive = fs::read_to_string(&stat).is_ok_and(|text| {
+            text.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        });
+        if !alive {
+            println!("gone unix_ms={}", unix_ms());
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

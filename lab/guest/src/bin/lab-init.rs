@@ -1,0 +1,296 @@
+//! `lab-init`: PID 1 of the lab's VMs, on a real kernel of the architecture
+//! under test (no container runtime, no shell needed by the host).
+//!
+//! In order:
+//! 1. mount what a minimal Linux needs and write the two users (`root`, `lab`);
+//! 2. load the kernel modules listed in `/lab/modules` (virtio PCI, 9p,
+//!    virtio-serial: Debian builds them as modules) and install busybox's applets;
+//! 3. mount the host's shares: `/lab/bin` (read-only) and `/lab/work`;
+//! 4. fork the agent, which serves the host on the virtio-serial port
+//!    `lab.agent` (one JSON request per line, one JSON answer per line),
+//!    while PID 1 reaps every orphan and powers off when the agent ends.
+//!
+//! Requests: `{"exec": [ARGV], "user": "lab"|"root", "env": {..}, "detach": bool}`
+//! → `{"code", "signal", "stdout", "stderr"}` (or `{"pid"}` when detached);
+//! `{"hello": true}` → `{"kernel", "arch"}`; `{"reset": true}` kills every
+//! process but init and the agent (an environment's end, like a container's);
+//! `{"poweroff": true}` ends the VM.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{wait, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use serde_json::{json, Value};
+
+/// The virtio-serial port's name (qemu `virtserialport,name=`).
+const PORT_NAME: &str = "lab.agent";
+/// The uid and gid of `lab`, the daemon's non-root user (as in the container image).
+const LAB_UID: u32 = 1000;
+
+fn main() {
+    if let Err(error) = set_up() {
+        eprintln!("lab-init: {error:#}");
+        power_off();
+    }
+    match fork_agent() {
+        Ok(agent) => reap_until(agent),
+        Err(error) => eprintln!("lab-init: {error:#}"),
+    }
+    power_off();
+}
+
+fn set_up() -> Result<()> {
+    mount_system()?;
+    write_users()?;
+    load_modules()?;
+    install_busybox()?;
+    mount_share("bin", "/lab/bin", MsFlags::MS_RDONLY)?;
+    mount_share("work", "/lab/work", MsFlags::empty())?;
+    allow_core_dumps()?;
+    Ok(())
+}
+
+fn mount_system() -> Result<()> {
+    let mounts: [(&str, &str, &str, Option<&str>); 6] = [
+        ("proc", "/proc", "proc", None),
+        ("sysfs", "/sys", "sysfs", None),
+        ("devtmpfs", "/dev", "devtmpfs", None),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            Some("ptmxmode=0666,mode=0620"),
+        ),
+        ("tmpfs", "/tmp", "tmpfs", Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", Some("mode=0755")),
+    ];
+    for (source, target, fstype, data) in mounts {
+        fs::create_dir_all(target)?;
+        mount(Some(source), target, Some(fstype), MsFlags::empty(), data)
+            .with_context(|| format!("mount {fstype} on {target}"))?;
+    }
+    // rexpect and ssh-like tests open /dev/ptmx.
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    Ok(())
+}
+
+fn write_users() -> Result<()> {
+    fs::create_dir_all("/etc")?;
+    fs::write(
+        "/etc/passwd",
+        format!("root:x:0:0:root:/root:/bin/sh\nlab:x:{LAB_UID}:{LAB_UID}:lab:/home/lab:/bin/sh\n"),
+    )?;
+    fs::write("/etc/group", format!("root:x:0:\nlab:x:{LAB_UID}:\n"))?;
+    fs::create_dir_all("/root")?;
+    fs::create_dir_all("/home/lab")?;
+    nix::unistd::chown("/home/lab", Some(LAB_UID.into()), Some(LAB_UID.into()))?;
+    Ok(())
+}
+
+fn load_modules() -> Result<()> {
+    let list = fs::read_to_string("/lab/modules").context("read /lab/modules")?;
+    for module in list.lines().filter(|l| !l.trim().is_empty()) {
+        let out = Command::new("/bin/busybox")
+            .args(["insmod", module])
+            .output()
+            .context("run busybox insmod")?;
+        if !out.status.success() {
+            bail!(
+                "insmod {module}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn install_busybox() -> Result<()> {
+    let status = Command::new("/bin/busybox")
+        .args(["--install", "-s", "/bin"])
+        .status()?;
+    if !status.success() {
+        bail!("busybox --install: {status}");
+    }
+    Ok(())
+}
+
+fn mount_share(tag: &str, target: &str, flags: MsFlags) -> Result<()> {
+    fs::create_dir_all(target)?;
+    mount(
+        Some(tag),
+        target,
+        Some("9p"),
+        flags,
+        Some("trans=virtio,version=9p2000.L,msize=262144"),
+    )
+    .with_context(|| format!("mount the 9p share {tag} on {target}"))
+}
+
+/// Like the containers of the core-dump scenario: a process may dump a core
+/// unless it refuses itself (the daemon sets its own limit to 0).
+fn allow_core_dumps() -> Result<()> {
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    setrlimit(Resource::RLIMIT_CORE, RLIM_INFINITY, RLIM_INFINITY).context("RLIMIT_CORE")
+}
+
+fn fork_agent() -> Result<Pid> {
+    // SAFETY: PID 1 is single-threaded at this point (no thread was
+    // spawned before), so the child may run arbitrary code after fork.
+    match unsafe { fork() }.context("fork the agent")? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let code = match serve() {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("lab-init agent: {error:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// PID 1's job after set-up: reap orphans (a zombie would look alive to the
+/// scenarios), and end the VM when the agent ends.
+fn reap_until(agent: Pid) {
+    loop {
+        match wait() {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) if pid == agent => {
+                return
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_POWER_OFF);
+    // reboot only returns on failure; PID 1 must never exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// The agent: answers the host's requests until `poweroff` or the port closes.
+fn serve() -> Result<()> {
+    let port = agent_port()?;
+    // A virtio port opens once (a second open is EBUSY): one file, two handles.
+    let mut writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .with_context(|| format!("open {}", port.display()))?;
+    let reader = BufReader::new(writer.try_clone()?);
+    let mut detached: Vec<Child> = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        detached.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(error) => {
+                answer(
+                    &mut writer,
+                    &json!({ "error": format!("not JSON: {error}") }),
+                )?;
+                continue;
+            }
+        };
+        if request.get("poweroff").is_some() {
+            answer(&mut writer, &json!({ "poweroff": true }))?;
+            return Ok(());
+        }
+        let response = handle(&request, &mut detached)
+            .unwrap_or_else(|error| json!({ "error": format!("{error:#}") }));
+        answer(&mut writer, &response)?;
+    }
+    Ok(())
+}
+
+fn answer(writer: &mut File, response: &Value) -> Result<()> {
+    let mut line = serde_json::to_vec(response)?;
+    line.push(b'\n');
+    writer.write_all(&line).context("write to the agent port")
+}
+
+/// `/dev/vportNpM` of the port named [`PORT_NAME`].
+fn agent_port() -> Result<PathBuf> {
+    for entry in fs::read_dir("/sys/class/virtio-ports").context("no virtio-serial ports")? {
+        let entry = entry?;
+        let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == PORT_NAME {
+            return Ok(PathBuf::from("/dev").join(entry.file_name()));
+        }
+    }
+    bail!("no virtio-serial port named {PORT_NAME}")
+}
+
+fn handle(request: &Value, detached: &mut Vec<Child>) -> Result<Value> {
+    if request.get("hello").is_some() {
+        let uname = nix::sys::utsname::uname()?;
+        return Ok(json!({
+            "kernel": uname.release().to_string_lossy(),
+            "arch": uname.machine().to_string_lossy(),
+        }));
+    }
+    if request.get("reset").is_some() {
+        // kill(-1) spares PID 1 and the caller: every process a scenario
+        // started ends, as when a container is removed.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        for mut child in detached.drain(..) {
+            let _ = child.wait();
+        }
+        return Ok(json!({ "reset": true }));
+    }
+    let argv: Vec<String> = serde_json::from_value(
+        request
+            .get("exec")
+            .cloned()
+            .context("a request is exec, hello, reset or poweroff")?,
+    )?;
+    let (program, args) = argv.split_first().context("exec needs a program")?;
+    let mut command = Command::new(program);
+    command.args(args).env_clear().stdin(Stdio::null());
+    command.env("PATH", "/bin");
+    match request["user"].as_str().unwrap_or("root") {
+        "root" => command.env("HOME", "/root").env("USER", "root"),
+        "lab" => command
+            .uid(LAB_UID)
+            .gid(LAB_UID)
+            .env("HOME", "/home/lab")
+            .env("USER", "lab"),
+        other => bail!("unknown user {other}"),
+    };
+    let extra: HashMap<String, String> =
+        serde_json::from_value(request.get("env").cloned().unwrap_or(json!({})))?;
+    command.envs(extra);
+    if request["detach"].as_bool().unwrap_or(false) {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {program}"))?;
+        let pid = child.id();
+        detached.push(child);
+        return Ok(json!({ "pid": pid }));
+    }
+    let out = command.output().with_context(|| format!("run {program}"))?;
+    Ok(json!({
+        "code": out.status.code(),
+        "signal": out.status.signal(),
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+    }))
+}
