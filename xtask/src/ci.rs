@@ -9,6 +9,88 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Cmd, Shell};
 
+/// One cell of the workflow's matrix (`cargo xtask ci --arch A --features F`).
+pub(crate) struct Cell {
+    /// `x86_64` or `aarch64`.
+    pub arch: String,
+    /// Whether the cell builds `dazai` with `--features seccomp`.
+    pub seccomp: bool,
+}
+
+impl Cell {
+    pub(crate) fn parse(args: &[&str]) -> Result<Option<Cell>> {
+        match args {
+            [] => Ok(None),
+            ["--arch", arch @ ("x86_64" | "aarch64"), "--features", features @ ("default" | "seccomp")] => {
+                Ok(Some(Cell {
+                    arch: arch.to_string(),
+                    seccomp: *features == "seccomp",
+                }))
+            }
+            _ => bail!("usage: cargo xtask ci [--arch x86_64|aarch64 --features default|seccomp]"),
+        }
+    }
+}
+
+/// The matrix cell's part of [`run`]: fmt and clippy for the cell's target
+/// and features; on x86_64 the suite, natively; the seccomp cells run the
+/// lab's legs of their architecture, whose VM runs the daemon's suite on a
+/// real kernel of that architecture (aarch64 tests never run under qemu-user);
+/// the aarch64 default cell links the default-features binary with cross.
+pub(crate) fn run_cell(sh: &Shell, cell: &Cell) -> Result<()> {
+    let mut steps = Steps::new();
+    steps.run("ensure prerequisites", || ensure_prerequisites(sh))?;
+    steps.command(cmd!(sh, "cargo fmt --all --check"))?;
+    let features: &[&str] = if cell.seccomp {
+        &["--features", "dazai/seccomp"]
+    } else {
+        &[]
+    };
+    if cell.arch == "x86_64" {
+        steps.command(cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets {features...} -- -D warnings"
+        ))?;
+        steps.command(cmd!(sh, "cargo build --workspace --bins {features...}"))?;
+        steps.command(cmd!(
+            sh,
+            "cargo nextest run --workspace --exclude lab --profile ci {features...}"
+        ))?;
+    } else {
+        // The host-only crates (the lab's driver, xtask) are not built for aarch64.
+        steps.command(cmd!(sh, "rustup target add aarch64-unknown-linux-musl"))?;
+        steps.command(cmd!(
+            sh,
+            "cargo clippy --workspace --exclude lab --exclude xtask --all-targets --target aarch64-unknown-linux-musl {features...} -- -D warnings"
+        ))?;
+        if !cell.seccomp {
+            steps.run("cross build -p dazai (aarch64, default features)", || {
+                crate::cross::prepare(sh)?;
+                crate::cross::build_executables(
+                    sh,
+                    "aarch64-unknown-linux-musl",
+                    &["build", "--release", "-p", "dazai"],
+                )
+                .map(drop)
+            })?;
+        }
+    }
+    if cell.seccomp {
+        let arch = cell.arch.clone();
+        steps.run(&format!("cargo xtask lab --arch {arch}"), || {
+            crate::lab::run(
+                sh,
+                &crate::lab::Options {
+                    arch: Some(arch.clone()),
+                    ..crate::lab::Options::default()
+                },
+            )
+        })?;
+    }
+    steps.print_summary();
+    Ok(())
+}
+
 pub(crate) fn run(sh: &Shell) -> Result<()> {
     let mut steps = Steps::new();
     steps.run("ensure prerequisites", || ensure_prerequisites(sh))?;
@@ -60,7 +142,8 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
             },
         )
     })?;
-    // Last: the lab attacks the shipped binary in containers (docs/lab.md).
+    // Last: the lab attacks the shipped binaries in containers and in x86_64
+    // and aarch64 VMs (docs/lab.md).
     steps.run("cargo xtask lab", || {
         crate::lab::run(sh, &crate::lab::Options::default())
     })?;
@@ -75,11 +158,15 @@ const COMPONENTS: [(&str, &str, &str); 2] = [
 ];
 
 /// The Debian packages the tests call, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str); 2] = [
+const DEBIAN_PACKAGES: [(&str, &str); 3] = [
     ("binutils", "nm and objdump: tests inspect the dazai binary"),
     (
         "systemd",
         "systemd-analyze: a test verifies the user unit in docs/usage.md",
+    ),
+    (
+        "openssh-client",
+        "ssh-keygen: a test signs and verifies a release's SHA256SUMS",
     ),
 ];
 

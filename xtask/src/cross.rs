@@ -1,7 +1,8 @@
 //! `cargo xtask cross`: the static release `dazai` for both shipped targets,
 //! built by `cross` in the toolchain image the lab makes locally (Cross.toml
 //! names it; no container registry is reachable from the build machines).
-//! The binaries land in `target/dist/<target>/dazai`, each beside its SHA-256.
+//! The binaries land in `target/built/<target>/dazai`, each beside its
+//! SHA-256; `cargo xtask dist` ships them once the lab has verified them.
 //!
 //! `cross` 0.2.5 misreads today's `rustup toolchain list` and runs
 //! `rustup toolchain add` for the active toolchain on every build: with a bare
@@ -23,11 +24,11 @@ pub(crate) const TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unk
 /// The `cross` release the toolchain pitfall and Cross.toml were checked with.
 const CROSS_VERSION: &str = "0.2.5";
 
-/// One shipped binary in `target/dist`.
+/// One binary built for shipping, in `target/built`.
 pub(crate) struct Built {
     /// The target triple it was built for.
     pub target: String,
-    /// `target/dist/<target>/dazai`.
+    /// `target/built/<target>/dazai`.
     pub path: PathBuf,
     /// SHA-256 of the binary, in hex (also in `dazai.sha256` beside it).
     pub sha256: String,
@@ -70,9 +71,15 @@ pub(crate) fn prepare(sh: &Shell) -> Result<()> {
     ensure_toolchain_image(sh)
 }
 
+/// Where [`build_dazai`] leaves the binary of `target`: not in
+/// `target/dist`, which only `cargo xtask dist` writes, with binaries the
+/// lab verified.
+pub(crate) fn built_path(root: &Path, target: &str) -> PathBuf {
+    root.join("target/built").join(target).join("dazai")
+}
+
 /// `cross build --release --target TARGET -p dazai --features seccomp`,
-/// copied to `target/dist/<target>/dazai` with `dazai.sha256` beside it in
-/// `sha256sum` format.
+/// copied to [`built_path`] with `dazai.sha256` beside it in `sha256sum` format.
 pub(crate) fn build_dazai(sh: &Shell, target: &str) -> Result<Built> {
     let executables = build_executables(
         sh,
@@ -83,14 +90,14 @@ pub(crate) fn build_dazai(sh: &Shell, target: &str) -> Result<Built> {
         .into_iter()
         .find(|(name, _)| name == "dazai")
         .with_context(|| format!("cargo reported no dazai executable for {target}; run `cross build --release -p dazai --target {target}` to see why"))?;
-    let dist = sh.current_dir().join("target/dist").join(target);
-    std::fs::create_dir_all(&dist).with_context(|| format!("create {}", dist.display()))?;
-    let path = dist.join("dazai");
+    let path = built_path(&sh.current_dir(), target);
+    let dir = path.parent().context("built path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::copy(&built, &path)
         .with_context(|| format!("copy {} to {}", built.display(), path.display()))?;
     let sha256 = lab::images::sha256_file(&path)?;
-    std::fs::write(dist.join("dazai.sha256"), format!("{sha256}  dazai\n"))
-        .with_context(|| format!("write {}", dist.join("dazai.sha256").display()))?;
+    std::fs::write(dir.join("dazai.sha256"), format!("{sha256}  dazai\n"))
+        .with_context(|| format!("write {}", dir.join("dazai.sha256").display()))?;
     Ok(Built {
         target: target.to_owned(),
         path,

@@ -8,7 +8,7 @@
 //!    otherwise name it and stop — a missing prerequisite is a failure, never a skip;
 //! 2. `dockerd`: start it if it is not running (and stop it again at the end);
 //! 3. for each architecture, build with `cross` the shipped `dazai` (static
-//!    musl, release, `--features seccomp`: `target/dist/<target>/dazai`), the
+//!    musl, release, `--features seccomp`: `target/built/<target>/dazai`), the
 //!    lab's guest programs and the daemon's integration tests, staged in
 //!    `target/lab/<arch>/bin`;
 //! 4. run every leg (`lab`: x86_64 containers, x86_64 VM, aarch64 VM) →
@@ -161,7 +161,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
 }
 
 /// Builds one architecture's binaries with cross and copies them into
-/// `bin_dir`: `dazai` (the very file `target/dist` ships), `lab-probe`,
+/// `bin_dir`: `dazai` (the very file `cargo xtask dist` ships), `lab-probe`,
 /// `lab-observer`, `lab-init` and the tests as `e2e-<suite>`.
 fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
     let target = crate::cross::TARGETS

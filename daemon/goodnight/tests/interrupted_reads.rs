@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use goodnight::{LockPolicy, SecretBuffer};
 use nix::errno::Errno;
-use nix::sys::pthread::{pthread_kill, pthread_self};
+use nix::sys::pthread::{pthread_kill, pthread_self, Pthread};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// Deliveries per signal number. Each test uses its own signal, so the counts
@@ -44,10 +44,11 @@ fn read_interrupted_by_a_signal<T>(
     // SAFETY: the handler only touches an atomic, which is async-signal-safe.
     unsafe { sigaction(signal, &handler) }.expect("install the signal handler");
     let (read, write) = nix::unistd::pipe().expect("pipe");
-    let reader = pthread_self();
+    // As a number: musl's pthread_t is a pointer, which is not Send.
+    let reader = pthread_self() as usize;
     let writer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(200));
-        pthread_kill(reader, signal).expect("signal the reader");
+        pthread_kill(reader as Pthread, signal).expect("signal the reader");
         thread::sleep(Duration::from_millis(200));
         File::from(write).write_all(payload).expect("write payload");
     });
