@@ -56,6 +56,8 @@ pub(crate) struct Origin {
     pub dirty: bool,
     /// `rustc -V`, `cargo -V`, `cross --version`, by tool.
     pub toolchain: Vec<(String, String)>,
+    /// The image `cross` built in (`name:input-hash`).
+    pub toolchain_image: String,
 }
 
 pub(crate) fn run(sh: &Shell) -> Result<()> {
@@ -137,7 +139,8 @@ pub(crate) fn package(
             .iter()
             .map(|(tool, version)| (tool.clone(), Value::from(version.clone())))
             .collect::<serde_json::Map<String, Value>>(),
-        "images": report["images"],
+        "toolchain_image": origin.toolchain_image,
+        "lab_images": report["images"],
         "artifacts": provenance_artifacts,
         "lab_report": "lab-report.json",
     });
@@ -223,6 +226,7 @@ fn origin(sh: &Shell) -> Result<Origin> {
         commit,
         dirty,
         toolchain,
+        toolchain_image: lab::images::cross_image(),
     })
 }
 
@@ -289,6 +293,7 @@ mod tests {
             commit: "0123abcd".into(),
             dirty: false,
             toolchain: vec![("rustc".into(), "rustc 1.95.0".into())],
+            toolchain_image: "ningen-cross:0000".into(),
         }
     }
 
