@@ -1,22 +1,37 @@
 //! The lab can fail: its wipe scenario, pointed at deliberately broken
 //! stand-ins for the daemon, turns red, and pointed at a correct one stays
-//! green. Runs inside `cargo xtask lab` (root, docker, the lab image, and
-//! `LAB_BIN_DIR` with the binaries); anywhere else it fails and says why.
+//! green, in a container and in a VM. Runs inside `cargo xtask lab` (root,
+//! docker, the lab image, `LAB_BIN_DIR` with the binaries, `LAB_VM_CACHE`
+//! with the VM's kernel); anywhere else it fails and says why.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use lab::env::{fresh_canary, Env, Lab, Machines, PATIENCE};
 use lab::report::Outcome;
 use lab::runner::Verdict;
 use lab::scenarios::wipe::{every_copy_is_locked, wiped_at_self_kill};
+use lab::vm::Vm;
+use lab::vm_assets::VmArch;
 
-fn lab(test: &str) -> Lab {
-    let bin_dir = std::env::var_os("LAB_BIN_DIR").map(PathBuf::from).expect(
+/// The x86_64 binaries `cargo xtask lab` staged.
+fn bin_dir() -> PathBuf {
+    std::env::var_os("LAB_BIN_DIR").map(PathBuf::from).expect(
         "LAB_BIN_DIR is not set: the lab's own tests run through `cargo xtask lab` \
          (root, docker and the lab image are needed)",
-    );
+    )
+}
+
+/// A fresh scratch directory for `test`.
+fn scratch(test: &str) -> PathBuf {
     let work = std::env::temp_dir().join(format!("ningen-lab-{test}-{}", std::process::id()));
     std::fs::create_dir_all(work.join("ssh")).expect("scratch directory");
+    work
+}
+
+/// A container leg.
+fn lab(test: &str) -> Lab {
+    let work = scratch(test);
     let image = lab::images::lab_image();
     assert!(
         lab::images::exists(&image),
@@ -27,7 +42,7 @@ fn lab(test: &str) -> Lab {
             image,
             ssh_dir: work.join("ssh"),
         },
-        bin_dir,
+        bin_dir: bin_dir(),
         work,
         arch: std::env::consts::ARCH.to_owned(),
     }
@@ -58,10 +73,44 @@ fn the_wipe_scenario_turns_red_against_a_probe_that_skips_the_wipe_and_green_aga
         .cap_add("SYS_PTRACE")
         .start()
         .expect("container");
+    assert_wipe_check_tells_broken_from_correct(&env);
+    let _ = std::fs::remove_dir_all(&lab.work);
+}
 
-    let (pid, canary) = hold(&env, "broken", &["--skip-wipe"]);
+/// The same inside a VM on Debian's kernel: a check that fails in a VM leg
+/// turns red like one in a container.
+#[test]
+fn inside_the_x86_64_vm_the_wipe_scenario_turns_red_against_a_probe_that_skips_the_wipe() {
+    let work = scratch("can-fail-vm");
+    let cache = std::env::var_os("LAB_VM_CACHE")
+        .map(PathBuf::from)
+        .expect("LAB_VM_CACHE is not set: the lab's own tests run through `cargo xtask lab`");
+    let assets = lab::vm_assets::fetch(VmArch::X86_64, &cache, &mut |_| {}).expect("VM assets");
+    let bin_dir = bin_dir();
+    let vm =
+        Vm::boot(&assets, &bin_dir.join("lab-init"), &bin_dir, &work).expect("the x86_64 VM boots");
+    let lab = Lab {
+        machines: Machines::Vm(Arc::new(vm)),
+        bin_dir,
+        work: work.clone(),
+        arch: "x86_64".to_owned(),
+    };
+    let env = lab
+        .env("can-fail-vm")
+        .start()
+        .expect("an environment in the VM");
+    assert_wipe_check_tells_broken_from_correct(&env);
+    drop(env);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The at-SIGKILL scan is red on a probe that skips its wipe, for that
+/// reason, and green on the same probe with its wipe.
+fn assert_wipe_check_tells_broken_from_correct(env: &Env) {
+    let (pid, canary) = hold(env, "broken", &["--skip-wipe"]);
     let mut broken = Verdict::new();
-    wiped_at_self_kill(&env, pid, &canary, &mut broken).expect("observer ran");
+    wiped_at_self_kill(env, pid, &canary, &mut broken).expect("observer ran");
     assert_eq!(
         broken.outcome(),
         Outcome::Fail,
@@ -77,16 +126,15 @@ fn the_wipe_scenario_turns_red_against_a_probe_that_skips_the_wipe_and_green_aga
         broken.evidence()
     );
 
-    let (pid, canary) = hold(&env, "correct", &[]);
+    let (pid, canary) = hold(env, "correct", &[]);
     let mut correct = Verdict::new();
-    wiped_at_self_kill(&env, pid, &canary, &mut correct).expect("observer ran");
+    wiped_at_self_kill(env, pid, &canary, &mut correct).expect("observer ran");
     assert_eq!(
         correct.outcome(),
         Outcome::Pass,
         "the same probe with its wipe must pass: {:?}",
         correct.evidence()
     );
-    let _ = std::fs::remove_dir_all(&lab.work);
 }
 
 #[test]

@@ -139,6 +139,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
         step("the lab's own tests (it can fail; the report's shape)");
         cmd!(sh, "cargo test -p lab")
             .env("LAB_BIN_DIR", target.join("lab/x86_64/bin"))
+            .env("LAB_VM_CACHE", target.join("lab/vm-cache"))
             .run()
     } else {
         step("the lab's own tests but can_fail, which needs the x86_64 containers");
