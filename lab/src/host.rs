@@ -83,15 +83,18 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-fn run(command: &mut Command) -> Result<()> {
+/// Runs `command` to its end, returning its stdout; a failure's error
+/// carries its status and stderr.
+pub fn run(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .with_context(|| format!("run {command:?}"))?;
     if !out.status.success() {
         bail!(
-            "{command:?}: {}",
+            "{command:?} failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    String::from_utf8(out.stdout).with_context(|| format!("output of {command:?}"))
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::host::run;
 use crate::report::ImageBuild;
 
 /// The Debian suite of the base image.
@@ -191,18 +192,4 @@ fn build_from_base(
         .arg(&context))
     .with_context(|| format!("docker build {image}"))?;
     Ok(true)
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let out = command
-        .output()
-        .with_context(|| format!("run {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -18,6 +18,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
+use crate::host::run;
+
 /// The two VM architectures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmArch {
@@ -68,37 +70,23 @@ impl VmArch {
     /// `-nic none`: the guest gets no network, so the lab's traffic stays on
     /// the host. `-no-reboot` turns the kernel's `panic=-1` reboot into a qemu
     /// exit, so a dead guest never hangs the lab.
-    pub fn machine_args(self) -> &'static [&'static str] {
-        match self {
-            VmArch::Aarch64 => &[
-                "-M",
-                "virt",
-                "-cpu",
-                "neoverse-n1",
-                "-smp",
-                "2",
-                "-m",
-                "1024",
-                "-nographic",
-                "-nic",
-                "none",
-                "-no-reboot",
-            ],
-            VmArch::X86_64 => &[
-                "-M",
-                "q35",
-                "-cpu",
-                "max",
-                "-smp",
-                "2",
-                "-m",
-                "1024",
-                "-nographic",
-                "-nic",
-                "none",
-                "-no-reboot",
-            ],
-        }
+    pub fn machine_args(self) -> Vec<&'static str> {
+        let (machine, cpu) = match self {
+            VmArch::Aarch64 => ("virt", "neoverse-n1"),
+            VmArch::X86_64 => ("q35", "max"),
+        };
+        let mut args = vec!["-M", machine, "-cpu", cpu];
+        args.extend([
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+            "-nographic",
+            "-nic",
+            "none",
+            "-no-reboot",
+        ]);
+        args
     }
 
     /// The serial console device for `console=` on the kernel command line.
@@ -439,21 +427,6 @@ impl PrivateApt {
             })
             .with_context(|| format!("apt-get download left no {prefix}*.deb"))
     }
-}
-
-/// Runs `command`, returning its stdout; its stderr goes into the error.
-fn run(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("run {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).with_context(|| format!("output of {command:?}"))
 }
 
 /// "package version" as recorded inside the `.deb` itself.

@@ -134,16 +134,9 @@ fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
         eprintln!("cannot open the canary files");
         return 1;
     };
-    // The locked backend: what it keeps out of a core and off the heap is
-    // what the observer can see (secret memory would hide the canary anyway).
-    let mut secret =
-        match SecretBuffer::with_backend(4096, LockPolicy::Required, MemoryBackend::Locked) {
-            Ok(secret) => secret,
-            Err(e) => {
-                eprintln!("{e}");
-                return 1;
-            }
-        };
+    let Some(mut secret) = locked_secret_buffer() else {
+        return 1;
+    };
     if let Err(e) = secret.read_from(secret_src.as_fd()) {
         eprintln!("{e}");
         return 1;
@@ -161,6 +154,15 @@ fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
     std::process::abort()
 }
 
+/// A buffer of the locked backend: what it keeps out of a core and off the
+/// heap is what the observer can see (secret memory would hide the canary
+/// from it anyway).
+fn locked_secret_buffer() -> Option<SecretBuffer> {
+    SecretBuffer::with_backend(4096, LockPolicy::Required, MemoryBackend::Locked)
+        .map_err(|e| eprintln!("{e}"))
+        .ok()
+}
+
 /// A daemon stand-in for the lab's can-fail tests: the same panic order as
 /// `dazai` (wipe, then `kill(self, SIGKILL)`), with flags that break it.
 fn hold(flags: &[&str]) -> i32 {
@@ -172,16 +174,9 @@ fn hold(flags: &[&str]) -> i32 {
     if signals.thread_block().is_err() {
         return 1;
     }
-    // The locked backend: what it keeps out of a core and off the heap is
-    // what the observer can see (secret memory would hide the canary anyway).
-    let mut secret =
-        match SecretBuffer::with_backend(4096, LockPolicy::Required, MemoryBackend::Locked) {
-            Ok(secret) => secret,
-            Err(e) => {
-                eprintln!("{e}");
-                return 1;
-            }
-        };
+    let Some(mut secret) = locked_secret_buffer() else {
+        return 1;
+    };
     if let Err(e) = secret.read_from(std::io::stdin().as_fd()) {
         eprintln!("{e}");
         return 1;
