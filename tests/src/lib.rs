@@ -32,6 +32,22 @@ pub fn dazai() -> Command {
     command
 }
 
+/// `dazai daemon --socket SOCKET --pidfile PIDFILE` where it must refuse to
+/// start: exit status 7 and a one-line error, which is returned.
+pub fn refused_start(socket: &Path, pidfile: &Path) -> String {
+    let output = dazai()
+        .args(["daemon", "--socket"])
+        .arg(socket)
+        .arg("--pidfile")
+        .arg(pidfile)
+        .output()
+        .expect("run dazai daemon");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(7), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 /// Polls `condition` until it holds or [`PATIENCE`] runs out.
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -169,6 +185,13 @@ impl DaemonBuilder {
             let _ = tx.send(line);
         });
         let ready_line = rx.recv_timeout(PATIENCE).unwrap_or_default();
+        Daemon::ready(child, dir, socket, ready_line)
+    }
+}
+
+impl Daemon {
+    /// The daemon started as `child`, checked to have printed its ready line.
+    fn ready(child: Child, dir: TempDir, socket: PathBuf, ready_line: String) -> Daemon {
         let pid = child.id() as i32;
         let daemon = Daemon {
             child,
@@ -186,9 +209,7 @@ impl DaemonBuilder {
         );
         daemon
     }
-}
 
-impl Daemon {
     /// A path inside the daemon's private directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -584,21 +605,6 @@ impl DaemonBuilder {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut ready_line = String::new();
         let _ = stdout.read_line(&mut ready_line);
-        let pid = child.id() as i32;
-        let daemon = Daemon {
-            child,
-            pid,
-            dir,
-            socket,
-            ready_line,
-            reaped: None,
-        };
-        assert!(
-            daemon.ready_line.starts_with("dazai daemon ready:"),
-            "daemon did not get ready: {:?}; log: {}",
-            daemon.ready_line,
-            daemon.log()
-        );
-        daemon
+        Daemon::ready(child, dir, socket, ready_line)
     }
 }
