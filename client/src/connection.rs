@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use goodnight::{LockPolicy, SecretBuffer, SecretError};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::getuid;
 
 use crate::protocol::{self, ProtocolError, Reply, Request, MAX_REPLY_LINE};
 
@@ -32,6 +34,18 @@ pub enum ClientError {
     Io(io::Error),
     /// The secret could not be held in locked memory.
     Secret(SecretError),
+    /// This process holds no capability, so it can obtain no secret.
+    NoCapability {
+        /// Why there is none.
+        why: String,
+    },
+    /// The socket belongs to another user: nothing is sent to it.
+    ForeignDaemon {
+        /// The socket path.
+        path: PathBuf,
+        /// The uid of the process that listens on it.
+        uid: u32,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -54,6 +68,15 @@ impl fmt::Display for ClientError {
             Self::DaemonGone => write!(f, "the daemon closed the connection (it panicked or shut down)"),
             Self::Io(error) => write!(f, "talking to the daemon failed: {error}"),
             Self::Secret(error) => write!(f, "{error}"),
+            Self::NoCapability { why } => write!(
+                f,
+                "this process holds no capability to obtain a secret ({why}); fix: only the program the daemon supervises and its descendants may, so start it with `dazai run` or `dazai daemon --exec`"
+            ),
+            Self::ForeignDaemon { path, uid } => write!(
+                f,
+                "{} is served by uid {uid}, not by you; nothing was sent to it; fix: pass --socket / set DAZAI_SOCKET to your own daemon's socket",
+                path.display()
+            ),
         }
     }
 }
@@ -72,14 +95,28 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to the daemon listening on `path`.
+    /// Connects to the daemon listening on `path`, once `SO_PEERCRED` shows
+    /// it runs as this user: a request can say which process asks and a
+    /// heartbeat ties the session to whoever listens, so neither goes to
+    /// another user's socket.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        UnixStream::connect(path)
-            .map(|stream| Self { stream })
-            .map_err(|cause| ClientError::NoDaemon {
+        let stream = UnixStream::connect(path).map_err(|cause| ClientError::NoDaemon {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+        if peer.uid() != getuid().as_raw() {
+            return Err(ClientError::ForeignDaemon {
                 path: path.to_owned(),
-                cause,
-            })
+                uid: peer.uid(),
+            });
+        }
+        Ok(Self::from_stream(stream))
+    }
+
+    /// A connection over a stream that is already connected to the daemon.
+    pub(crate) fn from_stream(stream: UnixStream) -> Self {
+        Self { stream }
     }
 
     /// The socket, for polling.
@@ -137,12 +174,10 @@ impl Connection {
         protocol::parse_reply(&line).map_err(ClientError::Protocol)
     }
 
-    /// Fetches the secret `name` straight into a new locked buffer.
-    pub fn fetch_secret(mut self, name: &str) -> Result<SecretBuffer, ClientError> {
-        let request = Request::Get {
-            name: name.to_owned(),
-        };
-        let len = match self.request(&request)? {
+    /// Reads the reply to a `GET` and the secret behind it, straight into a
+    /// new locked buffer.
+    pub(crate) fn receive_secret(mut self) -> Result<SecretBuffer, ClientError> {
+        let len = match self.read_reply()? {
             Reply::Secret(len) => len,
             other => return Err(unexpected(other)),
         };

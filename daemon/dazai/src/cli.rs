@@ -27,9 +27,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Run the panic: kill registered processes, wipe secrets, end the daemon.
     Panic(PanicArgs),
-    /// Write a secret to stdout (only for a process the panic would kill).
+    /// Write a secret to stdout (only inside the supervised program's tree, which holds the capability).
     Get(GetArgs),
-    /// Register a process (default: the caller's parent, e.g. your shell) so the panic kills it.
+    /// Register a process (default: the caller's parent, e.g. your shell) so the panic kills it; grants nothing.
     Register(RegisterArgs),
     /// Serve MCP tools backed by the daemon's secrets on stdio (launched by an agent).
     Mcp(crate::mcp::McpArgs),
@@ -95,6 +95,10 @@ pub struct DaemonArgs {
     /// Print the seccomp allowlist this build would install, and exit.
     #[arg(long)]
     pub print_seccomp: bool,
+    /// Started by `dazai run`: the ready line goes to FD, and SIGINT, SIGTERM
+    /// and SIGHUP are left to `dazai run`, which relays them to the program.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub under_run: Option<std::os::fd::RawFd>,
     /// Supervise PROGRAM [ARGS...] (everything after --exec): killed by the panic;
     /// its exit ends the daemon with its status.
     #[arg(
@@ -142,8 +146,6 @@ pub struct PanicArgs {
 pub struct GetArgs {
     /// The secret's name.
     pub name: String,
-    #[command(flatten)]
-    pub socket: SocketArg,
 }
 
 /// `dazai run`.

@@ -1,11 +1,12 @@
 //! The control subcommands: `client`, `status`, `panic`, `get`, `register`.
 
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use dazai_client::connection::unexpected;
 use dazai_client::protocol::{Reply, Request};
-use dazai_client::{hold_heartbeat, Connection, HeartbeatEnd, HeartbeatOptions};
+use dazai_client::{hold_heartbeat, Capability, Connection, HeartbeatEnd, HeartbeatOptions};
 use serde_json::Value;
 
 use clap::CommandFactory;
@@ -120,20 +121,29 @@ pub fn panic(args: &PanicArgs) -> Result<u8, Failure> {
     }
 }
 
-/// `dazai get NAME`: the secret's bytes on stdout, straight from locked memory.
+/// `dazai get NAME`: the secret's bytes on stdout, straight from locked
+/// memory with `write(2)`: std's buffered stdout would leave a copy on the heap.
 pub fn get(args: &GetArgs) -> Result<u8, Failure> {
-    let secret = Connection::open(&args.socket.path())?.fetch_secret(&args.name)?;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(secret.expose())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| {
-            Failure::new(
-                Exit::Internal,
-                format!("cannot write the secret to stdout ({e})"),
-            )
-        })?;
+    let secret = Capability::inherited()?.fetch_secret(&args.name)?;
+    write_unbuffered(std::io::stdout().as_fd(), secret.expose()).map_err(|e| {
+        Failure::new(
+            Exit::Internal,
+            format!("cannot write the secret to stdout ({e})"),
+        )
+    })?;
     Ok(0)
+}
+
+/// Writes all of `bytes` to `fd` with `write(2)`, retrying short writes and `EINTR`.
+fn write_unbuffered(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> nix::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(written) => bytes = &bytes[written..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
 }
 
 /// `dazai register [PID]`.

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 pub enum Exit {
     /// Something unexpected: an I/O error with no better category.
     Internal = 1,
+    /// A mistake on the command line that clap's own checks (also status 2) cannot see.
+    Usage = 2,
     /// No daemon answers on the socket.
     NoDaemon = 3,
     /// The daemon refused the request (BUSY heartbeat, `get` not allowed, …).
@@ -57,7 +59,8 @@ impl From<dazai_client::ClientError> for Failure {
         use dazai_client::ClientError as E;
         let exit = match &error {
             E::NoDaemon { .. } | E::DaemonGone => Exit::NoDaemon,
-            E::Busy(_) | E::Refused(_) => Exit::Refused,
+            E::Busy(_) | E::Refused(_) | E::NoCapability { .. } => Exit::Refused,
+            E::ForeignDaemon { .. } => Exit::Endpoint,
             E::Secret(_) => Exit::Hardening,
             E::Protocol(_) | E::Io(_) => Exit::Internal,
         };

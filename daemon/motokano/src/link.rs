@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use dazai_client::connection::unexpected;
 use dazai_client::protocol::{Reply, Request};
-use dazai_client::{ClientError, Connection};
+use dazai_client::{Capability, ClientError, Connection};
 use goodnight::SecretBuffer;
 
 /// Where the daemon listens; every request opens its own connection.
@@ -67,9 +67,10 @@ impl DaemonLink {
             .collect())
     }
 
-    /// Fetches the secret `name` straight into a new locked buffer.
+    /// Fetches the secret `name` straight into a new locked buffer, through
+    /// the capability this process inherited from the daemon.
     pub fn fetch(&self, name: &str) -> Result<SecretBuffer, ClientError> {
-        Connection::open(&self.socket)?.fetch_secret(name)
+        Capability::inherited()?.fetch_secret(name)
     }
 
     /// Opens the `WATCH` connection: it reaches end of file when the daemon ends.

@@ -3,6 +3,7 @@
 //! the kernel until something happens; it wakes on a timer only while a
 //! deadline (ping timeout, grace, arm timeout, a stalled connection) is running.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -16,6 +17,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{getpgid, Pid, Uid};
 
+use super::capability::{Arrival, CapableRequest, Door};
 use super::endpoint::Endpoint;
 use super::panic::{panic_sequence, PanicReason};
 use super::registry::Registry;
@@ -36,6 +38,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After `accept(2)` fails (EMFILE: out of descriptors), the listener is left
 /// out of the poll set this long: it stays readable, so polling it would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+/// A `GET` that arrives before a heartbeat has armed the switch waits this
+/// long at most (less if the arm timeout comes first), then is refused.
+const UNARMED_GET_WAIT: Duration = Duration::from_secs(10);
+/// At most this many `GET`s wait for the switch to be armed; more are refused.
+const MAX_PENDING_GETS: usize = 64;
+/// At most this many capability messages are taken per wake-up, so a flood
+/// from the tree cannot keep the loop from the heartbeat and the signals.
+const DOOR_BATCH: usize = 16;
 
 /// The configured timeouts.
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +151,14 @@ struct Control {
     deadline: Instant,
 }
 
+/// A `GET` through the capability that waits for the switch to be armed.
+struct PendingGet {
+    reply: UnixStream,
+    name: String,
+    pid: i32,
+    deadline: Instant,
+}
+
 /// A `WATCH` connection: held silent until the daemon ends, so its peer
 /// (`dazai mcp`) learns of the end as end of file.
 struct Watcher {
@@ -153,6 +171,7 @@ struct Watcher {
 enum Source {
     Signals,
     Listener,
+    Door,
     Heartbeat,
     Control(usize),
     Watcher(usize),
@@ -165,6 +184,11 @@ pub struct EventLoop {
     endpoint: Endpoint,
     vault: Vault,
     supervised: Option<Supervised>,
+    /// The daemon's end of the capability, while the tree holds the other.
+    door: Option<Door>,
+    pending_gets: Vec<PendingGet>,
+    /// Started by `dazai run`, which relays SIGINT, SIGTERM and SIGHUP to the program.
+    under_run: bool,
     registry: Registry,
     timeouts: Timeouts,
     hardening: Hardening,
@@ -187,9 +211,11 @@ impl EventLoop {
         endpoint: Endpoint,
         vault: Vault,
         supervised: Option<Supervised>,
+        door: Option<Door>,
         timeouts: Timeouts,
         hardening: Hardening,
         confinement: Confinement,
+        under_run: bool,
     ) -> Self {
         Self {
             liveness: Liveness::Waiting {
@@ -200,6 +226,9 @@ impl EventLoop {
             endpoint,
             vault,
             supervised,
+            door,
+            pending_gets: Vec::new(),
+            under_run,
             registry: Registry::default(),
             timeouts,
             hardening,
@@ -212,8 +241,8 @@ impl EventLoop {
         }
     }
 
-    /// Logs what start-up achieved and prints the ready line on stdout.
-    pub fn announce_ready(&self) {
+    /// Logs what start-up achieved and returns the ready line.
+    pub fn announce_ready(&self) -> String {
         for step in &self.hardening.steps {
             self.log.line(format_args!("hardening: {step}"));
         }
@@ -243,14 +272,19 @@ impl EventLoop {
         let memory = self.vault.memory();
         self.log
             .line(format_args!("memory: {} ({})", memory.backend, memory.note));
-        println!(
-            "dazai daemon ready: pid={} socket={} state=waiting-for-heartbeat secrets={} memory={} seccomp={}",
+        let program = self
+            .supervised
+            .as_ref()
+            .map(|s| format!(" program={}", s.program))
+            .unwrap_or_default();
+        format!(
+            "dazai daemon ready: pid={} socket={} state=waiting-for-heartbeat secrets={} memory={} seccomp={}{program}",
             std::process::id(),
             self.endpoint.socket_path.display(),
             self.vault.iter().count(),
             memory.backend,
             self.confinement
-        );
+        )
     }
 
     /// Runs until a clean exit (returns its exit code) or the panic (never returns).
@@ -285,6 +319,10 @@ impl EventLoop {
                         self.accept_connections();
                         None
                     }
+                    Source::Door => {
+                        self.on_door_input(*events);
+                        None
+                    }
                     Source::Heartbeat => {
                         self.on_heartbeat_input();
                         None
@@ -311,6 +349,9 @@ impl EventLoop {
         if self.accept_paused_until.is_none() {
             sources.push(Source::Listener);
         }
+        if self.door.is_some() {
+            sources.push(Source::Door);
+        }
         if self.heartbeat.is_some() {
             sources.push(Source::Heartbeat);
         }
@@ -327,6 +368,11 @@ impl EventLoop {
         match source {
             Source::Signals => self.signals.as_fd(),
             Source::Listener => self.endpoint.listener.as_fd(),
+            Source::Door => self
+                .door
+                .as_ref()
+                .map(AsFd::as_fd)
+                .expect("door source only while open"),
             Source::Heartbeat => self
                 .heartbeat
                 .as_ref()
@@ -364,6 +410,7 @@ impl EventLoop {
             .chain(ping)
             .chain(self.accept_paused_until)
             .chain(self.controls.iter().map(|c| c.deadline))
+            .chain(self.pending_gets.iter().map(|g| g.deadline))
     }
 
     fn on_signals(&mut self) -> Option<u8> {
@@ -372,6 +419,11 @@ impl EventLoop {
                 continue;
             };
             match signal {
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP if self.under_run => {
+                    self.log.line(format_args!(
+                        "{signal} left to `dazai run`, which relays it to the program"
+                    ));
+                }
                 Signal::SIGTERM | Signal::SIGINT => return Some(self.clean_shutdown(signal)),
                 Signal::SIGUSR2 => self.panic(PanicReason::Signal(signal)),
                 Signal::SIGUSR1 | Signal::SIGHUP => self.session_lost(PanicReason::Signal(signal)),
@@ -519,7 +571,7 @@ impl EventLoop {
             Request::Register { pid } => self.register(&control, pid.unwrap_or(control.pid), false),
             Request::RegisterGroup { leader } => self.register(&control, leader, true),
             Request::Watch => self.attach_watcher(control),
-            Request::Get { name } => self.hand_out_secret(&control, &name),
+            Request::Get { name } => self.refuse_get_without_capability(&control, &name),
             Request::Panic { hard } => {
                 let _ = send(&control.stream, &Reply::Ok("panic requested".into()), &[]);
                 let reason = PanicReason::Request {
@@ -575,6 +627,7 @@ impl EventLoop {
         });
         self.liveness = Liveness::Attached;
         self.armed = true;
+        self.serve_pending_gets();
         // A PING sent right behind the request is already buffered.
         self.on_heartbeat_lines();
     }
@@ -593,6 +646,13 @@ impl EventLoop {
         let target = Pid::from_raw(pid);
         let what = if group { " and its process group" } else { "" };
         // The requester has the daemon's uid; registering needs the right to signal.
+        if let Some(why) = self.unregistrable(target, group) {
+            let reply = Reply::Err(format!(
+                "cannot register pid {pid}{what}: {why}; fix: register the process that is to die with the session"
+            ));
+            let _ = send(&control.stream, &reply, &[]);
+            return;
+        }
         let reply = match kill(target, None) {
             Err(errno) => Reply::Err(format!("cannot register pid {pid}: {errno}")),
             Ok(()) if group && getpgid(Some(target)) != Ok(target) => Reply::Err(format!(
@@ -610,6 +670,21 @@ impl EventLoop {
             },
         };
         let _ = send(&control.stream, &reply, &[]);
+    }
+
+    /// Why `target` may not be registered: the panic's kills must never reach
+    /// the daemon itself before its wipe and exit, nor init.
+    fn unregistrable(&self, target: Pid, group: bool) -> Option<&'static str> {
+        let daemon = Pid::this();
+        if target.as_raw() <= 1 {
+            Some("pid 1 and pids below it cannot be registered")
+        } else if target == daemon {
+            Some("it is the daemon itself")
+        } else if group && getpgid(None) == Ok(target) {
+            Some("its process group holds the daemon")
+        } else {
+            None
+        }
     }
 
     /// `WATCH`: keeps the connection, silent, until the daemon ends.
@@ -662,35 +737,113 @@ impl EventLoop {
             .line(format_args!("watch by pid {} ended", watcher.pid));
     }
 
-    /// Hands a secret only to a process the panic would kill.
-    fn hand_out_secret(&self, control: &Control, name: &str) {
-        let requester = Pid::from_raw(control.pid);
-        let in_supervised_group = self
-            .supervised
-            .as_ref()
-            .is_some_and(|s| getpgid(Some(requester)) == Ok(s.pgid()));
-        let allowed = in_supervised_group || self.registry.contains(requester);
-        let (reply, payload) = match self.vault.get(name) {
-            _ if !allowed => (
-                Reply::Err(format!(
-                    "refused: pid {} is neither registered nor in the supervised process group; fix: run it under --exec or `dazai register` it first",
-                    control.pid
-                )),
-                &[][..],
-            ),
-            None => (Reply::Err(format!("no secret named {name}")), &[][..]),
-            Some(secret) => (Reply::Secret(secret.len()), secret.expose()),
-        };
-        let outcome = if payload.is_empty() {
-            "refused"
-        } else {
-            "handed out"
-        };
-        let _ = send(&control.stream, &reply, payload);
+    /// A `GET` on the listening socket: any process of the user's uid can
+    /// connect there, so it grants nothing, whatever else the peer did.
+    fn refuse_get_without_capability(&self, control: &Control, name: &str) {
+        let reply = Reply::Err(format!(
+            "refused: a connection to the socket grants no secret; only the supervised program and its descendants, which hold the capability ({}), may GET; fix: run the program under `dazai run` or `dazai daemon --exec` and call `dazai get` there",
+            dazai_client::CAPABILITY_ENV
+        ));
+        let _ = send(&control.stream, &reply, &[]);
         self.log.line(format_args!(
-            "secret {name} {outcome} to pid {}",
+            "secret {name} refused to pid {}: no capability",
             control.pid
         ));
+    }
+
+    /// Messages on the capability: each a request with its reply socket.
+    fn on_door_input(&mut self, events: PollFlags) {
+        for _ in 0..DOOR_BATCH {
+            let Some(door) = &self.door else { return };
+            match door.receive() {
+                Arrival::Nothing => break,
+                Arrival::Unanswerable => {}
+                Arrival::Request(request) => self.serve_capable(request),
+            }
+        }
+        if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            // Nobody holds the tree's end any more: nothing more can arrive.
+            self.door = None;
+        }
+    }
+
+    /// A request through the capability: only `GET` travels there.
+    fn serve_capable(&mut self, request: CapableRequest) {
+        let pid = getsockopt(&request.reply, PeerCredentials).map_or(0, |peer| peer.pid());
+        let name = match protocol::parse_request(&request.line) {
+            Ok(Request::Get { name }) => name,
+            Ok(_) => {
+                let reply = Reply::Err(
+                    "the capability carries GET only; fix: send other requests on the socket"
+                        .into(),
+                );
+                let _ = send(&request.reply, &reply, &[]);
+                return;
+            }
+            Err(error) => {
+                let _ = send(&request.reply, &Reply::Err(error.to_string()), &[]);
+                return;
+            }
+        };
+        match &self.liveness {
+            Liveness::Attached => self.hand_out_secret(&request.reply, &name, pid),
+            Liveness::Waiting { arm_deadline } => {
+                let wait_ends = Instant::now() + UNARMED_GET_WAIT;
+                let deadline = arm_deadline.map_or(wait_ends, |arm| arm.min(wait_ends));
+                self.hold_until_armed(request.reply, name, pid, deadline);
+            }
+            Liveness::Grace { .. } => {
+                let reply = Reply::Err(
+                    "refused: the session was lost; no secret is handed out during the grace window; fix: re-attach the heartbeat (`dazai client`)".into(),
+                );
+                let _ = send(&request.reply, &reply, &[]);
+                self.log.line(format_args!(
+                    "secret {name} refused to pid {pid}: grace window"
+                ));
+            }
+        }
+    }
+
+    /// No secret leaves before the switch is armed: the `GET` waits for the
+    /// heartbeat (bounded by the arm timeout and [`UNARMED_GET_WAIT`]).
+    fn hold_until_armed(&mut self, reply: UnixStream, name: String, pid: i32, deadline: Instant) {
+        if self.pending_gets.len() >= MAX_PENDING_GETS {
+            let _ = send(
+                &reply,
+                &Reply::Err("busy: too many GETs wait for the heartbeat; retry".into()),
+                &[],
+            );
+            return;
+        }
+        self.pending_gets.push(PendingGet {
+            reply,
+            name,
+            pid,
+            deadline,
+        });
+    }
+
+    /// Hands out the secret `name` to a holder of the capability.
+    fn hand_out_secret(&self, reply: &UnixStream, name: &str, pid: i32) {
+        let outcome = match self.vault.get(name) {
+            None => {
+                let _ = send(reply, &Reply::Err(format!("no secret named {name}")), &[]);
+                "refused (no such secret)"
+            }
+            Some(secret) => {
+                let _ = send(reply, &Reply::Secret(secret.len()), secret.expose());
+                "handed out"
+            }
+        };
+        self.log
+            .line(format_args!("secret {name} {outcome} to pid {pid}"));
+    }
+
+    /// The heartbeat armed the switch: every waiting `GET` gets its answer.
+    fn serve_pending_gets(&mut self) {
+        for get in std::mem::take(&mut self.pending_gets) {
+            self.hand_out_secret(&get.reply, &get.name, get.pid);
+        }
     }
 
     fn expire_deadlines(&mut self) {
@@ -713,6 +866,20 @@ impl EventLoop {
             if now >= heartbeat.last_ping + timeout {
                 self.session_lost(PanicReason::PingTimeout(timeout));
             }
+        }
+        let (unarmed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_gets)
+            .into_iter()
+            .partition(|get| now >= get.deadline);
+        self.pending_gets = waiting;
+        for get in unarmed {
+            let reply = Reply::Err(
+                "refused: the switch is not armed (no heartbeat attached in time); fix: start `dazai client` in this session first".into(),
+            );
+            let _ = send(&get.reply, &reply, &[]);
+            self.log.line(format_args!(
+                "secret {} refused to pid {}: not armed",
+                get.name, get.pid
+            ));
         }
         let (stalled, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.controls)
             .into_iter()
@@ -766,24 +933,38 @@ impl EventLoop {
         )
     }
 
-    /// SIGCHLD: the supervised program ended. An exit ends the one-shot
-    /// lifecycle with its status; death by a signal (OOM kill, crash) panics.
+    /// SIGCHLD: the supervised program ended. An exit, or a signal that asks
+    /// a program to stop (Ctrl-C, `timeout`, a hang-up), ends the one-shot
+    /// lifecycle with its status, as `sudo` and `env` report it (128 + N for
+    /// signal N); a crash, or SIGKILL (the OOM killer's signal, which the
+    /// daemon cannot tell from any other), panics.
     fn on_child_status(&mut self) -> Option<u8> {
         match self.supervised.as_ref()?.try_reap()? {
-            WaitStatus::Signaled(_, signal, _) => self.panic(PanicReason::ChildKilled(signal)),
+            WaitStatus::Signaled(_, signal, _) if is_crash_or_kill(signal) => {
+                self.panic(PanicReason::ChildKilled(signal))
+            }
+            WaitStatus::Signaled(_, signal, _) => {
+                Some(self.end_one_shot(format_args!("was stopped by {signal}"), 128 + signal as u8))
+            }
             WaitStatus::Exited(_, code) => {
-                let wiped = self.vault.wipe_all();
-                self.endpoint.remove();
-                if let Some(supervised) = &self.supervised {
-                    supervised.remove_cgroup();
-                }
-                self.log.line(format_args!(
-                    "supervised program exited with status {code}; wiped {wiped} secrets; exiting with {code}"
-                ));
-                Some(code as u8)
+                Some(self.end_one_shot(format_args!("exited with status {code}"), code as u8))
             }
             _ => None,
         }
+    }
+
+    /// The supervised program is gone: wipe, remove socket, pidfile and cgroup,
+    /// and exit with `code`.
+    fn end_one_shot(&mut self, how: fmt::Arguments<'_>, code: u8) -> u8 {
+        let wiped = self.vault.wipe_all();
+        self.endpoint.remove();
+        if let Some(supervised) = &self.supervised {
+            supervised.remove_cgroup();
+        }
+        self.log.line(format_args!(
+            "supervised program {how}; wiped {wiped} secrets; exiting with {code}"
+        ));
+        code
     }
 
     /// SIGTERM/SIGINT: wipe, remove socket and pidfile, leave every process alive.
@@ -859,4 +1040,20 @@ impl EventLoop {
             hardening: self.hardening.clone(),
         }
     }
+}
+
+/// A signal by which a program crashed or was killed outright, rather than
+/// asked to stop.
+fn is_crash_or_kill(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::SIGKILL
+            | Signal::SIGSEGV
+            | Signal::SIGBUS
+            | Signal::SIGILL
+            | Signal::SIGFPE
+            | Signal::SIGABRT
+            | Signal::SIGSYS
+            | Signal::SIGTRAP
+    )
 }

@@ -1,5 +1,6 @@
-//! `dazai daemon`: start-up in the order of SPEC.md §4, then the event loop.
+//! `dazai daemon`: start-up, in order, then the event loop.
 
+mod capability;
 pub mod endpoint;
 mod event_loop;
 mod panic;
@@ -8,7 +9,9 @@ pub mod secrets;
 mod status;
 pub mod supervisor;
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::time::Duration;
 
 use goodnight::LockPolicy;
@@ -57,10 +60,7 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     signals
         .thread_block()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
-    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
-    let log = Log::to_stderr()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot open the log ({e})")))?;
+    let readiness = Readiness::new(args.under_run)?;
 
     let mut hardening = Hardening::new(policy);
     // 1. Raise RLIMIT_MEMLOCK so the buffers below fit.
@@ -69,20 +69,37 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     hardening.record(goodnight::forbid_core_dumps_and_tracing())?;
     hardening.record(goodnight::limit_core_size_to_zero())?;
     // 3. Choose the memory (secretmem or locked), allocate the secret buffers
-    //    in it, and read the secrets straight into them.
+    //    in it, and read the secrets straight into them. `fd:N` sources are
+    //    read before the daemon opens a descriptor of its own, so N can only
+    //    name one the caller handed down.
     let vault = Vault::load(&args.secrets, policy, args.memory)?;
-    // 4. Spawn the supervised child (its buffers are not inherited: MADV_DONTFORK).
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
+    let log = Log::to_stderr()
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot open the log ({e})")))?;
+    // 4. Bind the socket (0600) and write the pidfile (0600) before anything
+    //    runs that may talk to them.
     let socket = args.socket.path();
-    let supervised = match args.exec.as_slice() {
-        [] => None,
-        argv => Some(Supervised::spawn(argv, &socket)?),
-    };
-    // 5. Bind the socket (0600) and write the pidfile (0600).
     let pidfile = args
         .pidfile
         .clone()
         .unwrap_or_else(|| endpoint::default_pidfile(&socket));
     let endpoint = Endpoint::bind(&socket, &pidfile)?;
+    // 5. Spawn the supervised child holding the capability, the one way to a
+    //    secret (its buffers are not inherited: MADV_DONTFORK).
+    let (door, supervised) = match args.exec.as_slice() {
+        [] => (None, None),
+        argv => {
+            let (door, tree_end) = capability::open_pair().map_err(|e| {
+                endpoint.remove();
+                Failure::new(Exit::Internal, format!("cannot make the capability ({e})"))
+            })?;
+            let supervised = Supervised::spawn(argv, &socket, &tree_end).inspect_err(|_| {
+                endpoint.remove();
+            })?;
+            (Some(door), Some(supervised))
+        }
+    };
     // 6. Seal the process with the seccomp allowlist (feature `seccomp`).
     let confinement = confinement::seal().map_err(|e| {
         endpoint.remove();
@@ -100,13 +117,57 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         endpoint,
         vault,
         supervised,
+        door,
         timeouts,
         hardening,
         confinement,
+        args.under_run.is_some(),
     );
-    event_loop.announce_ready();
-    let _ = std::io::stdout().flush();
+    readiness.announce(&event_loop.announce_ready());
     Ok(event_loop.run())
+}
+
+/// Where the ready line goes: stdout, or under `dazai run` a descriptor of its
+/// own, so that the program keeps the caller's stdout untouched.
+enum Readiness {
+    Stdout,
+    Descriptor(File),
+}
+
+impl Readiness {
+    fn new(under_run: Option<RawFd>) -> Result<Self, Failure> {
+        let Some(fd) = under_run else {
+            return Ok(Self::Stdout);
+        };
+        // SAFETY: the descriptor is only borrowed for this one fcntl call, which
+        // fails cleanly with EBADF if the number is not an open descriptor.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("--under-run {fd}: not an open descriptor ({e}); fix: leave this option to `dazai run`"),
+            )
+        })?;
+        // SAFETY: the descriptor is open (checked above) and was handed to this
+        // process for the ready line alone; owning it closes it once written.
+        Ok(Self::Descriptor(unsafe { File::from_raw_fd(fd) }))
+    }
+
+    /// Writes the ready line; a failed write (a closed or full stdout) must
+    /// not end the daemon, which then runs on without telling anyone.
+    fn announce(self, line: &str) {
+        let _ = match self {
+            Self::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+            }
+            Self::Descriptor(mut file) => writeln!(file, "{line}"),
+        };
+    }
 }
 
 /// A Rust panic in the daemon prints its message and ends in SIGABRT (the

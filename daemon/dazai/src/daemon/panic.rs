@@ -60,8 +60,8 @@ impl fmt::Display for PanicReason {
     }
 }
 
-/// Kills every registered process and the supervised tree, wipes every
-/// secret, logs one line, and SIGKILLs the daemon. Never returns.
+/// Wipes every secret, kills every registered process and the supervised
+/// tree, logs one line, and SIGKILLs the daemon. Never returns.
 pub fn panic_sequence(
     reason: &PanicReason,
     registry: &Registry,
@@ -69,11 +69,12 @@ pub fn panic_sequence(
     vault: &mut Vault,
     log: &Log,
 ) -> ! {
-    // 1. Kill every process that was given a secret.
+    // 1. Wipe every secret first: microseconds, and nothing a kill sets off
+    //    can then end the daemon before it.
+    let wiped = vault.wipe_all();
+    // 2. Kill every process that could have been given a secret.
     let registered_killed = registry.kill_all();
     let tree = supervised.map(Supervised::kill_all);
-    // 2. Wipe every secret.
-    let wiped = vault.wipe_all();
     // 3. One line saying why and what was done.
     let tree = match tree {
         Some(kill) if kill.cgroup_killed => format!("process group {} and its cgroup", kill.pgid),

@@ -42,13 +42,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether `pid` is registered and still the same, living process.
-    pub fn contains(&self, pid: Pid) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.pid == pid && pidfd_send_signal(e.pidfd.as_fd(), None).is_ok())
-    }
-
     /// The registered pids that are still alive.
     pub fn live_pids(&self) -> Vec<i32> {
         self.entries

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,7 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, getppid, pipe2, setpgid, ForkResult, Pid};
 
+use super::capability::TreeEnd;
 use crate::failure::{Exit, Failure};
 use crate::sys::{exit_now, pidfd_open};
 
@@ -65,9 +66,10 @@ pub struct GroupKill {
 }
 
 impl Supervised {
-    /// Starts `argv` under a shim in its own process group, with `DAZAI_SOCKET`
-    /// set to `socket` so `dazai get` works inside it without set-up.
-    pub fn spawn(argv: &[String], socket: &Path) -> Result<Self, Failure> {
+    /// Starts `argv` under a shim in its own process group, holding the
+    /// capability (`DAZAI_CAPABILITY_FD`) so `dazai get` works inside it without
+    /// set-up, and with `DAZAI_SOCKET` set to `socket` for the other commands.
+    pub fn spawn(argv: &[String], socket: &Path, capability: &TreeEnd) -> Result<Self, Failure> {
         let spawn_error = |what: &str, e: &dyn std::fmt::Display| {
             Failure::new(
                 Exit::Spawn,
@@ -92,7 +94,14 @@ impl Supervised {
             ForkResult::Child => {
                 drop(control_write);
                 drop(report_read);
-                run_shim(argv, socket, daemon, control_read, report_write)
+                run_shim(
+                    argv,
+                    socket,
+                    capability.raw(),
+                    daemon,
+                    control_read,
+                    report_write,
+                )
             }
             ForkResult::Parent { child: shim } => {
                 drop(control_read);
@@ -262,7 +271,14 @@ fn read_spawn_report(report: &mut File) -> Result<Pid, String> {
 }
 
 /// The shim, in the forked child: never returns.
-fn run_shim(argv: &[String], socket: &Path, daemon: Pid, control: OwnedFd, report: OwnedFd) -> ! {
+fn run_shim(
+    argv: &[String],
+    socket: &Path,
+    capability: RawFd,
+    daemon: Pid,
+    control: OwnedFd,
+    report: OwnedFd,
+) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if getppid() != daemon {
         exit_now(1);
@@ -278,7 +294,8 @@ fn run_shim(argv: &[String], socket: &Path, daemon: Pid, control: OwnedFd, repor
     let spawned = Command::new(&argv[0])
         .args(&argv[1..])
         .env(dazai_client::paths::SOCKET_ENV, socket)
-        .pre_exec_hardening()
+        .env(dazai_client::CAPABILITY_ENV, capability.to_string())
+        .pre_exec_hardening(capability)
         .spawn();
     let program = match spawned {
         Ok(child) => Pid::from_raw(child.id() as i32),
@@ -309,19 +326,24 @@ fn take_the_terminal_foreground(daemon: Pid) {
 
 /// What the program gets between fork and exec.
 trait PreExecHardening {
-    fn pre_exec_hardening(&mut self) -> &mut Self;
+    fn pre_exec_hardening(&mut self, capability: RawFd) -> &mut Self;
 }
 
 impl PreExecHardening for Command {
-    fn pre_exec_hardening(&mut self) -> &mut Self {
-        // SAFETY: the closure only makes two async-signal-safe system calls
-        // (prctl, sigprocmask) in the child between fork and exec.
+    fn pre_exec_hardening(&mut self, capability: RawFd) -> &mut Self {
+        // SAFETY: the closure only makes async-signal-safe system calls
+        // (prctl, sigprocmask, fcntl) in the child between fork and exec.
         unsafe {
-            self.pre_exec(|| {
+            self.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The daemon blocks its signals to read them from a signalfd; the
                 // program must start with the ordinary, empty mask.
                 SigSet::all().thread_unblock()?;
+                // The one descriptor of the daemon's that the program keeps.
+                nix::fcntl::fcntl(
+                    BorrowedFd::borrow_raw(capability),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
                 Ok(())
             })
         }
