@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use goodnight::pidfd::pidfd_send_signal;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -21,9 +22,13 @@ use crate::protocol::{self, Reply, Request, PING};
 
 /// How the client is asked to hold the heartbeat.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HeartbeatOptions {
+pub struct HeartbeatOptions<'a> {
     /// Send `PING` this often; `None` derives it from the daemon's ping timeout.
     pub ping_interval: Option<Duration>,
+    /// A pidfd of the program SIGINT, SIGTERM and SIGHUP are relayed to
+    /// (`dazai run`, as `sudo` does) instead of ending the session; the
+    /// session still ends when the parent dies or stdin or stdout hangs up.
+    pub relay_signals_to: Option<BorrowedFd<'a>>,
 }
 
 /// Why the heartbeat ended (each ends the session on purpose, except the last).
@@ -33,7 +38,7 @@ pub enum HeartbeatEnd {
     Signal(Signal),
     /// stdin or stdout hung up: the terminal or SSH channel is gone.
     SessionHungUp(&'static str),
-    /// The parent was already gone when the client started watching it.
+    /// The parent process is gone (it died, or was already gone at the start).
     ParentGone,
 }
 
@@ -52,7 +57,7 @@ fn session_signals() -> SigSet {
 /// attached or the daemon went away while it was held.
 pub fn hold_heartbeat(
     socket: &Path,
-    options: HeartbeatOptions,
+    options: HeartbeatOptions<'_>,
 ) -> Result<HeartbeatEnd, ClientError> {
     let parent = nix::unistd::getppid();
     let signals = session_signals();
@@ -107,7 +112,15 @@ pub fn hold_heartbeat(
         if revents[0].contains(PollFlags::POLLIN) {
             if let Some(info) = signal_fd.read_signal().map_err(io::Error::from)? {
                 let signal = Signal::try_from(info.ssi_signo as i32).unwrap_or(Signal::SIGHUP);
-                return Ok(HeartbeatEnd::Signal(signal));
+                // The parent's death arrives as SIGHUP too: that one ends the session.
+                if nix::unistd::getppid() != parent {
+                    return Ok(HeartbeatEnd::ParentGone);
+                }
+                match options.relay_signals_to {
+                    // A program that has already ended needs no signal.
+                    Some(program) => drop(pidfd_send_signal(program, Some(signal))),
+                    None => return Ok(HeartbeatEnd::Signal(signal)),
+                }
             }
         }
         if !revents[1].is_empty() {

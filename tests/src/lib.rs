@@ -146,8 +146,13 @@ impl DaemonBuilder {
     }
 
     /// Supervises `sh -c SCRIPT` (the script sees `$DIR`, the daemon's directory).
-    pub fn exec_shell(mut self, script: &str) -> Self {
-        self.exec = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    pub fn exec_shell(self, script: &str) -> Self {
+        self.exec(&["/bin/sh", "-c", script])
+    }
+
+    /// Supervises the program `argv` (it sees `$DIR`, the daemon's directory).
+    pub fn exec(mut self, argv: &[&str]) -> Self {
+        self.exec = argv.iter().map(|arg| arg.to_string()).collect();
         self
     }
 

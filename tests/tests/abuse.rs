@@ -4,20 +4,18 @@
 //! the tests elsewhere that cover the rest, is in docs/robustness.md.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dazai_e2e::{
-    dazai, eventually, exists, is_alive, is_root, open_fds, refused_start, signal, wait_exit,
-    Guarded, CANARY, NOBODY, PATIENCE, SIGSYS,
+    dazai, eventually, exists, is_alive, is_root, open_fds, refused_start, signal, DaemonBuilder,
+    Guarded, CANARY, NOBODY,
 };
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::Signal;
 
 /// "Malformed input of any kind gets `ERR <cause>` … and the connection is
@@ -171,12 +169,8 @@ fn a_peer_of_another_uid_is_refused_even_through_an_open_socket_and_cannot_panic
     fs::set_permissions(guarded.daemon.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
 
-    for request in [
-        &["status"][..],
-        &["panic", "--hard"],
-        &["client"],
-        &["get", "api"],
-    ] {
+    // The client checks whom it talks to before it sends a byte.
+    for request in [&["status"][..], &["panic", "--hard"], &["client"]] {
         let output = dazai()
             .args(request)
             .arg("--socket")
@@ -187,14 +181,37 @@ fn a_peer_of_another_uid_is_refused_even_through_an_open_socket_and_cannot_panic
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(4), "{request:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(7), "{request:?}: {stderr}");
         assert!(
-            stderr.contains("refused: peer uid 65534 is not the daemon's uid 0"),
+            stderr.contains("is served by uid 0, not by you; nothing was sent to it"),
             "{request:?}: {stderr}"
         );
         assert!(output.stdout.is_empty(), "{request:?} got output");
     }
+    // A raw peer is refused by the daemon before it reads a byte.
+    let raw = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             print(s.recv(500).decode())\n\
+             try: s.sendall(b'dazai/1 PANIC HARD\\n')\n\
+             except BrokenPipeError: pass",
+        ])
+        .arg(&socket)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        reply.contains("ERR refused: peer uid 65534 is not the daemon's uid 0"),
+        "{reply} {}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
 
+    // Each of the four connected: the three clients, then the raw peer.
     let log = guarded.daemon.log();
     assert_eq!(
         log.matches("refused a connection from uid 65534").count(),
@@ -273,88 +290,49 @@ fn refused_start_ups_leave_the_running_daemon_and_every_file_as_they_were() {
 }
 
 /// "Liveness loss, a panic signal or a `PANIC` request runs the kill
-/// sequence, once" (SPEC §3): a SIGTERM that arrives while the panic runs
+/// sequence, once" (SPEC §3): a SIGTERM that is there while the panic runs
 /// cannot turn it into a clean shutdown, which would spare the processes.
 ///
-/// To catch the daemon inside its panic, its log is a pipe the test has
-/// filled: the panic kills, wipes, then blocks writing its log line until the
-/// test reads the pipe. SIGTERM is sent in that moment.
+/// Nothing holds the daemon inside its panic long enough to send a signal in
+/// that moment (not even a full log: `stall.rs`), so the daemon is stopped
+/// while both signals arrive: it resumes with SIGTERM waiting in its
+/// signalfd behind SIGUSR2 (lower signals are read first), and the panic must
+/// not return to the loop that would read it.
 #[test]
 fn sigterm_during_the_panic_cannot_turn_it_into_a_clean_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("dazai.sock");
-    let (log_read, log_write) = nix::unistd::pipe().unwrap();
-    let mut daemon = dazai()
-        .args([
-            "daemon",
-            "--secret",
-            "api=env:DAZAI_TEST_CANARY",
-            "--socket",
-        ])
-        .arg(&socket)
-        .args(["--exec", "/bin/sh", "-c"])
-        .arg(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
-        .env("DAZAI_TEST_CANARY", CANARY)
-        .env("DIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_write.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    let daemon_pid = daemon.id() as i32;
-    let mut ready = String::new();
-    BufReader::new(daemon.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert!(ready.starts_with("dazai daemon ready:"), "{ready:?}");
-    let program_pid_file = dir.path().join("program.pid");
-    eventually("the program to start", || {
-        fs::read_to_string(&program_pid_file).is_ok_and(|t| t.ends_with('\n'))
-    });
-    let program: i32 = fs::read_to_string(&program_pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", CANARY)
+        .exec_shell(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .start();
+    let program = daemon.read_pid_file("program.pid");
 
-    // Read the start-up lines, shrink the pipe to one page, and fill it.
-    let mut log = String::from_utf8(drain(&log_read)).unwrap();
-    fcntl(&log_write, FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
-    assert_eq!(nix::unistd::write(&log_write, &[b'#'; 4096]).unwrap(), 4096);
-    drop(log_write);
+    signal(daemon.pid, Signal::SIGSTOP);
+    eventually("the daemon to stop", || is_stopped(daemon.pid));
+    signal(daemon.pid, Signal::SIGUSR2);
+    signal(daemon.pid, Signal::SIGTERM);
+    signal(daemon.pid, Signal::SIGCONT);
 
-    signal(daemon_pid, Signal::SIGUSR2);
+    let status = daemon.wait_exit();
+    let log = daemon.log();
+    assert_eq!(status.signal(), Some(9), "the panic ends by SIGKILL: {log}");
     eventually("the panic to kill the supervised program", || {
         !is_alive(program)
     });
-    assert!(
-        is_alive(daemon_pid),
-        "the daemon should be inside its panic"
-    );
-    signal(daemon_pid, Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        is_alive(daemon_pid),
-        "the daemon should still be inside its panic"
-    );
-
-    let reader = std::thread::spawn(move || {
-        let mut rest = Vec::new();
-        let _ = fs::File::from(log_read).read_to_end(&mut rest);
-        rest
-    });
-    let status = wait_exit(&mut daemon);
-    let rest = reader.join().unwrap();
-    log.push_str(&String::from_utf8_lossy(&rest).replace('#', ""));
-
-    assert_ne!(status.signal(), Some(SIGSYS), "{log}");
-    assert_eq!(status.signal(), Some(9), "the panic ends by SIGKILL: {log}");
     assert!(log.contains("PANIC: SIGUSR2;"), "{log}");
-    assert!(log.contains("wiped 1 secrets; SIGKILL self"), "{log}");
+    assert!(log.contains("wiped 1 secrets"), "{log}");
+    assert!(log.contains("SIGKILL self"), "{log}");
     assert!(!log.contains("clean shutdown"), "{log}");
     assert!(!log.contains(CANARY), "{log}");
     // A clean shutdown removes them; the panic leaves them for the next start.
-    assert!(exists(&socket) && exists(&dir.path().join("dazai.pid")));
+    assert!(exists(&daemon.socket) && exists(&daemon.path("dazai.pid")));
+}
+
+/// Whether `pid` is stopped by a signal (state `T` in /proc/PID/stat).
+fn is_stopped(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 /// Everything the daemon writes before it closes the connection. A close
@@ -370,20 +348,6 @@ fn reply_until_closed(stream: &mut UnixStream) -> String {
         );
     }
     String::from_utf8(reply).expect("a text reply")
-}
-
-/// Everything the pipe holds now, without waiting for more.
-fn drain(read_end: &std::os::fd::OwnedFd) -> Vec<u8> {
-    fcntl(read_end.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let started = Instant::now();
-    while let Ok(n @ 1..) = nix::unistd::read(read_end.as_fd(), &mut chunk) {
-        bytes.extend_from_slice(&chunk[..n]);
-        assert!(started.elapsed() < PATIENCE, "the log never ran dry");
-    }
-    fcntl(read_end.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-    bytes
 }
 
 /// docs/robustness.md lists every abuse and fault test, and each test it

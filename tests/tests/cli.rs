@@ -151,6 +151,7 @@ fn one_line_error(args: &[&str], dir: &std::path::Path, code: i32) -> String {
     let output = Command::new(dazai_e2e::dazai_bin())
         .args(args)
         .env_remove("DAZAI_SOCKET")
+        .env_remove("DAZAI_CAPABILITY_FD")
         .env_remove("DAZAI_TEST_UNSET")
         .output()
         .unwrap();
@@ -168,15 +169,7 @@ fn every_user_facing_error_is_one_line_with_cause_and_fix() {
     std::fs::write(d("big"), vec![b'x'; 70 * 1024]).unwrap();
     let cases: Vec<(Vec<String>, i32)> = vec![
         (vec!["status".into(), "--socket".into(), d("none.sock")], 3),
-        (
-            vec![
-                "get".into(),
-                "api".into(),
-                "--socket".into(),
-                d("none.sock"),
-            ],
-            3,
-        ),
+        (vec!["get".into(), "api".into()], 4),
         (
             vec!["daemon".into(), "--socket".into(), d("not-a-socket")],
             7,

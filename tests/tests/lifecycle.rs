@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 
-use dazai_e2e::{dazai, eventually, exists, is_alive, refused_start, signal, DaemonBuilder};
+use dazai_e2e::{dazai, eventually, exists, is_alive, refused_start, signal, stop, DaemonBuilder};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -83,6 +83,7 @@ fn get_works_inside_the_supervised_group_and_is_refused_outside() {
             daemon_bin.display()
         ))
         .start();
+    let mut client = daemon.attach_client(&[]);
     eventually("the program to fetch the secret", || {
         exists(&daemon.path("done"))
     });
@@ -92,21 +93,19 @@ fn get_works_inside_the_supervised_group_and_is_refused_outside() {
     );
 
     let outside = dazai()
-        .args(["get", "api", "--socket"])
-        .arg(&daemon.socket)
+        .args(["get", "api"])
+        .env("DAZAI_SOCKET", &daemon.socket)
         .output()
         .unwrap();
 
     assert_eq!(outside.status.code(), Some(4));
     assert!(outside.stdout.is_empty(), "no secret byte for an outsider");
     let stderr = String::from_utf8_lossy(&outside.stderr);
-    assert!(
-        stderr.contains("neither registered nor in the supervised process group"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("holds no capability"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one-line error: {stderr}");
     signal(daemon.pid, Signal::SIGUSR2);
     daemon.wait_exit();
+    stop(&mut client);
 }
 
 #[test]
@@ -163,7 +162,7 @@ fn a_stale_socket_is_replaced_after_proving_nobody_answers() {
     .unwrap();
     assert!(ready.starts_with("dazai daemon ready:"), "{ready}");
     assert!(std::os::unix::net::UnixStream::connect(&first.socket).is_ok());
-    dazai_e2e::stop(&mut second);
+    stop(&mut second);
     let output = second.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("replaced stale socket"), "{log}");
@@ -207,11 +206,10 @@ fn the_tty_prompt_reads_the_secret_with_echo_off() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("dazai.sock");
     let command = format!(
-        "{} daemon --socket {} --secret pw=prompt --exec /bin/sh -c '{} get pw > {}/got'",
-        dazai_e2e::dazai_bin().display(),
-        socket.display(),
-        dazai_e2e::dazai_bin().display(),
-        dir.path().display()
+        "{bin} daemon --socket {socket} --secret pw=prompt --exec /bin/sh -c '{bin} client </dev/null & {bin} get pw > {dir}/got; kill $!'",
+        bin = dazai_e2e::dazai_bin().display(),
+        socket = socket.display(),
+        dir = dir.path().display()
     );
     let mut session = rexpect::spawn(&command, Some(20_000)).unwrap();
     session

@@ -109,12 +109,45 @@ fn status_transcript() {
 fn register_and_get_transcripts() {
     let daemon = DaemonBuilder::new().secret("api", "secret").start();
     let refused = transcript(&daemon, b"dazai/1 GET api\n");
-    // This test process registers itself, so the daemon may hand it the secret
-    // (and would kill it in a panic: this daemon is never panicked).
+    // Registering opts this test process into the panic's kills, and grants
+    // nothing: the GET that follows is refused as before.
     let register = transcript(&daemon, b"dazai/1 REGISTER\n");
-    let get = transcript(&daemon, b"dazai/1 GET api\n");
-    let missing = transcript(&daemon, b"dazai/1 GET nope\n");
-    insta::assert_snapshot!(format!("{refused}\n{register}\n{get}\n{missing}"));
+    let still_refused = transcript(&daemon, b"dazai/1 GET api\n");
+    insta::assert_snapshot!(format!("{refused}\n{register}\n{still_refused}"));
+}
+
+/// The supervised program speaks the protocol on the capability itself: one
+/// message per request, carrying the socket its reply arrives on.
+const CAPABILITY_CLIENT: &str = r#"
+import os, socket
+capability = socket.socket(fileno=int(os.environ["DAZAI_CAPABILITY_FD"]))
+transcript = []
+for request in [b"dazai/1 GET api\n", b"dazai/1 GET nope\n", b"dazai/1 STATUS\n"]:
+    ours, theirs = socket.socketpair()
+    socket.send_fds(capability, [request], [theirs.fileno()])
+    theirs.close()
+    reply = b""
+    while chunk := ours.recv(4096):
+        reply += chunk
+    transcript.append("> " + request.decode().strip())
+    transcript.append("< " + reply.decode().replace("\n", "\n< ").rstrip("< \n"))
+with open(os.environ["DIR"] + "/transcript.part", "w") as out:
+    out.write("\n".join(transcript) + "\n")
+os.rename(os.environ["DIR"] + "/transcript.part", os.environ["DIR"] + "/transcript")
+"#;
+
+#[test]
+fn capability_transcript() {
+    let daemon = DaemonBuilder::new()
+        .secret("api", "secret")
+        .exec(&["python3", "-c", CAPABILITY_CLIENT])
+        .start();
+    let _heartbeat = hold_heartbeat(&daemon);
+    dazai_e2e::eventually("the program's exchanges", || {
+        dazai_e2e::exists(&daemon.path("transcript"))
+    });
+    let text = std::fs::read_to_string(daemon.path("transcript")).unwrap();
+    insta::assert_snapshot!(redact_run_specific(&text));
 }
 
 #[test]

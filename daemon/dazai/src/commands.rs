@@ -18,6 +18,7 @@ use crate::failure::{Exit, Failure};
 pub fn client(args: &ClientArgs) -> Result<u8, Failure> {
     let options = HeartbeatOptions {
         ping_interval: args.ping_interval.map(Duration::from_secs),
+        relay_signals_to: None,
     };
     let end = hold_heartbeat(&args.socket.path(), options)?;
     let why = match end {

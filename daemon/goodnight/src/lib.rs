@@ -14,6 +14,7 @@
 
 mod environment;
 mod hardening;
+pub mod pidfd;
 mod secret_buffer;
 mod secretmem;
 mod wipe;

@@ -111,6 +111,35 @@ fn ensure_private_directory(dir: &Path) -> Result<(), Failure> {
             meta.mode() & 0o777
         )));
     }
+    ensure_safe_ancestors(dir, fix)
+}
+
+/// Whoever may rename an ancestor of the socket's directory may put a
+/// directory of their own in its place: every ancestor must belong to root
+/// or to us, and be writable by nobody else unless it is sticky (`/tmp`),
+/// where others cannot rename what is ours.
+fn ensure_safe_ancestors(dir: &Path, fix: &str) -> Result<(), Failure> {
+    let real = fs::canonicalize(dir)
+        .map_err(|e| endpoint_error(format!("cannot resolve {} ({e})", dir.display())))?;
+    for ancestor in real.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor)
+            .map_err(|e| endpoint_error(format!("cannot inspect {} ({e})", ancestor.display())))?;
+        let owner_is_trusted = meta.uid() == 0 || meta.uid() == Uid::current().as_raw();
+        let others_may_write = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if !owner_is_trusted || others_may_write {
+            return Err(endpoint_error(format!(
+                "{} above the socket directory is {} (uid {}, mode {:o}); {fix}",
+                ancestor.display(),
+                if owner_is_trusted {
+                    "writable by others and not sticky"
+                } else {
+                    "owned by another user"
+                },
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -61,6 +61,12 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         .thread_block()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
     let readiness = Readiness::new(args.under_run)?;
+    if args.under_run.is_some() {
+        // `dazai run` holds the session: its death, even before its heartbeat
+        // attaches, is the session's loss (SIGUSR2: the panic).
+        nix::sys::prctl::set_pdeathsig(Signal::SIGUSR2)
+            .map_err(|e| Failure::new(Exit::Internal, format!("cannot watch `dazai run` ({e})")))?;
+    }
 
     let mut hardening = Hardening::new(policy);
     // 1. Raise RLIMIT_MEMLOCK so the buffers below fit.

@@ -6,7 +6,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::sys::{pidfd_open, pidfd_send_signal};
+use goodnight::pidfd::{pidfd_open, pidfd_send_signal};
 
 /// Most processes held at once: keeps the status reply and the panic bounded.
 pub const MAX_REGISTERED: usize = 1024;

@@ -23,7 +23,9 @@ use nix::unistd::{fork, getpid, getppid, pipe2, setpgid, ForkResult, Pid};
 
 use super::capability::TreeEnd;
 use crate::failure::{Exit, Failure};
-use crate::sys::{exit_now, pidfd_open};
+use goodnight::pidfd::pidfd_open;
+
+use crate::sys::exit_now;
 
 /// The message that asks the shim to withdraw its death signal.
 const RELEASE: u8 = b'R';
