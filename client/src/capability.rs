@@ -14,7 +14,7 @@
 //! `ENXIO`. Only its number travels in the environment, which grants nothing.
 
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use goodnight::SecretBuffer;
@@ -33,6 +33,14 @@ pub const CAPABILITY_ENV: &str = "DAZAI_CAPABILITY_FD";
 #[derive(Clone, Copy, Debug)]
 pub struct Capability {
     fd: RawFd,
+}
+
+impl AsFd for Capability {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `inherited` checked that the descriptor is open, and nothing
+        // in this process closes the capability it was handed.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl Capability {

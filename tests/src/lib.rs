@@ -93,6 +93,7 @@ pub struct DaemonBuilder {
     args: Vec<String>,
     exec: Vec<String>,
     envs: Vec<(String, String)>,
+    mcp_tools: Option<String>,
 }
 
 /// A running daemon in its own temporary directory.
@@ -124,6 +125,7 @@ impl DaemonBuilder {
             args: Vec::new(),
             exec: Vec::new(),
             envs: Vec::new(),
+            mcp_tools: None,
         }
     }
 
@@ -150,6 +152,19 @@ impl DaemonBuilder {
         self.exec(&["/bin/sh", "-c", script])
     }
 
+    /// Supervises the MCP executor, `dazai mcp serve`, serving `tools` (written
+    /// to `$DIR/tools.toml`).
+    pub fn mcp_tools(mut self, tools: &str) -> Self {
+        self.mcp_tools = Some(tools.to_owned());
+        self
+    }
+
+    /// Sets an environment variable of the daemon (and so of its program).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Supervises the program `argv` (it sees `$DIR`, the daemon's directory).
     pub fn exec(mut self, argv: &[&str]) -> Self {
         self.exec = argv.iter().map(|arg| arg.to_string()).collect();
@@ -157,11 +172,22 @@ impl DaemonBuilder {
     }
 
     /// Starts the daemon and waits for its ready line.
-    pub fn start(self) -> Daemon {
+    pub fn start(mut self) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("dazai-e2e")
             .tempdir()
             .expect("tempdir");
+        if let Some(tools) = &self.mcp_tools {
+            let path = dir.path().join("tools.toml");
+            fs::write(&path, tools).expect("write tools.toml");
+            self.exec = vec![
+                dazai_bin().display().to_string(),
+                "mcp".into(),
+                "serve".into(),
+                "--tools".into(),
+                path.display().to_string(),
+            ];
+        }
         let socket = dir.path().join("dazai.sock");
         let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
         let mut command = dazai();
@@ -323,8 +349,11 @@ pub fn stop(child: &mut Child) {
 /// `dazai mcp` under test, driven by a scripted MCP client over its stdin and
 /// stdout that records every line both ways as a transcript.
 pub struct McpClient {
-    /// The `dazai mcp` process.
+    /// The `dazai mcp` relay process the agent launches.
     pub child: Child,
+    /// The session process the executor started for this relay.
+    pub session: i32,
+    heartbeat: Option<Child>,
     stdin: Option<std::process::ChildStdin>,
     lines: mpsc::Receiver<String>,
     transcript: Vec<String>,
@@ -332,26 +361,22 @@ pub struct McpClient {
 }
 
 impl McpClient {
-    /// Writes `tools` to `tools.toml` in the daemon's directory, starts
-    /// `dazai mcp` on it (with `$DIR` set to that directory, stderr to
-    /// `mcp.log`), and waits until it serves or exits.
-    pub fn start(daemon: &Daemon, tools: &str) -> Self {
-        let tools_path = daemon.path("tools.toml");
-        fs::write(&tools_path, tools).expect("write tools.toml");
+    /// Starts `dazai mcp` (the relay) for a daemon started with
+    /// [`DaemonBuilder::mcp_tools`], with a heartbeat attached so the
+    /// session's secrets are handed out, and waits until its session serves.
+    pub fn start(daemon: &Daemon) -> Self {
         let mut command = dazai();
-        command
-            .arg("mcp")
-            .arg("--tools")
-            .arg(&tools_path)
-            .arg("--socket")
-            .arg(&daemon.socket);
+        command.arg("mcp").arg("--socket").arg(&daemon.socket);
         Self::spawn(daemon, command)
     }
 
-    /// Starts `command` as the MCP server (as a client would launch it), with
-    /// `$DIR` set to the daemon's directory and stderr to `mcp.log` there, and
-    /// waits until it serves or exits.
+    /// Starts `command` as the agent would launch `dazai mcp`, with `$DIR`
+    /// set to the daemon's directory and stderr to `mcp.log` there, and waits
+    /// until the executor started its session (or the command exited).
     pub fn spawn(daemon: &Daemon, mut command: Command) -> Self {
+        let heartbeat =
+            (daemon.status()["liveness"] == "waiting").then(|| daemon.attach_client(&[]));
+        let sessions_before = daemon.log().matches(SESSION_SERVES).count();
         let log = fs::File::create(daemon.path("mcp.log")).expect("mcp.log");
         let mut child = command
             .env("DIR", daemon.dir.path())
@@ -371,27 +396,44 @@ impl McpClient {
                 }
             }
         });
-        let mut client = Self {
+        eventually(
+            "the executor to start a session (or dazai mcp to exit)",
+            || {
+                daemon.log().matches(SESSION_SERVES).count() > sessions_before
+                    || child.try_wait().ok().flatten().is_some()
+            },
+        );
+        let session = daemon
+            .log()
+            .lines()
+            .filter(|line| line.contains(SESSION_SERVES))
+            .nth(sessions_before)
+            .and_then(|line| line.split("(pid ").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or(0);
+        Self {
             child,
+            session,
+            heartbeat,
             stdin,
             lines,
             transcript: Vec::new(),
             dir: daemon.dir.path().to_owned(),
-        };
-        eventually("dazai mcp to serve (or exit)", || {
-            client.log().contains("serving ") || client.child.try_wait().ok().flatten().is_some()
-        });
-        client
+        }
     }
 
-    /// The pid of `dazai mcp`.
+    /// The pid of the `dazai mcp` relay.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    /// What `dazai mcp` logged on stderr.
+    /// What the relay logged on stderr, then the daemon's log, where the
+    /// executor and its sessions write.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("mcp.log")).unwrap_or_default()
+        let relay = fs::read_to_string(self.dir.join("mcp.log")).unwrap_or_default();
+        let daemon = fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        format!("{relay}{daemon}")
     }
 
     /// Sends one message as one line.
@@ -442,8 +484,15 @@ impl Drop for McpClient {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(heartbeat) = &mut self.heartbeat {
+            stop(heartbeat);
+        }
     }
 }
+
+/// What a session logs when it starts serving (the daemon's log holds it:
+/// the executor and its sessions write to the daemon's stderr).
+const SESSION_SERVES: &str = ", registered with the daemon at ";
 
 // Helpers of the abuse and fault tests (tests/abuse.rs, tests/faults.rs).
 

@@ -217,3 +217,52 @@ fn a_get_in_the_grace_window_is_refused() {
     );
     assert!(!answer.contains(CANARY));
 }
+
+/// An agent with a shell cannot point a tools file of its own at the daemon
+/// (say, a static tool that returns `api`): the relay takes none, and an
+/// executor it starts itself holds no capability.
+#[test]
+fn an_agent_cannot_bring_its_own_tools_file() {
+    let daemon = DaemonBuilder::new()
+        .secret("api", CANARY)
+        .mcp_tools(
+            "[[tool]]\nname = \"status\"\ndescription = \"d\"\nkind = \"static\"\nvalue = \"fine\"\n",
+        )
+        .start();
+    let mut client = daemon.attach_client(&[]);
+    let own = daemon.path("own.toml");
+    fs::write(
+        &own,
+        "[[tool]]\nname = \"leak\"\ndescription = \"d\"\nkind = \"static\"\nsecret = \"api\"\n",
+    )
+    .unwrap();
+    for (what, args, code, says) in [
+        (
+            "the relay",
+            vec!["mcp", "--tools"],
+            2,
+            "dazai mcp takes no --tools",
+        ),
+        (
+            "an executor of its own",
+            vec!["mcp", "serve", "--tools"],
+            4,
+            "holds no capability",
+        ),
+    ] {
+        let attack = Command::new(dazai_bin())
+            .args(args)
+            .arg(&own)
+            .env("DAZAI_SOCKET", &daemon.socket)
+            .env_remove("DAZAI_CAPABILITY_FD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&attack.stderr);
+        assert_eq!(attack.status.code(), Some(code), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(!String::from_utf8_lossy(&attack.stdout).contains(CANARY));
+    }
+    assert!(!daemon.log().contains("handed out"), "{}", daemon.log());
+    stop(&mut client);
+}

@@ -83,8 +83,11 @@ fn assert_no_secret(what: &str, text: &str) {
 
 #[test]
 fn the_initialize_era_serves_discovery_list_calls_refusals_and_invalid_params() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, &tools());
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(&tools())
+        .start();
+    let mut mcp = McpClient::start(&daemon);
 
     let init = mcp.request(
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -129,8 +132,11 @@ fn meta() -> Value {
 
 #[test]
 fn the_stateless_era_serves_discovery_list_calls_refusals_and_invalid_params() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, &tools());
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(&tools())
+        .start();
+    let mut mcp = McpClient::start(&daemon);
 
     let discover = mcp.request(json!({"jsonrpc": "2.0", "id": "discover-1",
         "method": "server/discover", "params": {"_meta": meta()}}));
@@ -191,15 +197,18 @@ fn start_long_job(mcp: &mut McpClient) {
 
 #[test]
 fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
-    let mut daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(LONG_JOB)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     start_long_job(&mut mcp);
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
     let registered = daemon.status()["registered"].to_string();
     assert!(
-        registered.contains(&mcp.pid().to_string()) && registered.contains(&leader.to_string()),
-        "dazai mcp and the program are registered before the panic: {registered}"
+        registered.contains(&mcp.session.to_string()) && registered.contains(&leader.to_string()),
+        "the session and the program are registered before the panic: {registered}"
     );
 
     assert!(daemon.exchange(b"dazai/1 PANIC HARD\n").starts_with("OK"));
@@ -210,11 +219,15 @@ fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
         "the daemon SIGKILLs itself"
     );
     assert_eq!(
-        wait_exit(&mut mcp.child).signal(),
-        Some(9),
-        "the panic SIGKILLs dazai mcp"
+        wait_exit(&mut mcp.child).code(),
+        Some(3),
+        "the agent's dazai mcp ends: its session is gone"
     );
-    for (what, pid) in [("the program", leader), ("its child", child)] {
+    for (what, pid) in [
+        ("the session", mcp.session),
+        ("the program", leader),
+        ("its child", child),
+    ] {
         eventually(&format!("{what} (pid {pid}) to be killed"), || {
             !is_alive(pid)
         });
@@ -224,8 +237,11 @@ fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
 
 #[test]
 fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
-    let mut daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(LONG_JOB)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     start_long_job(&mut mcp);
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
@@ -233,8 +249,9 @@ fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
     // A clean shutdown kills nothing itself: dazai mcp must notice on its own.
     signal(daemon.pid, Signal::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
-    // It exits by itself (code 3: daemon gone), noticed through its WATCH
-    // connection; how fast is the bench's business, not this test's.
+    // The session exits by itself, noticed through its WATCH connection, and
+    // the agent's relay with it (code 3: daemon gone); how fast is the bench's
+    // business, not this test's.
     assert_eq!(
         wait_exit(&mut mcp.child).code(),
         Some(3),
@@ -268,10 +285,9 @@ fn call_only_tool(mcp: &mut McpClient, arguments: Value) -> (Value, Duration) {
 
 #[test]
 fn the_output_cap_stops_the_program_and_cuts_the_output() {
-    let daemon = DaemonBuilder::new().start();
-    let mut mcp = McpClient::start(
-        &daemon,
-        r#"
+    let daemon = DaemonBuilder::new()
+        .mcp_tools(
+            r#"
 [[tool]]
 name = "job"
 description = "Floods its output"
@@ -282,7 +298,9 @@ pass_env = ["PATH", "DIR"]
 max_output_bytes = 1000
 timeout_secs = 120
 "#,
-    );
+        )
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let (reply, _) = call_only_tool(&mut mcp, json!({}));
 
     assert_eq!(reply["result"]["isError"], true, "{reply}");
@@ -297,10 +315,8 @@ timeout_secs = 120
 
 #[test]
 fn the_time_limit_kills_the_programs_whole_process_group() {
-    let daemon = DaemonBuilder::new().start();
-    let mut mcp = McpClient::start(
-        &daemon,
-        r#"
+    let daemon = DaemonBuilder::new()
+        .mcp_tools(r#"
 [[tool]]
 name = "job"
 description = "Hangs"
@@ -309,8 +325,9 @@ program = "/bin/sh"
 args = ["-c", 'echo $$ > "$DIR/leader.pid"; echo started; sleep 600 & echo $! > "$DIR/child.pid"; wait']
 pass_env = ["PATH", "DIR"]
 timeout_secs = 1
-"#,
-    );
+"#)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let (reply, took) = call_only_tool(&mut mcp, json!({}));
 
     assert_eq!(reply["result"]["isError"], true, "{reply}");
@@ -334,10 +351,7 @@ fn every_encoding_of_an_injected_secret_is_redacted_including_wrapped_base64() {
     let daemon = DaemonBuilder::new()
         .secret("api", SECRET)
         .secret("long", long)
-        .start();
-    let mut mcp = McpClient::start(
-        &daemon,
-        &format!(
+        .mcp_tools(&format!(
             r#"
 [[tool]]
 name = "job"
@@ -350,8 +364,9 @@ printf %s "$LONG" | basenc --base64url
 ''', "job", "production"]
 inject = {{ API_KEY = "secret:api", LONG = "secret:long" }}
 "#
-        ),
-    );
+        ))
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let (reply, _) = call_only_tool(&mut mcp, json!({}));
 
     assert_eq!(reply["result"]["isError"], false, "{reply}");
@@ -363,10 +378,8 @@ inject = {{ API_KEY = "secret:api", LONG = "secret:long" }}
 
 #[test]
 fn a_secret_injected_on_stdin_reaches_the_program_and_not_the_agent() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(
-        &daemon,
-        r#"
+    let daemon = DaemonBuilder::new().secret("api", SECRET)
+        .mcp_tools(r#"
 [[tool]]
 name = "job"
 description = "Reads the token on stdin"
@@ -374,8 +387,9 @@ kind = "exec"
 program = "/bin/sh"
 args = ["-c", 'IFS= read -r token; echo "read ${#token} bytes"; echo "$token"; tr -d "\n" < /proc/$$/environ | grep -c hunter2 || true']
 stdin = "secret:api"
-"#,
-    );
+"#)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let (reply, _) = call_only_tool(&mut mcp, json!({}));
 
     assert_eq!(
@@ -387,7 +401,6 @@ stdin = "secret:api"
 
 #[test]
 fn an_invalid_tools_file_refuses_to_start_with_one_line_naming_file_and_line() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
     let cases = [
         (
             "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"shell\"\n",
@@ -411,13 +424,21 @@ fn an_invalid_tools_file_refuses_to_start_with_one_line_naming_file_and_line() {
         ),
     ];
     for (tools, expected) in cases {
-        let mut mcp = McpClient::start(&daemon, tools);
-        assert_eq!(wait_exit(&mut mcp.child).code(), Some(9), "{tools}");
-        let log = std::fs::read_to_string(daemon.path("mcp.log")).unwrap();
-        assert_eq!(log.lines().count(), 1, "one line: {log}");
+        let mut daemon = DaemonBuilder::new()
+            .secret("api", SECRET)
+            .mcp_tools(tools)
+            .start();
+        // The executor refuses to start, and so the daemon's lifecycle ends.
+        assert_eq!(daemon.wait_exit().code(), Some(9), "{tools}");
+        let log = daemon.log();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("dazai: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "one line: {log}");
         let tools_path = daemon.path("tools.toml").display().to_string();
         assert!(
-            log.starts_with(&format!("dazai: error: {tools_path}{expected}")),
+            errors[0].starts_with(&format!("dazai: error: {tools_path}{expected}")),
             "{log}"
         );
     }
@@ -487,34 +508,41 @@ fn register_group_takes_only_a_group_leader_and_the_panic_kills_its_whole_group(
 }
 
 #[test]
-fn sigterm_kills_the_running_program_wipes_and_exits() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, LONG_JOB);
+fn ending_the_agents_dazai_mcp_kills_the_running_program_and_wipes() {
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(LONG_JOB)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     start_long_job(&mut mcp);
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
 
+    // The agent ends its `dazai mcp`: the session sees its input end.
     signal(mcp.pid(), Signal::SIGTERM);
 
-    assert_eq!(wait_exit(&mut mcp.child).code(), Some(128 + 15));
+    assert_eq!(wait_exit(&mut mcp.child).signal(), Some(15));
     for (what, pid) in [("the program", leader), ("its child", child)] {
         eventually(&format!("{what} (pid {pid}) to be killed"), || {
             !is_alive(pid)
         });
     }
     let log = mcp.log();
+    // The running call is cancelled (its group killed, its secrets wiped)
+    // and the session ends.
     assert!(
-        log.contains("SIGTERM: killed 1 running program groups, wiped 1 secrets"),
+        log.contains("call long_job: pid")
+            && log.contains("cancelled")
+            && log.contains("stdin closed"),
         "{log}"
     );
 }
 
 #[test]
 fn a_call_ends_when_its_program_exits_and_what_it_left_running_is_killed() {
-    let daemon = DaemonBuilder::new().start();
-    let mut mcp = McpClient::start(
-        &daemon,
-        r#"
+    let daemon = DaemonBuilder::new()
+        .mcp_tools(
+            r#"
 [[tool]]
 name = "job"
 description = "Leaves a job behind that holds its output open"
@@ -524,7 +552,9 @@ args = ["-c", 'sleep 600 & echo $! > "$DIR/child.pid"; echo done']
 pass_env = ["PATH", "DIR"]
 timeout_secs = 120
 "#,
-    );
+        )
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let (reply, _) = call_only_tool(&mut mcp, json!({}));
 
     // Not an error: the call did not wait for the 120 s limit the job would hit.
@@ -550,7 +580,22 @@ fn docs_snippet(name: &str) -> String {
 
 #[test]
 fn the_client_configuration_in_the_docs_starts_a_working_server_as_written() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
+    // The user's side: the tools file in its default place, the executor
+    // under the daemon as the docs start it, dazai on PATH.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".config/dazai")).unwrap();
+    std::fs::write(
+        home.path().join(".config/dazai/tools.toml"),
+        "[[tool]]\nname = \"api_token\"\ndescription = \"The API token\"\nkind = \"static\"\nsecret = \"api\"\n",
+    )
+    .unwrap();
+    let bin = dazai_e2e::dazai_bin();
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .env("HOME", &home.path().display().to_string())
+        .env("XDG_CONFIG_HOME", "")
+        .exec(&[&bin.display().to_string(), "mcp", "serve"])
+        .start();
     let config: Value = serde_json::from_str(&docs_snippet("mcp-client-config")).unwrap();
     let server = &config["mcpServers"]["dazai"];
     let args: Vec<&str> = server["args"]
@@ -559,22 +604,11 @@ fn the_client_configuration_in_the_docs_starts_a_working_server_as_written() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    // The user's side: dazai on PATH, the tools file in its default place, a
-    // daemon on the socket the environment names.
-    let home = daemon.path("home");
-    std::fs::create_dir_all(home.join(".config/dazai")).unwrap();
-    std::fs::write(
-        home.join(".config/dazai/tools.toml"),
-        "[[tool]]\nname = \"api_token\"\ndescription = \"The API token\"\nkind = \"static\"\nsecret = \"api\"\n",
-    )
-    .unwrap();
-    let bin_dir = dazai_e2e::dazai_bin().parent().unwrap().to_owned();
+    let bin_dir = bin.parent().unwrap().to_owned();
     let mut command = Command::new(server["command"].as_str().unwrap());
     command
         .args(&args)
         .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
-        .env("HOME", &home)
-        .env_remove("XDG_CONFIG_HOME")
         .env("DAZAI_SOCKET", &daemon.socket);
     let mut mcp = McpClient::spawn(&daemon, command);
 
@@ -596,8 +630,11 @@ fn the_client_configuration_in_the_docs_starts_a_working_server_as_written() {
 
 #[test]
 fn an_initialize_asking_for_the_stateless_revision_gets_the_newest_with_a_handshake() {
-    let daemon = DaemonBuilder::new().secret("api", SECRET).start();
-    let mut mcp = McpClient::start(&daemon, &tools());
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(&tools())
+        .start();
+    let mut mcp = McpClient::start(&daemon);
     let init = mcp.request(
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2026-07-28", "capabilities": {},
@@ -605,7 +642,7 @@ fn an_initialize_asking_for_the_stateless_revision_gets_the_newest_with_a_handsh
     );
     assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
     let old = {
-        let mut mcp = McpClient::start(&daemon, &tools());
+        let mut mcp = McpClient::start(&daemon);
         mcp.request(
             json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2024-11-05", "capabilities": {},
@@ -613,4 +650,25 @@ fn an_initialize_asking_for_the_stateless_revision_gets_the_newest_with_a_handsh
         )
     };
     assert_eq!(old["result"]["protocolVersion"], "2024-11-05");
+}
+
+#[test]
+fn sigterm_to_a_session_kills_its_program_wipes_and_ends_it() {
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(LONG_JOB)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
+    start_long_job(&mut mcp);
+    let leader = daemon.read_pid_file("leader.pid");
+
+    signal(mcp.session, Signal::SIGTERM);
+
+    eventually("the program to be killed", || !is_alive(leader));
+    assert_eq!(wait_exit(&mut mcp.child).code(), Some(3), "{}", mcp.log());
+    let log = mcp.log();
+    assert!(
+        log.contains("SIGTERM: killed 1 running program groups, wiped 1 secrets"),
+        "{log}"
+    );
 }

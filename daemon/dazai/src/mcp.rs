@@ -1,26 +1,85 @@
-//! `dazai mcp`: the MCP server of the `motokano` crate, on stdio.
+//! `dazai mcp`: the `motokano` crate's three processes behind one command.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::cli::SocketArg;
 use crate::failure::{Exit, Failure};
 
 /// `dazai mcp`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct McpArgs {
-    /// The tools file (TOML; see docs/mcp.md) [default: $XDG_CONFIG_HOME/dazai/tools.toml, else ~/.config/dazai/tools.toml]
+    #[command(subcommand)]
+    pub command: Option<McpCommand>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Refused: the tools are fixed when the daemon starts (`dazai mcp serve --tools`)
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub tools: Option<PathBuf>,
+}
+
+/// The executor and its sessions (the agent launches plain `dazai mcp`).
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// The executor: run it as the daemon's supervised program
+    /// (`dazai daemon --secret … --exec dazai mcp serve`); it serves the tools
+    /// to every `dazai mcp` an agent launches.
+    Serve(ToolsArgs),
+    /// One agent's session, started by the executor per connection.
+    #[command(hide = true)]
+    Session(ToolsArgs),
+}
+
+/// The tools file and the daemon's socket.
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    /// The tools file (TOML; the MCP page of the docs describes it) [default: $XDG_CONFIG_HOME/dazai/tools.toml, else ~/.config/dazai/tools.toml]
     #[arg(long, value_name = "PATH")]
     pub tools: Option<PathBuf>,
     #[command(flatten)]
     pub socket: SocketArg,
 }
 
-/// Serves MCP on stdin/stdout until stdin ends; exits 3 at once when the daemon ends.
+/// Relays the agent's stdio to the executor, or runs the executor or a session.
 pub fn run(args: &McpArgs) -> Result<u8, Failure> {
-    let tools = args
-        .tools
+    match &args.command {
+        None if args.tools.is_some() => Err(Failure::new(
+            Exit::Usage,
+            "dazai mcp takes no --tools: the tools are fixed when the daemon starts, so an agent cannot bring its own; fix: start the daemon with --exec dazai mcp serve --tools PATH and launch plain `dazai mcp`",
+        )),
+        None => motokano::relay::relay(&args.socket.path())
+            .map(|code| code as u8)
+            .map_err(|error| match error {
+                dazai_client::ClientError::NoDaemon { path, cause } => Failure::new(
+                    Exit::NoDaemon,
+                    format!(
+                        "no MCP executor listens on {} ({cause}); fix: start the daemon with --exec dazai mcp serve (see `dazai mcp serve --help`), or set DAZAI_SOCKET to its socket",
+                        path.display()
+                    ),
+                ),
+                other => Failure::from(other),
+            }),
+        Some(McpCommand::Serve(tools)) => {
+            motokano::sessions::serve(&tools_path(tools)?, &tools.socket.path())
+                .map(|()| 0)
+                .map_err(failure)
+        }
+        Some(McpCommand::Session(tools)) => {
+            let options = motokano::Options {
+                tools: tools_path(tools)?,
+                socket: tools.socket.path(),
+            };
+            motokano::serve_session(&options)
+                .map(|()| 0)
+                .map_err(failure)
+        }
+    }
+}
+
+fn tools_path(args: &ToolsArgs) -> Result<PathBuf, Failure> {
+    args.tools
         .clone()
         .or_else(motokano::config::default_tools_path)
         .ok_or_else(|| {
@@ -28,18 +87,15 @@ pub fn run(args: &McpArgs) -> Result<u8, Failure> {
                 Exit::Config,
                 "no tools file: neither XDG_CONFIG_HOME nor HOME is set; fix: pass --tools PATH",
             )
-        })?;
-    let options = motokano::Options {
-        tools,
-        socket: args.socket.path(),
-    };
-    motokano::run(&options).map(|()| 0).map_err(|error| {
-        use motokano::McpError as E;
-        match error {
-            E::Config(error) => Failure::new(Exit::Config, error),
-            E::Daemon(error) => Failure::from(error),
-            E::Hardening(error) => Failure::new(Exit::Hardening, error),
-            E::Serve(why) => Failure::new(Exit::Internal, E::Serve(why)),
-        }
-    })
+        })
+}
+
+fn failure(error: motokano::McpError) -> Failure {
+    use motokano::McpError as E;
+    match error {
+        E::Config(error) => Failure::new(Exit::Config, error),
+        E::Daemon(error) => Failure::from(error),
+        E::Hardening(error) => Failure::new(Exit::Hardening, error),
+        E::Serve(why) => Failure::new(Exit::Internal, E::Serve(why)),
+    }
 }

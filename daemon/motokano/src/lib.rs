@@ -1,8 +1,18 @@
-//! `motokano`: the MCP layer of ningen-shikkaku. `dazai mcp --tools FILE` is
-//! an MCP server on stdio that an agent launches; it hands the agent tools
-//! backed by the daemon's secrets, under the same dead-man's switch:
+//! `motokano`: the MCP layer of ningen-shikkaku. It hands an agent tools
+//! backed by the daemon's secrets, under the same dead-man's switch, in three
+//! processes:
 //!
-//! - at start it registers itself with the daemon, so the panic kills it, and
+//! - `dazai mcp serve --tools FILE`, the executor ([`sessions`]), runs as the
+//!   daemon's supervised program: it holds the capability (the agent never
+//!   does) and the tools the user fixed when the daemon started;
+//! - `dazai mcp`, what the agent launches ([`relay`]), passes the agent's
+//!   stdio to the executor's socket and holds nothing;
+//! - each connection is served by a session process ([`serve_session`]), an
+//!   MCP server on its stdio that inherits the capability.
+//!
+//! A session:
+//!
+//! - at start registers itself with the daemon, so the panic kills it, and
 //!   holds a `WATCH` connection: when the daemon ends for any reason it kills
 //!   the programs it runs, wipes every secret it holds and exits at once;
 //! - `kind = "static"` tools return a secret (into the model's context, as
@@ -23,7 +33,9 @@ pub mod ledger;
 pub mod link;
 pub mod log;
 pub mod redact;
+pub mod relay;
 pub mod server;
+pub mod sessions;
 pub mod stdout;
 pub mod wiped;
 
@@ -41,10 +53,10 @@ use crate::link::DaemonLink;
 use crate::server::Motokano;
 use crate::stdout::SplicingStdout;
 
-/// The exit status of `dazai mcp` when the daemon ends under it.
+/// The exit status of every `dazai mcp` process when the daemon ends under it.
 pub const EXIT_DAEMON_GONE: i32 = 3;
 
-/// What `dazai mcp` is started with.
+/// What a session is started with.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The tools file.
@@ -98,7 +110,7 @@ impl From<ClientError> for McpError {
 /// exits with [`EXIT_DAEMON_GONE`] from the watch thread) or SIGTERM, SIGINT
 /// or SIGHUP arrives (it exits with 128 + the signal's number). Each way, the
 /// programs it runs are killed and the secrets it holds wiped first.
-pub fn run(options: &Options) -> Result<(), McpError> {
+pub fn serve_session(options: &Options) -> Result<(), McpError> {
     // An invalid tools file stops everything before the daemon is touched.
     let file = config::load(&options.tools)?;
     harden()?;
@@ -201,7 +213,10 @@ fn harden() -> Result<(), McpError> {
 }
 
 /// Every secret the tools name must be one the daemon holds.
-fn check_secrets_are_held(file: &config::ToolsFile, daemon: &DaemonLink) -> Result<(), McpError> {
+pub(crate) fn check_secrets_are_held(
+    file: &config::ToolsFile,
+    daemon: &DaemonLink,
+) -> Result<(), McpError> {
     let held = daemon.held_secrets()?;
     for tool in &file.tools {
         let names: Vec<&str> = match &tool.kind {
