@@ -8,6 +8,7 @@ pub mod ptrace_snooping;
 pub mod root_reads_memory;
 pub mod session_loss;
 pub mod swap;
+pub mod who_may_obtain;
 pub mod wipe;
 
 use crate::runner::Scenario;
@@ -53,5 +54,10 @@ pub const ALL: &[Scenario] = &[
         row: "root reads memory",
         in_vm: true,
         run: root_reads_memory::run,
+    },
+    Scenario {
+        row: "who may obtain a secret",
+        in_vm: true,
+        run: who_may_obtain::run,
     },
 ];

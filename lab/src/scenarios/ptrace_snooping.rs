@@ -1,4 +1,4 @@
-//! Row **ptrace snooping** — "same-UID attacker is refused: as the daemon's
+//! Row **ptrace snooping** — "a same-UID attacker cannot read the daemon's memory: as the daemon's
 //! own non-root UID: `PTRACE_ATTACH` → EPERM, `/proc/PID/mem` → EACCES,
 //! `process_vm_readv` → EPERM; control: the same on a dumpable process succeeds".
 

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use lab_guest::procfs::Scan;
 
-use crate::env::{last_json, Daemon, Env, Lab, PATIENCE};
+use crate::env::{last_json, wait_for, Daemon, Env, Lab, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
 
 /// The row's scenario.
@@ -15,12 +15,19 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     let env = lab.env("wipe").cap_add("SYS_PTRACE").start()?;
     // The locked backend: root can read it, so the scan can see the wipe
     // (secret memory would hide the canary from the observer either way).
-    let daemon = env.daemon().args(&["--memory", "locked"]).start()?;
+    let program = format!(
+        "/lab/bin/dazai get api | wc -c > {RUN}/handed-out.part && mv {RUN}/handed-out.part {RUN}/handed-out; exec sleep 600"
+    );
+    let daemon = env
+        .daemon()
+        .args(&["--memory", "locked"])
+        .exec(&["/bin/sh", "-c", &program])
+        .start()?;
     rec.check(
         "while alive, every copy of the secret lies in locked, no-dump memory",
         |v| {
             hand_out_once(&env, &daemon)?;
-            v.note("the secret was handed out once (`dazai get`) before the scan");
+            v.note("the secret was handed out once (`dazai get` in the supervised program) before the scan");
             every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)
         },
     );
@@ -39,16 +46,21 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     Ok(())
 }
 
-/// A registered process fetches the secret, so the scan also covers the
-/// paths a hand-out takes.
+/// The supervised program fetches the secret once a heartbeat arms the
+/// switch, so the scan also covers the paths a hand-out takes.
 fn hand_out_once(env: &Env, daemon: &Daemon) -> Result<()> {
-    let socket = &daemon.socket;
-    let script = format!(
-        "/lab/bin/dazai register $$ --socket {socket} >/dev/null && /lab/bin/dazai get api --socket {socket} | wc -c"
-    );
-    let ran = env.sh("lab", &script)?;
-    if ran.code != Some(0) {
-        bail!("dazai get failed: {} {}", ran.stdout, ran.stderr);
+    let _client = env.launch(
+        "lab",
+        "client",
+        None,
+        &["/lab/bin/dazai", "client", "--socket", &daemon.socket],
+    )?;
+    daemon.wait_heartbeat(PATIENCE)?;
+    let count = wait_for("the program's dazai get", PATIENCE, || {
+        std::fs::read_to_string(env.run_dir.join("handed-out")).ok()
+    })?;
+    if count.trim() != daemon.canary.len().to_string() {
+        bail!("dazai get handed out {} bytes", count.trim());
     }
     Ok(())
 }

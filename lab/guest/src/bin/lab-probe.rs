@@ -10,6 +10,9 @@
 //!     a daemon stand-in: non-dumpable, the secret from stdin in a SecretBuffer;
 //!     SIGUSR2 runs its panic (wipe, then kill(self, SIGKILL)); the flags break it on purpose
 //! lab-probe snoop PID       a same-UID attacker: ptrace, /proc/PID/mem, process_vm_readv
+//! lab-probe steal SOCKET PID FD CANARY_FILE
+//!     a same-UID attacker outside the supervised tree: REGISTER + GET on the socket,
+//!     /proc/PID/fd/FD, and pidfd_getfd of the capability FD of PID, then a GET through it
 //! lab-probe pressure MIB    touch MIB of anonymous memory, then sleep
 //! lab-probe hog             allocate until the OOM killer comes
 //! lab-probe watch-gone PID  print `watching`, then `gone unix_ms=T` once PID is dead or a zombie
@@ -17,7 +20,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,12 +38,18 @@ fn main() {
         ["dumpable-crash", secret, heap] => dumpable_crash(secret, heap),
         ["hold", ref flags @ ..] => hold(flags),
         ["snoop", pid] => snoop(pid.parse().unwrap_or(-1)),
+        ["steal", socket, pid, fd, canary] => steal(
+            socket,
+            pid.parse().unwrap_or(-1),
+            fd.parse().unwrap_or(-1),
+            canary,
+        ),
         ["pressure", mib] => pressure(mib.parse().unwrap_or(0)),
         ["hog"] => hog(),
         ["watch-gone", pid] => watch_gone(pid),
         _ => {
             eprintln!(
-                "usage: lab-probe launch|dumpable-crash|hold|snoop|pressure|hog|watch-gone ..."
+                "usage: lab-probe launch|dumpable-crash|hold|snoop|steal|pressure|hog|watch-gone ..."
             );
             2
         }
@@ -242,6 +251,83 @@ fn snoop(pid: i32) -> i32 {
         })
     );
     0
+}
+
+/// What an attacker of the daemon's UID outside the supervised tree
+/// obtains, each way it can try: one JSON line. `secret_bytes` counts the
+/// bytes of the canary found in what came back.
+fn steal(socket: &str, pid: i32, fd: i32, canary_file: &str) -> i32 {
+    let canary = fs::read(canary_file).unwrap_or_default();
+    let found = |bytes: &[u8]| {
+        if !canary.is_empty() && bytes.windows(canary.len()).any(|w| w == canary) {
+            canary.len()
+        } else {
+            0
+        }
+    };
+    let register = exchange(socket, b"dazai/1 REGISTER\n");
+    let get = exchange(socket, b"dazai/1 GET api\n");
+    let proc_fd = File::open(format!("/proc/{pid}/fd/{fd}"))
+        .map(drop)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    let taken = take_descriptor(pid, fd);
+    let through_taken = match &taken {
+        Ok(stolen) => {
+            // Use it exactly as `dazai get` would use an inherited capability.
+            std::env::set_var(dazai_client::CAPABILITY_ENV, stolen.as_raw_fd().to_string());
+            match dazai_client::Capability::inherited().and_then(|c| c.fetch_secret("api")) {
+                Ok(secret) => json!({"secret_bytes": found(secret.expose())}),
+                Err(error) => json!({"secret_bytes": 0, "error": error.to_string()}),
+            }
+        }
+        Err(_) => json!({"secret_bytes": 0}),
+    };
+    let first_line = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        json!({
+            "uid": nix::unistd::getuid().as_raw(),
+            "register": first_line(&register),
+            "get": first_line(&get),
+            "get_secret_bytes": found(&get),
+            "proc_fd_open": match proc_fd { Ok(()) => "ok".to_owned(), Err(e) => format!("{e:?}") },
+            "pidfd_getfd": match &taken { Ok(_) => "ok".to_owned(), Err(e) => format!("{e:?}") },
+            "through_taken": through_taken,
+        })
+    );
+    0
+}
+
+/// One request on a new connection; everything the daemon answers.
+fn exchange(socket: &str, request: &[u8]) -> Vec<u8> {
+    let mut reply = Vec::new();
+    if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+        let _ = stream.write_all(request);
+        let _ = stream.read_to_end(&mut reply);
+    }
+    reply
+}
+
+/// `pidfd_getfd(2)` of descriptor `fd` of process `pid`: what ptrace-level
+/// access to a holder of the capability gives.
+fn take_descriptor(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    let target = goodnight::pidfd::pidfd_open(nix::unistd::Pid::from_raw(pid))?;
+    // SAFETY: the syscall takes a pidfd, a descriptor number and flags by
+    // value and returns a new descriptor or -1; no memory is shared.
+    let taken = unsafe { libc::syscall(libc::SYS_pidfd_getfd, target.as_raw_fd(), fd, 0) };
+    if taken < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just installed this descriptor in this process.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(taken as i32) })
 }
 
 fn pressure(mib: usize) -> i32 {

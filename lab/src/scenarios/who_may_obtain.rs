@@ -1,0 +1,264 @@
+//! Row **who may obtain a secret** — "a process of the daemon's UID outside
+//! the supervised tree obtains no secret: connecting to the socket grants
+//! nothing, `REGISTER` only opts a process into the panic's kills, a tools
+//! file of its own obtains nothing, and the capability cannot be reopened
+//! through `/proc/PID/fd` nor taken with `pidfd_getfd` under Yama
+//! `ptrace_scope` 1".
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::env::{wait_for, Daemon, Env, Lab, PATIENCE, RUN};
+use crate::runner::{Recorder, Verdict};
+
+const YAMA: &str = "/proc/sys/kernel/yama/ptrace_scope";
+
+/// The supervised program: reports its pid and capability descriptor, takes
+/// the secret once with `dazai get` (through a pipe: a 9p share cannot be
+/// written from secret memory), then holds the capability in `sleep`.
+fn program() -> String {
+    format!(
+        r#"echo "$$ $DAZAI_CAPABILITY_FD" > {RUN}/holder.part && mv {RUN}/holder.part {RUN}/holder; /lab/bin/dazai get api | cat > {RUN}/got.part && mv {RUN}/got.part {RUN}/got; exec sleep 600"#
+    )
+}
+
+/// The row's scenario.
+pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
+    let env = lab.env("who-may-obtain").start()?;
+    let program = program();
+    let daemon = env
+        .daemon()
+        .args(&["--memory", "locked"])
+        .exec(&["/bin/sh", "-c", &program])
+        .start()?;
+    let _client = env.launch(
+        "lab",
+        "client",
+        None,
+        &["/lab/bin/dazai", "client", "--socket", &daemon.socket],
+    )?;
+    daemon.wait_heartbeat(PATIENCE)?;
+    let (holder_pid, capability_fd) = holder(&env)?;
+    rec.check(
+        "the supervised program's own `dazai get` obtains the secret (control)",
+        |v| {
+            let got = wait_for("the program's dazai get", PATIENCE, || {
+                std::fs::read(env.run_dir.join("got")).ok()
+            })?;
+            v.require(
+                got == daemon.canary,
+                format!(
+                    "inside the tree: {} bytes, {} the canary",
+                    got.len(),
+                    if got == daemon.canary {
+                        "equal to"
+                    } else {
+                        "not"
+                    }
+                ),
+            );
+            v.figure(format!("{} bytes", got.len()));
+            Ok(())
+        },
+    );
+    rec.check(
+        "outside the tree, the socket gives 0 secret bytes: REGISTER + GET by the CLI and the raw protocol",
+        |v| {
+            let cli = env.sh(
+                "lab",
+                &format!(
+                    "/lab/bin/dazai register $$ --socket {socket} >/dev/null && exec /lab/bin/dazai get api",
+                    socket = daemon.socket
+                ),
+            )?;
+            v.require(
+                cli.code == Some(4) && !contains_canary(cli.stdout.as_bytes(), &daemon),
+                format!(
+                    "`dazai register $$; dazai get api`: exit {:?}, {} stdout bytes, canary absent; {}",
+                    cli.code,
+                    cli.stdout.len(),
+                    cli.stderr.trim()
+                ),
+            );
+            let seen = steal(&env, &daemon, holder_pid, capability_fd)?;
+            v.require(
+                seen["register"].as_str().unwrap_or("").starts_with("OK registered"),
+                format!("raw REGISTER → {}", seen["register"]),
+            );
+            v.require(
+                seen["get"].as_str().unwrap_or("").starts_with("ERR refused")
+                    && seen["get_secret_bytes"] == 0,
+                format!(
+                    "raw GET after it → {} ({} secret bytes)",
+                    seen["get"], seen["get_secret_bytes"]
+                ),
+            );
+            v.figure("0 bytes");
+            Ok(())
+        },
+    );
+    rec.check(
+        "a tools file of its own obtains nothing: the relay takes none, an executor it starts holds no capability",
+        |v| own_tools_file(&env, &daemon, v),
+    );
+    rec.check(
+        "the capability cannot be reopened through /proc/PID/fd (ENXIO)",
+        |v| {
+            let seen = steal(&env, &daemon, holder_pid, capability_fd)?;
+            v.require(
+                seen["proc_fd_open"] == "ENXIO",
+                format!(
+                    "open /proc/{holder_pid}/fd/{capability_fd} as uid {} → {}",
+                    seen["uid"], seen["proc_fd_open"]
+                ),
+            );
+            v.figure("ENXIO");
+            Ok(())
+        },
+    );
+    let yama = env.sh("root", &format!("cat {YAMA}"))?;
+    if yama.code == Some(0) {
+        rec.check(
+            "pidfd_getfd of the capability is refused under Yama ptrace_scope 1",
+            |v| {
+                let seen = with_ptrace_scope(&env, "1", || {
+                    steal(&env, &daemon, holder_pid, capability_fd)
+                })?;
+                v.require(
+                    seen["pidfd_getfd"] == "EPERM" && seen["through_taken"]["secret_bytes"] == 0,
+                    format!(
+                        "ptrace_scope 1: pidfd_getfd as uid {} → {}, 0 secret bytes",
+                        seen["uid"], seen["pidfd_getfd"]
+                    ),
+                );
+                v.figure("EPERM");
+                Ok(())
+            },
+        );
+    }
+    rec.check(
+        "with ptrace allowed (ptrace_scope 0, or no Yama), pidfd_getfd takes the capability (the limit)",
+        |v| {
+            let seen = if yama.code == Some(0) {
+                v.note(format!("Yama present (ptrace_scope was {})", yama.stdout.trim()));
+                with_ptrace_scope(&env, "0", || steal(&env, &daemon, holder_pid, capability_fd))?
+            } else {
+                v.note("this kernel has no Yama: ptrace is the kernel's default check alone");
+                steal(&env, &daemon, holder_pid, capability_fd)?
+            };
+            let obtained = seen["through_taken"]["secret_bytes"].as_u64().unwrap_or(0);
+            v.require(
+                seen["pidfd_getfd"] == "ok" && obtained as usize == daemon.canary.len(),
+                format!(
+                    "pidfd_getfd → {}; a GET through the taken descriptor obtained {obtained} secret bytes {}",
+                    seen["pidfd_getfd"],
+                    seen["through_taken"].get("error").map(|e| e.to_string()).unwrap_or_default()
+                ),
+            );
+            v.as_limit();
+            v.figure(format!("{obtained} bytes"));
+            Ok(())
+        },
+    );
+    Ok(())
+}
+
+/// The supervised program's pid and its capability's descriptor number.
+fn holder(env: &Env) -> Result<(i32, i32)> {
+    let text = wait_for("the program's report", PATIENCE, || {
+        std::fs::read_to_string(env.run_dir.join("holder")).ok()
+    })?;
+    let (pid, fd) = text
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("holder report {text:?}"))?;
+    Ok((pid.parse()?, fd.parse()?))
+}
+
+/// `lab-probe steal` as `lab`, the daemon's UID, outside the tree.
+fn steal(env: &Env, daemon: &Daemon, pid: i32, fd: i32) -> Result<Value> {
+    let ran = env.exec(
+        "lab",
+        &[
+            "/lab/bin/lab-probe",
+            "steal",
+            &daemon.socket,
+            &pid.to_string(),
+            &fd.to_string(),
+            &daemon.canary_file,
+        ],
+    )?;
+    crate::env::last_json(&ran.stdout)
+        .with_context(|| format!("lab-probe steal: {} {}", ran.stdout, ran.stderr))
+}
+
+fn own_tools_file(env: &Env, daemon: &Daemon, v: &mut Verdict) -> Result<()> {
+    let tools = env.put(
+        "own-tools.toml",
+        b"[[tool]]\nname = \"leak\"\ndescription = \"d\"\nkind = \"static\"\nsecret = \"api\"\n",
+    )?;
+    for (what, argv, code) in [
+        (
+            "`dazai mcp --tools OWN`",
+            vec![
+                "/lab/bin/dazai",
+                "mcp",
+                "--tools",
+                &tools,
+                "--socket",
+                &daemon.socket,
+            ],
+            2,
+        ),
+        (
+            "`dazai mcp serve --tools OWN`",
+            vec![
+                "/lab/bin/dazai",
+                "mcp",
+                "serve",
+                "--tools",
+                &tools,
+                "--socket",
+                &daemon.socket,
+            ],
+            4,
+        ),
+    ] {
+        let ran = env.exec("lab", &argv)?;
+        v.require(
+            ran.code == Some(code) && !contains_canary(ran.stdout.as_bytes(), daemon),
+            format!(
+                "{what}: exit {:?}, canary absent; {}",
+                ran.code,
+                ran.stderr.trim()
+            ),
+        );
+    }
+    v.figure("0 bytes");
+    Ok(())
+}
+
+fn contains_canary(bytes: &[u8], daemon: &Daemon) -> bool {
+    bytes
+        .windows(daemon.canary.len())
+        .any(|window| window == daemon.canary)
+}
+
+/// Runs `body` with Yama's `ptrace_scope` at `value`, then puts back what
+/// was there (the host's setting, for a container, through its guard).
+fn with_ptrace_scope<T>(env: &Env, value: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = env
+        .sh("root", &format!("cat {YAMA}"))?
+        .stdout
+        .trim()
+        .to_owned();
+    let guard = env.set_kernel_setting(YAMA, value)?;
+    let outcome = body();
+    match guard {
+        Some(host_setting) => drop(host_setting),
+        None => {
+            env.set_kernel_setting(YAMA, &before)?;
+        }
+    }
+    outcome
+}
