@@ -158,8 +158,12 @@ const COMPONENTS: [(&str, &str, &str); 2] = [
 ];
 
 /// The Debian packages the tests call, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
     ("binutils", "nm and objdump: tests inspect the dazai binary"),
+    (
+        "python3",
+        "tests speak the protocol and the capability from a second language",
+    ),
     (
         "systemd",
         "systemd-analyze: a test verifies the user unit in docs/usage.md",
