@@ -112,3 +112,161 @@ fn closing_the_terminal_under_run_kills_the_program_and_the_daemon() {
         "run reports the lost session: {status:?}"
     );
 }
+
+/// A command line running `dazai run` with the test secret on `program`
+/// (written to a script, so no quoting stands between it and the shell), for a pty.
+fn run_line(dir: &std::path::Path, program: &str) -> String {
+    let script = dir.join("program.sh");
+    fs::write(&script, program).unwrap();
+    format!(
+        "env DAZAI_TEST_RUN_SECRET=canary-run DIR={dir} {bin} run --socket {socket} --secret api=env:DAZAI_TEST_RUN_SECRET -- /bin/sh {script}",
+        dir = dir.display(),
+        bin = dazai_e2e::dazai_bin().display(),
+        socket = dir.join("run.sock").display(),
+        script = script.display(),
+    )
+}
+
+const MEGABYTE: usize = 1_000_000;
+
+#[test]
+fn a_program_printing_a_megabyte_to_pipes_gets_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_command(
+        dir.path(),
+        "head -c 1000000 /dev/zero | tr '\\0' o; head -c 1000000 /dev/zero | tr '\\0' e >&2",
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", output.status);
+    // stdout is the program's alone: no ready line, no log line.
+    assert_eq!(output.stdout.len(), MEGABYTE);
+    assert!(output.stdout.iter().all(|&b| b == b'o'));
+    let from_program = output.stderr.iter().filter(|&&b| b == b'e').count();
+    assert!(from_program >= MEGABYTE, "{from_program} bytes on stderr");
+}
+
+#[test]
+fn under_a_pty_the_program_sees_a_terminal_and_prints_a_megabyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = r#"test -t 0 && test -t 1 && test -t 2 && echo "isatty: yes"
+head -c 1000000 /dev/zero | tr '\0' o
+head -c 1000000 /dev/zero | tr '\0' e >&2
+echo
+echo all-printed
+"#;
+    let mut session = rexpect::spawn(&run_line(dir.path(), program), Some(30_000)).unwrap();
+    session.exp_string("isatty: yes").unwrap();
+    let printed = session.exp_string("all-printed").unwrap();
+    let o = printed.bytes().filter(|&b| b == b'o').count();
+    let e = printed.bytes().filter(|&b| b == b'e').count();
+    assert!(
+        o >= MEGABYTE && e >= MEGABYTE,
+        "{o} o and {e} e reached the terminal"
+    );
+    session.exp_eof().unwrap();
+}
+
+#[test]
+fn fifty_gets_at_the_programs_first_instant_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let get = format!("exec {} get api", dazai_e2e::dazai_bin().display());
+    for attempt in 0..50 {
+        let output = run_command(dir.path(), &get)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            (output.status.code(), output.stdout.as_slice()),
+            (Some(0), b"canary-run".as_slice()),
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The program's pid (written to `$DIR/program.pid`) and the daemon's.
+fn pids_of_run(dir: &std::path::Path) -> (i32, i32) {
+    let read = |name: &str| -> i32 {
+        let path = dir.join(name);
+        eventually(&format!("{name} to be written"), || {
+            fs::read_to_string(&path).is_ok_and(|t| t.ends_with('\n'))
+        });
+        fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+    };
+    (read("program.pid"), read("run.pid"))
+}
+
+const SLEEPER: &str = r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#;
+
+#[test]
+fn timeout_around_run_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("timeout");
+    command.arg("2").arg(dazai_e2e::dazai_bin());
+    let run = run_command(dir.path(), SLEEPER);
+    command.args(run.get_args().skip(0));
+    for (key, value) in run.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut timeout = command.stdin(Stdio::null()).spawn().unwrap();
+    let (program, daemon) = pids_of_run(dir.path());
+
+    let status = wait_exit(&mut timeout);
+
+    assert_eq!(status.code(), Some(124), "timeout reports the time-out");
+    eventually("the program to end", || !is_alive(program));
+    eventually("the daemon to end", || !is_alive(daemon));
+}
+
+#[test]
+fn a_program_stopped_by_a_signal_gives_128_plus_n_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_command(dir.path(), "kill -TERM $$")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(!stderr.contains("PANIC"), "{stderr}");
+    assert!(stderr.contains("wiped 1 secrets"), "{stderr}");
+}
+
+#[test]
+fn sigterm_and_sigint_to_run_reach_the_program() {
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGINT, 130),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = run_command(dir.path(), SLEEPER)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (program, daemon) = pids_of_run(dir.path());
+
+        dazai_e2e::signal(run.id() as i32, signal);
+
+        assert_eq!(wait_exit(&mut run).code(), Some(code), "{signal}");
+        assert!(!is_alive(program), "{signal}: the program runs on");
+        eventually("the daemon to end", || !is_alive(daemon));
+    }
+}
+
+#[test]
+fn the_invoking_shell_reads_its_terminal_after_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = format!(
+        "bash -c \"{}; read answer; echo got-\\$answer\"",
+        run_line(dir.path(), "exit 0").replace('"', "\\\"")
+    );
+    let mut session = rexpect::spawn(&line, Some(20_000)).unwrap();
+    session.send_line("hello").unwrap();
+    session.exp_string("got-hello").unwrap();
+    session.exp_eof().unwrap();
+}
