@@ -270,3 +270,89 @@ fn the_invoking_shell_reads_its_terminal_after_run() {
     session.exp_string("got-hello").unwrap();
     session.exp_eof().unwrap();
 }
+
+/// `dazai run --secret pw=prompt` on `program`, under `bash -c` so that the
+/// terminal's state after it can be shown (`stty -a`).
+fn prompt_line(dir: &std::path::Path, program: &str) -> String {
+    let script = dir.join("program.sh");
+    fs::write(&script, program).unwrap();
+    let after = dir.join("after.sh");
+    fs::write(
+        &after,
+        format!(
+            "echo $$ > {dir}/bash.pid\nstty echo\nDIR={dir} {bin} run --socket {socket} --secret pw=prompt -- /bin/sh {script}\necho \"run exited $?\"\nstty -a | tr ' ' '\\n' | grep -x -e echo -e -echo\n",
+            dir = dir.display(),
+            bin = dazai_e2e::dazai_bin().display(),
+            socket = dir.join("run.sock").display(),
+            script = script.display(),
+        ),
+    )
+    .unwrap();
+    format!("bash {}", after.display())
+}
+
+#[test]
+fn ctrl_c_at_the_prompt_cancels_at_once_and_restores_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut session = rexpect::spawn(
+        &prompt_line(dir.path(), "echo the program started"),
+        Some(20_000),
+    )
+    .unwrap();
+    session.exp_string("(input hidden): ").unwrap();
+    session.send("half-typed").unwrap();
+    session.send_control('c').unwrap();
+    let rest = session.exp_string("run exited 130").unwrap();
+    assert!(rest.contains("cancelled with Ctrl-C"), "{rest}");
+    assert!(!rest.contains("the program started"), "{rest}");
+    assert!(!rest.contains("half-typed"), "echoed: {rest}");
+    session.exp_regex("\r?\necho\r?\n").unwrap();
+    session.exp_eof().unwrap();
+}
+
+#[test]
+fn the_prompt_honours_erase_and_hands_the_program_what_was_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = format!(
+        r#"{} get pw > "$DIR/got""#,
+        dazai_e2e::dazai_bin().display()
+    );
+    let mut session = rexpect::spawn(&prompt_line(dir.path(), &program), Some(20_000)).unwrap();
+    session.exp_string("(input hidden): ").unwrap();
+    session.send("canary-typoXY\x7f\x7f-fixed").unwrap();
+    session.send_line("").unwrap();
+    session.exp_string("run exited 0").unwrap();
+    session.exp_eof().unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.path().join("got")).unwrap(),
+        "canary-typo-fixed"
+    );
+}
+
+#[test]
+fn nothing_reads_the_terminal_once_run_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut session = rexpect::spawn(&prompt_line(dir.path(), "exit 0"), Some(20_000)).unwrap();
+    session.exp_string("(input hidden): ").unwrap();
+    let pids = |parent: u32| -> Vec<i32> {
+        fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    };
+    let bash: u32 = fs::read_to_string(dir.path().join("bash.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let run = pids(bash)[0];
+    let daemon = pids(run as u32)[0];
+
+    dazai_e2e::signal(run, nix::sys::signal::Signal::SIGKILL);
+
+    eventually("the daemon to stop reading the terminal", || {
+        !is_alive(daemon)
+    });
+    session.exp_string("run exited 137").unwrap();
+}

@@ -23,6 +23,8 @@ pub use hardening::{
     forbid_core_dumps_and_tracing, is_dumpable, limit_core_size_to_zero, memlock_limit,
     raise_memlock_limit, CoreLimitReport, DumpabilityReport, HardeningError, MemlockReport,
 };
-pub use secret_buffer::{Backend, LockPolicy, MemoryBackend, SecretBuffer, SecretError};
+pub use secret_buffer::{
+    Backend, LineKeys, LockPolicy, MemoryBackend, SecretBuffer, SecretError, Typed,
+};
 pub use secretmem::SecretMemUnavailable;
 pub use wipe::wipe_bytes;

@@ -533,6 +533,51 @@ impl SecretBuffer {
         }
     }
 
+    /// Reads a line a person types on a terminal in non-canonical mode, one
+    /// `read(2)` per byte straight into the pages, and applies the editing
+    /// keys as the terminal would: `erase` (and DEL or backspace) drops the
+    /// last byte, `kill` the whole line, each wiped where it stood; Enter, or
+    /// `end_of_file` on an empty line, ends it. `interrupt` wipes everything
+    /// and gives [`Typed::Cancelled`]. Errors and wiping as in
+    /// [`read_from`](Self::read_from).
+    pub fn read_typed_line_from(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        keys: LineKeys,
+    ) -> Result<Typed, SecretError> {
+        loop {
+            let at = self.len;
+            if at == self.capacity {
+                return match read_one_past_capacity(fd) {
+                    Ok(Next::Eof | Next::Newline) => Ok(Typed::Entered),
+                    Ok(Next::Data) => Err(self.fail_too_long()),
+                    Err(errno) => Err(self.fail_read(errno)),
+                };
+            }
+            match read_retrying(fd, &mut self.pages_mut()[at..=at]) {
+                Ok(0) => return Ok(Typed::Entered),
+                Ok(_) => match keys.meaning(self.pages()[at], at == 0) {
+                    Key::Enter => {
+                        wipe_bytes(&mut self.pages_mut()[at..=at]);
+                        return Ok(Typed::Entered);
+                    }
+                    Key::Interrupt => {
+                        self.wipe();
+                        return Ok(Typed::Cancelled);
+                    }
+                    Key::Erase => {
+                        let from = at.saturating_sub(1);
+                        wipe_bytes(&mut self.pages_mut()[from..=at]);
+                        self.len = from;
+                    }
+                    Key::Kill => self.wipe(),
+                    Key::Text => self.len += 1,
+                },
+                Err(errno) => return Err(self.fail_read(errno)),
+            }
+        }
+    }
+
     /// The secret bytes held, as an explicit borrow.
     pub fn expose(&self) -> &[u8] {
         &self.pages()[..self.len]
@@ -964,6 +1009,50 @@ fn page_size() -> Result<usize, Errno> {
 }
 
 /// What followed once the buffer was full.
+/// The keys a terminal's user edits a line with, from its `termios`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineKeys {
+    /// `VINTR` (Ctrl-C): cancel.
+    pub interrupt: u8,
+    /// `VERASE`: drop the last byte (DEL and backspace do too).
+    pub erase: u8,
+    /// `VKILL` (Ctrl-U): drop the whole line.
+    pub kill: u8,
+    /// `VEOF` (Ctrl-D): on an empty line, end it.
+    pub end_of_file: u8,
+}
+
+/// How a typed line ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Typed {
+    /// Enter (or end of file): the buffer holds the line.
+    Entered,
+    /// The interrupt key: the buffer is wiped and empty.
+    Cancelled,
+}
+
+enum Key {
+    Enter,
+    Interrupt,
+    Erase,
+    Kill,
+    Text,
+}
+
+impl LineKeys {
+    fn meaning(&self, byte: u8, line_is_empty: bool) -> Key {
+        match byte {
+            b'\n' | b'\r' => Key::Enter,
+            _ if byte == self.interrupt => Key::Interrupt,
+            0x7f | 0x08 => Key::Erase,
+            _ if byte == self.erase => Key::Erase,
+            _ if byte == self.kill => Key::Kill,
+            _ if byte == self.end_of_file && line_is_empty => Key::Enter,
+            _ => Key::Text,
+        }
+    }
+}
+
 enum Next {
     Eof,
     Newline,

@@ -61,11 +61,11 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         .thread_block()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
     let readiness = Readiness::new(args.under_run)?;
-    if args.under_run.is_some() {
-        // `dazai run` holds the session: its death, even before its heartbeat
-        // attaches, is the session's loss (SIGUSR2: the panic).
-        nix::sys::prctl::set_pdeathsig(Signal::SIGUSR2)
-            .map_err(|e| Failure::new(Exit::Internal, format!("cannot watch `dazai run` ({e})")))?;
+    let run = args.under_run.map(|_| nix::unistd::getppid());
+    if run.is_some() {
+        // Until the secrets are read, `dazai run`'s death ends this process
+        // outright: a prompt must not keep reading the terminal after it.
+        die_with_run(Signal::SIGKILL)?;
     }
 
     let mut hardening = Hardening::new(policy);
@@ -79,6 +79,17 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     //    read before the daemon opens a descriptor of its own, so N can only
     //    name one the caller handed down.
     let vault = Vault::load(&args.secrets, policy, args.memory)?;
+    if let Some(parent) = run {
+        // From now on its death is the session's loss (SIGUSR2: the panic),
+        // even before its heartbeat attaches.
+        die_with_run(Signal::SIGUSR2)?;
+        if nix::unistd::getppid() != parent {
+            return Err(Failure::new(
+                Exit::Internal,
+                "`dazai run` ended while the secrets were read; they are wiped",
+            ));
+        }
+    }
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
     let log = Log::to_stderr()
@@ -131,6 +142,12 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     );
     readiness.announce(&event_loop.announce_ready());
     Ok(event_loop.run())
+}
+
+/// Asks the kernel for `signal` when `dazai run`, the parent, dies.
+fn die_with_run(signal: Signal) -> Result<(), Failure> {
+    nix::sys::prctl::set_pdeathsig(signal)
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot watch `dazai run` ({e})")))
 }
 
 /// Where the ready line goes: stdout, or under `dazai run` a descriptor of its

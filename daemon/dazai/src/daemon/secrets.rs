@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use goodnight::{Backend, LockPolicy, MemoryBackend, SecretBuffer, SecretError};
-use nix::sys::termios::{self, LocalFlags, SetArg};
+use goodnight::{Backend, LineKeys, LockPolicy, MemoryBackend, SecretBuffer, SecretError, Typed};
+use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices};
 
 use crate::failure::{Exit, Failure};
 
@@ -169,7 +169,7 @@ impl Vault {
         for spec in specs {
             if vault.get(&spec.name).is_some() {
                 return Err(Failure::new(
-                    Exit::Secret,
+                    Exit::Usage,
                     format!(
                         "secret {} is given twice; fix: give each --secret a distinct NAME",
                         spec.name
@@ -180,6 +180,10 @@ impl Vault {
                 let (exit, cause) = match failure {
                     ReadFailure::Memory(error) => (Exit::Hardening, error.to_string()),
                     ReadFailure::Source(cause) => (Exit::Secret, cause),
+                    ReadFailure::Cancelled => (
+                        Exit::Interrupted,
+                        "cancelled with Ctrl-C; what was typed is wiped; fix: run it again to type the secret".to_owned(),
+                    ),
                 };
                 Failure::new(
                     exit,
@@ -229,6 +233,8 @@ impl Vault {
 enum ReadFailure {
     Memory(SecretError),
     Source(String),
+    /// Ctrl-C at the prompt: what was typed is wiped.
+    Cancelled,
 }
 
 impl From<String> for ReadFailure {
@@ -315,12 +321,14 @@ fn read_to_end(
     Ok(secret)
 }
 
-/// Asks on the controlling terminal with echo off and reads one line.
+/// Asks on the controlling terminal with echo off and reads one line, with
+/// the terminal's own editing keys; Ctrl-C cancels at once (the daemon keeps
+/// its signals blocked, so the key is read as a byte, not a signal).
 fn read_from_prompt(
     name: &str,
     policy: LockPolicy,
     choice: MemoryBackend,
-) -> Result<SecretBuffer, String> {
+) -> Result<SecretBuffer, ReadFailure> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -332,23 +340,31 @@ fn read_from_prompt(
         })?;
     let saved = termios::tcgetattr(&tty).map_err(|e| e.to_string())?;
     let mut silent = saved.clone();
-    silent.local_flags.remove(LocalFlags::ECHO);
     silent
         .local_flags
-        .insert(LocalFlags::ICANON | LocalFlags::ECHONL);
+        .remove(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG);
+    silent.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+    silent.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    let key = |index: SpecialCharacterIndices| saved.control_chars[index as usize];
+    let keys = LineKeys {
+        interrupt: key(SpecialCharacterIndices::VINTR),
+        erase: key(SpecialCharacterIndices::VERASE),
+        kill: key(SpecialCharacterIndices::VKILL),
+        end_of_file: key(SpecialCharacterIndices::VEOF),
+    };
     termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &silent).map_err(|e| e.to_string())?;
     let prompt = format!("dazai: secret for {name} (input hidden): ");
     let result = nix::unistd::write(&tty, prompt.as_bytes())
-        .map_err(|e| e.to_string())
+        .map_err(|e| ReadFailure::Source(e.to_string()))
         .and_then(|_| {
-            let mut secret = SecretBuffer::with_backend(MAX_SECRET_BYTES, policy, choice)
-                .map_err(|e| e.to_string())?;
-            secret
-                .read_line_from(tty.as_fd())
-                .map_err(|e| e.to_string())?;
-            Ok(secret)
+            let mut secret = SecretBuffer::with_backend(MAX_SECRET_BYTES, policy, choice)?;
+            match secret.read_typed_line_from(tty.as_fd(), keys)? {
+                Typed::Entered => Ok(secret),
+                Typed::Cancelled => Err(ReadFailure::Cancelled),
+            }
         });
     // Echo comes back whatever happened, or the user's terminal stays silent.
+    let _ = nix::unistd::write(&tty, b"\n");
     let _ = termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &saved);
     result
 }
