@@ -379,3 +379,24 @@ fn root_reads_the_secret_from_a_locked_daemon_but_gets_eio_from_a_secretmem_daem
         "reading it gives EIO: {secret_pages:?}"
     );
 }
+
+/// `fd:N` is read before the daemon opens a descriptor of its own, so N can
+/// only name what the caller handed down: an unopened number is a clean
+/// error, never one of the daemon's own descriptors (its signalfd, its log).
+#[test]
+fn an_fd_source_never_names_a_descriptor_of_the_daemons_own() {
+    let dir = tempfile::tempdir().unwrap();
+    for fd in 3..6 {
+        let output = dazai()
+            .arg("daemon")
+            .arg("--socket")
+            .arg(dir.path().join("d.sock"))
+            .args(["--secret", &format!("api=fd:{fd}")])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(6), "fd:{fd}: {stderr}");
+        assert!(stderr.contains(&format!("fd {fd} is not open")), "{stderr}");
+    }
+}

@@ -356,3 +356,23 @@ fn nothing_reads_the_terminal_once_run_is_gone() {
     });
     session.exp_string("run exited 137").unwrap();
 }
+
+#[test]
+fn an_env_secret_leaves_the_environment_of_run_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = run_command(dir.path(), SLEEPER)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (program, _) = pids_of_run(dir.path());
+    for (who, pid) in [("dazai run", run.id() as i32), ("the program", program)] {
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            !environ.windows(10).any(|w| w == b"canary-run"),
+            "{who}'s /proc/PID/environ shows the secret"
+        );
+    }
+    dazai_e2e::signal(run.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    wait_exit(&mut run);
+}

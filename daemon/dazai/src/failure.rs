@@ -26,6 +26,8 @@ pub enum Exit {
     Spawn = 8,
     /// The `dazai mcp` tools file is invalid.
     Config = 9,
+    /// Cancelled with Ctrl-C at a prompt (as a program stopped by SIGINT).
+    Interrupted = 130,
 }
 
 /// A failure: exit code plus one line saying the cause and the fix.

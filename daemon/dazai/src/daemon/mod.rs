@@ -60,6 +60,9 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     signals
         .thread_block()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
+    if let Some(fd) = args.under_run {
+        refuse_secret_on(&args.secrets, fd)?;
+    }
     let readiness = Readiness::new(args.under_run)?;
     let run = args.under_run.map(|_| nix::unistd::getppid());
     if run.is_some() {
@@ -142,6 +145,20 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     );
     readiness.announce(&event_loop.announce_ready());
     Ok(event_loop.run())
+}
+
+/// The ready line's descriptor is not a secret's source.
+fn refuse_secret_on(specs: &[secrets::SecretSpec], fd: RawFd) -> Result<(), Failure> {
+    match specs.iter().find(|spec| spec.source == secrets::SecretSource::Fd(fd)) {
+        Some(spec) => Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "secret {} names fd {fd}, which --under-run takes for the ready line; fix: pass the secret on another descriptor",
+                spec.name
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Asks the kernel for `signal` when `dazai run`, the parent, dies.
