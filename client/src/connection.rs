@@ -5,12 +5,20 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use goodnight::{LockPolicy, SecretBuffer, SecretError};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::getuid;
 
 use crate::protocol::{self, ProtocolError, Reply, Request, MAX_REPLY_LINE};
+
+/// How long a request waits for its reply: longer than the daemon ever takes
+/// to answer one (its longest wait, a `GET` before the heartbeat attaches, is
+/// 10 s), so only a daemon that is stuck, or something else listening on the
+/// socket, hits it. It bounds each read and write on the connection, which
+/// is the whole reply: the daemon writes a reply at once.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Everything that can go wrong talking to the daemon, each with a fix.
 #[derive(Debug)]
@@ -30,6 +38,13 @@ pub enum ClientError {
     Protocol(ProtocolError),
     /// The daemon closed the connection.
     DaemonGone,
+    /// No reply came within the deadline.
+    NoReply {
+        /// The socket path, for a request sent there (not through the capability).
+        path: Option<PathBuf>,
+        /// How long the request waited.
+        deadline: Duration,
+    },
     /// Reading or writing the socket failed.
     Io(io::Error),
     /// The secret could not be held in locked memory.
@@ -66,6 +81,21 @@ impl fmt::Display for ClientError {
                 "the daemon's reply is not understood ({error}); fix: use the same dazai version for daemon and client"
             ),
             Self::DaemonGone => write!(f, "the daemon closed the connection (it panicked or shut down)"),
+            Self::NoReply {
+                path: Some(path),
+                deadline,
+            } => write!(
+                f,
+                "the daemon at {path} did not answer within {deadline:?}; fix: check `dazai status`, or that nothing else listens on {path}",
+                path = path.display()
+            ),
+            Self::NoReply {
+                path: None,
+                deadline,
+            } => write!(
+                f,
+                "the daemon did not answer through the capability within {deadline:?}; fix: check `dazai status`"
+            ),
             Self::Io(error) => write!(f, "talking to the daemon failed: {error}"),
             Self::Secret(error) => write!(f, "{error}"),
             Self::NoCapability { why } => write!(
@@ -92,6 +122,10 @@ impl From<io::Error> for ClientError {
 /// A connection to the daemon's socket.
 pub struct Connection {
     stream: UnixStream,
+    /// The socket path, for errors (none for a reply over the capability).
+    path: Option<PathBuf>,
+    /// How long a request waits for its reply.
+    deadline: Duration,
 }
 
 impl Connection {
@@ -111,12 +145,25 @@ impl Connection {
                 uid: peer.uid(),
             });
         }
-        Ok(Self::from_stream(stream))
+        Ok(Self {
+            path: Some(path.to_owned()),
+            ..Self::from_stream(stream)
+        })
     }
 
     /// A connection over a stream that is already connected to the daemon.
     pub(crate) fn from_stream(stream: UnixStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            path: None,
+            deadline: REPLY_DEADLINE,
+        }
+    }
+
+    /// The same connection with another reply deadline (not zero) than
+    /// [`REPLY_DEADLINE`].
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        Self { deadline, ..self }
     }
 
     /// The socket, for polling.
@@ -133,8 +180,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends a request line and reads the reply line.
+    /// Sends a request line and reads the reply line, within the deadline.
+    ///
+    /// A heartbeat or watch connection is held open afterwards, for as long
+    /// as the session or the daemon lives: the deadline covers its request
+    /// alone (the heartbeat polls, a watch waits for the end).
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.set_timeouts(Some(self.deadline))?;
+        let reply = self.send_and_read(request)?;
+        if matches!(request, Request::Heartbeat | Request::Watch) {
+            self.set_timeouts(None)?;
+        }
+        Ok(reply)
+    }
+
+    fn send_and_read(&mut self, request: &Request) -> Result<Reply, ClientError> {
         match self.send_line(&request.to_string()) {
             Ok(()) => self.read_reply(),
             // The daemon answers some connections and closes them before
@@ -148,7 +208,25 @@ impl Connection {
             {
                 self.read_reply().map_err(|_| ClientError::Io(error))
             }
+            Err(ClientError::Io(error)) => Err(self.io_error(error)),
             Err(other) => Err(other),
+        }
+    }
+
+    /// Bounds every read and write on the stream (`None`: no bound).
+    fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+
+    /// A timeout (EAGAIN under SO_RCVTIMEO/SO_SNDTIMEO) is the daemon not answering.
+    fn io_error(&self, error: io::Error) -> ClientError {
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::NoReply {
+                path: self.path.clone(),
+                deadline: self.deadline,
+            },
+            _ => ClientError::Io(error),
         }
     }
 
@@ -168,7 +246,7 @@ impl Connection {
                 }
                 Ok(_) => line.push(byte[0]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ClientError::Io(e)),
+                Err(e) => return Err(self.io_error(e)),
             }
         }
         protocol::parse_reply(&line).map_err(ClientError::Protocol)
@@ -177,6 +255,7 @@ impl Connection {
     /// Reads the reply to a `GET` and the secret behind it, straight into a
     /// new locked buffer.
     pub(crate) fn receive_secret(mut self) -> Result<SecretBuffer, ClientError> {
+        self.set_timeouts(Some(self.deadline))?;
         let len = match self.read_reply()? {
             Reply::Secret(len) => len,
             other => return Err(unexpected(other)),
@@ -199,5 +278,117 @@ pub fn unexpected(reply: Reply) -> ClientError {
         Reply::Busy(text) => ClientError::Busy(text),
         Reply::Err(text) => ClientError::Refused(text),
         other => ClientError::Protocol(ProtocolError::UnknownCommand(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    use std::thread::JoinHandle;
+
+    /// A private directory holding one socket, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("dazai-client-{name}-{}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn socket(&self) -> PathBuf {
+            self.0.join("dazai.sock")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Listens on `path`, accepts one connection, reads its request line,
+    /// writes `answer` (if any), then holds the connection until the client
+    /// closes it; returns the request line.
+    fn listen(path: &Path, answer: Option<&'static str>) -> JoinHandle<String> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(&stream);
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            if let Some(answer) = answer {
+                (&stream).write_all(answer.as_bytes()).unwrap();
+            }
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+            request
+        })
+    }
+
+    #[test]
+    fn a_request_nobody_answers_fails_at_its_deadline_naming_the_socket_and_the_fix() {
+        let scratch = Scratch::new("silent");
+        let socket = scratch.socket();
+        let silent = listen(&socket, None);
+        let deadline = Duration::from_millis(200);
+
+        let error = Connection::open(&socket)
+            .unwrap()
+            .with_deadline(deadline)
+            .request(&Request::Status)
+            .expect_err("no reply, yet the request succeeded");
+
+        let ClientError::NoReply {
+            path,
+            deadline: waited,
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(
+            (path.as_deref(), *waited),
+            (Some(socket.as_path()), deadline)
+        );
+        let message = error.to_string();
+        let expected = format!(
+            "the daemon at {} did not answer within 200ms; fix: ",
+            socket.display()
+        );
+        assert!(message.starts_with(&expected), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        assert_eq!(silent.join().unwrap(), "dazai/1 STATUS\n");
+    }
+
+    /// The heartbeat polls and a watch waits for the daemon's end, for as
+    /// long as they live; a one-shot request keeps its deadline.
+    #[test]
+    fn held_connections_lose_the_deadline_once_answered_and_a_status_keeps_it() {
+        let scratch = Scratch::new("held");
+        let cases = [
+            (
+                Request::Heartbeat,
+                "OK heartbeat attached ping-timeout=none\n",
+                None,
+            ),
+            (Request::Watch, "OK watching\n", None),
+            (Request::Status, "STATUS {}\n", Some(REPLY_DEADLINE)),
+        ];
+        for (index, (request, answer, timeout)) in cases.into_iter().enumerate() {
+            let socket = scratch.0.join(format!("{index}.sock"));
+            let daemon = listen(&socket, Some(answer));
+            let mut connection = Connection::open(&socket).unwrap();
+
+            connection.request(&request).unwrap();
+
+            let stream = connection.stream();
+            assert_eq!(stream.read_timeout().unwrap(), timeout, "{request}");
+            assert_eq!(stream.write_timeout().unwrap(), timeout, "{request}");
+            drop(connection);
+            assert_eq!(daemon.join().unwrap(), format!("{request}\n"));
+        }
     }
 }

@@ -48,6 +48,17 @@ pub enum Args {
         /// Their name.
         name: &'static str,
     },
+    /// Argument `index`, a C `int`, must be none of `values`. Compared as 32
+    /// bits, as the kernel reads it: upper bits set in the 64-bit register
+    /// must not carry a forbidden value past the filter.
+    IntNoneOf {
+        /// Which argument (0-based).
+        index: u8,
+        /// The forbidden values (as 32-bit patterns) and their names.
+        values: &'static [(u64, &'static str)],
+    },
+    /// Every one of these holds.
+    All(&'static [Args]),
 }
 
 /// One allowed syscall.
@@ -62,6 +73,9 @@ pub struct Allowed {
 }
 
 const SIGNAL_0_OR_KILL: &[(u64, &str)] = &[(0, "0"), (libc::SIGKILL as u64, "SIGKILL")];
+/// `kill(2)` targets that reach more than one process the daemon chose:
+/// -1 is every process the user may signal, 0 the daemon's own process group.
+const BROADCAST_TARGETS: &[(u64, &str)] = &[(0xffff_ffff, "-1"), (0, "0")];
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 
 const fn any(name: &'static str, why: &'static str) -> Allowed {
@@ -116,10 +130,16 @@ const COMMON: &[Allowed] = &[
     ),
     with(
         "kill",
-        Args::OneOf {
-            index: 1,
-            values: SIGNAL_0_OR_KILL,
-        },
+        Args::All(&[
+            Args::IntNoneOf {
+                index: 0,
+                values: BROADCAST_TARGETS,
+            },
+            Args::OneOf {
+                index: 1,
+                values: SIGNAL_0_OR_KILL,
+            },
+        ]),
         "the panic: SIGKILL the process group and itself; 0 checks a pid to register",
     ),
     any("madvise", "the allocator returning memory"),
@@ -168,7 +188,10 @@ const COMMON: &[Allowed] = &[
     any("rt_sigaction", "abort(3) restores SIGABRT's default action"),
     any("rt_sigprocmask", "abort(3) unblocks SIGABRT"),
     any("rt_sigreturn", "return from a signal handler"),
-    any("sendto", "replies (std writes sockets with send)"),
+    any(
+        "sendto",
+        "replies, and the log to a socket (std writes sockets with send)",
+    ),
     any("setsockopt", "SO_SNDTIMEO before writing a reply"),
     any("sigaltstack", "std's stack-overflow guard at exit"),
     with(
@@ -194,8 +217,11 @@ const COMMON: &[Allowed] = &[
 
 /// Calls that exist only on x86_64 (aarch64 uses the newer forms).
 const X86_64_ONLY: &[Allowed] = &[
-    any("poll", "the event loop's one blocking call"),
-    any("ppoll", "the event loop (libc may use ppoll)"),
+    any(
+        "poll",
+        "the event loop's one blocking call; the log's check for room",
+    ),
+    any("ppoll", "the event loop and the log (libc may use ppoll)"),
     any(
         "rmdir",
         "remove the supervised cgroup after the program ends",
@@ -205,7 +231,10 @@ const X86_64_ONLY: &[Allowed] = &[
 
 /// Calls that exist only on aarch64 in this role.
 const AARCH64_ONLY: &[Allowed] = &[
-    any("ppoll", "the event loop's one blocking call"),
+    any(
+        "ppoll",
+        "the event loop's one blocking call; the log's check for room",
+    ),
     any(
         "unlinkat",
         "remove socket, pidfile and the supervised cgroup at clean shutdown",
@@ -228,17 +257,30 @@ pub fn describe_for(arch: Arch) -> String {
     let mut out =
         format!("seccomp allowlist for {arch}: everything else kills the process (SIGSYS)\n");
     for allowed in allowlist(arch) {
-        let rule = match allowed.args {
-            Args::Any => String::new(),
-            Args::OneOf { index, values } => {
-                let names: Vec<&str> = values.iter().map(|(_, name)| *name).collect();
-                format!(" [arg{index} in {}]", names.join("|"))
-            }
-            Args::NoBits { index, name, .. } => format!(" [arg{index} without {name}]"),
-        };
+        let rule = describe_args(allowed.args)
+            .map(|rule| format!(" [{rule}]"))
+            .unwrap_or_default();
         out.push_str(&format!("{:<18}{rule:<26} {}\n", allowed.name, allowed.why));
     }
     out
+}
+
+/// An argument rule for the listing (`None`: any arguments).
+fn describe_args(args: Args) -> Option<String> {
+    let names = |values: &[(u64, &str)]| {
+        let names: Vec<&str> = values.iter().map(|(_, name)| *name).collect();
+        names.join("|")
+    };
+    match args {
+        Args::Any => None,
+        Args::OneOf { index, values } => Some(format!("arg{index} in {}", names(values))),
+        Args::NoBits { index, name, .. } => Some(format!("arg{index} without {name}")),
+        Args::IntNoneOf { index, values } => Some(format!("arg{index} not {}", names(values))),
+        Args::All(parts) => {
+            let parts: Vec<String> = parts.iter().filter_map(|p| describe_args(*p)).collect();
+            (!parts.is_empty()).then(|| parts.join(", "))
+        }
+    }
 }
 
 /// The architecture this build runs on, if the allowlist is written for it.
@@ -348,25 +390,58 @@ pub mod filter {
     /// Argument rules: alternatives are separate rules (any may match); an
     /// empty list allows the call whatever its arguments.
     fn rules_for(args: Args) -> Result<Vec<SeccompRule>, String> {
-        let condition = |index, op, value| {
-            SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
+        let alternatives = alternatives(args)?;
+        if alternatives.iter().all(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        alternatives
+            .into_iter()
+            .map(|conditions| {
+                SeccompRule::new(conditions).map_err(|e| format!("seccomp: bad rule ({e})"))
+            })
+            .collect()
+    }
+
+    /// `args` as alternatives (any may hold), each a list of conditions that
+    /// must all hold.
+    fn alternatives(args: Args) -> Result<Vec<Vec<SeccompCondition>>, String> {
+        let condition = |index, len, op, value| {
+            SeccompCondition::new(index, len, op, value)
                 .map_err(|e| format!("seccomp: bad condition ({e})"))
         };
-        let rule = |conditions| {
-            SeccompRule::new(conditions).map_err(|e| format!("seccomp: bad rule ({e})"))
-        };
-        match args {
-            Args::Any => Ok(Vec::new()),
+        use SeccompCmpArgLen::{Dword, Qword};
+        Ok(match args {
+            Args::Any => vec![Vec::new()],
             Args::OneOf { index, values } => values
                 .iter()
-                .map(|(value, _)| rule(vec![condition(index, SeccompCmpOp::Eq, *value)?]))
-                .collect(),
-            Args::NoBits { index, mask, .. } => Ok(vec![rule(vec![condition(
+                .map(|(value, _)| Ok(vec![condition(index, Qword, SeccompCmpOp::Eq, *value)?]))
+                .collect::<Result<_, String>>()?,
+            Args::NoBits { index, mask, .. } => vec![vec![condition(
                 index,
+                Qword,
                 SeccompCmpOp::MaskedEq(mask),
                 0,
-            )?])?]),
-        }
+            )?]],
+            Args::IntNoneOf { index, values } => vec![values
+                .iter()
+                .map(|(value, _)| condition(index, Dword, SeccompCmpOp::Ne, *value))
+                .collect::<Result<_, String>>()?],
+            Args::All(parts) => {
+                let mut product = vec![Vec::new()];
+                for part in parts {
+                    let choices = alternatives(*part)?;
+                    product = product
+                        .iter()
+                        .flat_map(|so_far: &Vec<SeccompCondition>| {
+                            choices
+                                .iter()
+                                .map(move |choice| so_far.iter().chain(choice).cloned().collect())
+                        })
+                        .collect();
+                }
+                product
+            }
+        })
     }
 
     /// The running architecture's number for a syscall name.
@@ -614,6 +689,53 @@ mod live_filter_tests {
             raw_syscall(libc::SYS_kill, [me, libc::SIGTERM as usize, 0]);
         });
         assert_eq!(killed_by(status), Some(Signal::SIGSYS), "{status:?}");
+    }
+
+    /// `kill(-1, …)` would signal every process of the user, `kill(0, …)` the
+    /// daemon's own group. Signal 0 keeps the test harmless should the filter
+    /// let one through. The raw forms carry the value in the low 32 bits
+    /// only, as the kernel reads a `pid_t`, so a 64-bit compare would miss them.
+    #[test]
+    fn kill_of_every_process_or_of_its_own_group_is_denied_however_it_is_encoded() {
+        let attempts: [(&str, fn()); 4] = [
+            ("kill(-1, 0)", || {
+                // SAFETY: kill takes no pointers; the filter stops it at entry.
+                unsafe { libc::kill(-1, 0) };
+            }),
+            ("kill(0, 0)", || {
+                // SAFETY: as above.
+                unsafe { libc::kill(0, 0) };
+            }),
+            ("kill(0xffffffff, 0)", || {
+                raw_syscall(libc::SYS_kill, [0xffff_ffff, 0, 0])
+            }),
+            ("kill(1 << 32, 0)", || {
+                raw_syscall(libc::SYS_kill, [1 << 32, 0, 0])
+            }),
+        ];
+        for (call, attempt) in attempts {
+            let status = under_the_filter(attempt);
+            assert_eq!(
+                killed_by(status),
+                Some(Signal::SIGSYS),
+                "{call}: {status:?}"
+            );
+        }
+    }
+
+    /// The targets the daemon uses pass: a pid (the panic's own SIGKILL, the
+    /// check of a pid to register) and a negated process group (the panic's
+    /// SIGKILL of the supervised tree).
+    #[test]
+    fn kill_of_one_process_or_of_another_group_passes() {
+        let status = under_the_filter(|| {
+            // SAFETY: kill and getpgid take no pointers; signal 0 only checks.
+            unsafe {
+                libc::kill(libc::getpid(), 0);
+                libc::kill(-libc::getpgid(0), 0);
+            }
+        });
+        assert_eq!(status, WaitStatus::Exited(status.pid().expect("pid"), 0));
     }
 
     #[test]

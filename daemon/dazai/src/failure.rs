@@ -60,7 +60,7 @@ impl From<dazai_client::ClientError> for Failure {
     fn from(error: dazai_client::ClientError) -> Self {
         use dazai_client::ClientError as E;
         let exit = match &error {
-            E::NoDaemon { .. } | E::DaemonGone => Exit::NoDaemon,
+            E::NoDaemon { .. } | E::DaemonGone | E::NoReply { .. } => Exit::NoDaemon,
             E::Busy(_) | E::Refused(_) | E::NoCapability { .. } => Exit::Refused,
             E::ForeignDaemon { .. } => Exit::Endpoint,
             E::Secret(_) => Exit::Hardening,

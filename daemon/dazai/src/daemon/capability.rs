@@ -115,7 +115,6 @@ impl Door {
             (false, 1) => UnixStream::from(received.remove(0)),
             _ => return Arrival::Unanswerable,
         };
-        let mut line = line;
         line.truncate(length);
         if line.last() == Some(&b'\n') {
             line.pop();
