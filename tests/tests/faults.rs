@@ -293,3 +293,47 @@ fn a_memlock_limit_too_small_stops_start_up_with_one_clear_line() {
         assert!(!exists(&socket), "{what}: no socket bound");
     }
 }
+
+/// A bug in the daemon itself, once its secrets are loaded: a Rust panic
+/// (injected in test builds by `DAZAI_TEST_FAULT`) or a fatal signal. Either
+/// way the last resort wipes, kills the supervised tree, logs one line and
+/// ends the daemon by SIGKILL, as the panic does.
+#[test]
+fn a_bug_in_the_daemon_itself_still_kills_the_tree_and_ends_in_sigkill() {
+    let tree = r#"echo $$ > "$DIR/program.pid"; sleep 600 & echo $! > "$DIR/child.pid"; wait"#;
+    for (what, fault) in [
+        ("a Rust panic", Some(Signal::SIGABRT)),
+        ("SIGSEGV", Some(Signal::SIGSEGV)),
+        ("SIGBUS", Some(Signal::SIGBUS)),
+    ] {
+        let injected = what == "a Rust panic";
+        let mut builder = DaemonBuilder::new().secret("api", CANARY).exec_shell(tree);
+        if injected {
+            builder = builder.env("DAZAI_TEST_FAULT", "panic-on-heartbeat");
+        }
+        let mut daemon = builder.start();
+        let program = daemon.read_pid_file("program.pid");
+        let child = daemon.read_pid_file("child.pid");
+        let mut client = daemon.attach_client(&[]);
+        if !injected {
+            signal(daemon.pid, fault.unwrap());
+        }
+
+        assert_eq!(daemon.wait_exit().signal(), Some(9), "{what}");
+        for pid in [program, child] {
+            eventually(&format!("{what}: pid {pid} to be killed"), || {
+                !is_alive(pid)
+            });
+        }
+        let log = daemon.log();
+        assert!(
+            log.contains("PANIC: fatal error in the daemon itself: wiped every secret"),
+            "{what}: {log}"
+        );
+        if injected {
+            assert!(log.contains("internal error: "), "{log}");
+        }
+        assert!(!log.contains(CANARY), "{what}: the secret in the log");
+        stop(&mut client);
+    }
+}

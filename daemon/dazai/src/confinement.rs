@@ -182,6 +182,10 @@ const COMMON: &[Allowed] = &[
         "requests and PINGs (std reads sockets with recv)",
     ),
     any(
+        "recvmsg",
+        "a GET on the capability, with its reply socket (SCM_RIGHTS)",
+    ),
+    any(
         "restart_syscall",
         "the kernel restarting an interrupted call",
     ),
@@ -480,6 +484,7 @@ pub mod filter {
             pidfd_send_signal,
             read,
             recvfrom,
+            recvmsg,
             restart_syscall,
             rt_sigaction,
             rt_sigprocmask,
@@ -524,11 +529,12 @@ pub mod filter {
             SYS_mprotect as mprotect, SYS_mremap as mremap, SYS_munlock as munlock,
             SYS_munmap as munmap, SYS_pidfd_open as pidfd_open,
             SYS_pidfd_send_signal as pidfd_send_signal, SYS_ppoll as ppoll, SYS_read as read,
-            SYS_recvfrom as recvfrom, SYS_restart_syscall as restart_syscall,
-            SYS_rt_sigaction as rt_sigaction, SYS_rt_sigprocmask as rt_sigprocmask,
-            SYS_rt_sigreturn as rt_sigreturn, SYS_sendto as sendto, SYS_setsockopt as setsockopt,
-            SYS_sigaltstack as sigaltstack, SYS_tgkill as tgkill, SYS_tkill as tkill,
-            SYS_unlinkat as unlinkat, SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
+            SYS_recvfrom as recvfrom, SYS_recvmsg as recvmsg,
+            SYS_restart_syscall as restart_syscall, SYS_rt_sigaction as rt_sigaction,
+            SYS_rt_sigprocmask as rt_sigprocmask, SYS_rt_sigreturn as rt_sigreturn,
+            SYS_sendto as sendto, SYS_setsockopt as setsockopt, SYS_sigaltstack as sigaltstack,
+            SYS_tgkill as tgkill, SYS_tkill as tkill, SYS_unlinkat as unlinkat, SYS_wait4 as wait4,
+            SYS_waitid as waitid, SYS_write as write,
         };
     }
 }

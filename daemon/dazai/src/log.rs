@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
@@ -93,6 +93,24 @@ impl Log {
             torn: Cell::new(false),
             windows: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The descriptor a signal handler may write one last line to without
+    /// waiting (`send(2)` with MSG_DONTWAIT for a socket, `write(2)`
+    /// otherwise); `None` where only a poll first would make that safe.
+    pub fn nonblocking_fd(&self) -> Option<RawFd> {
+        let regular_file = || {
+            nix::sys::stat::fstat(self.fd.as_fd()).is_ok_and(|stat| {
+                nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+                    .contains(nix::sys::stat::SFlag::S_IFREG)
+            })
+        };
+        match self.sink {
+            Sink::Own | Sink::Socket => Some(self.fd.as_raw_fd()),
+            // A regular file never waits for a reader.
+            Sink::Shared if regular_file() => Some(self.fd.as_raw_fd()),
+            Sink::Shared => None,
+        }
     }
 
     /// Writes one line, `dazai[PID] 2026-11-23T12:00:00.123Z message`, if it

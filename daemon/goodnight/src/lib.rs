@@ -12,6 +12,7 @@
 //! Linux is the supported platform; elsewhere the buffer fails closed
 //! (`MADV_DONTFORK` is reported as refused) and the `prctl` hardening errors.
 
+pub mod emergency;
 mod environment;
 mod hardening;
 pub mod pidfd;

@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::sys::mman::{self, MRemapFlags, MapFlags, ProtFlags};
 use nix::unistd::{self, Pid, SysconfVar};
 
+use crate::emergency::{self, Enlisted};
 use crate::hardening::memlock_limit;
 use crate::secretmem::{self, SecretMemUnavailable};
 use crate::wipe::wipe_bytes;
@@ -289,6 +290,8 @@ pub struct SecretBuffer {
     backend: Backend,
     note: String,
     excluded_from_dumps: bool,
+    /// Its place in the last-resort table ([`crate::emergency`]).
+    enlisted: Option<Enlisted>,
 }
 
 // SAFETY: the buffer exclusively owns its mapping (no other handle to the pages
@@ -431,7 +434,9 @@ impl SecretBuffer {
             backend,
             note,
             excluded_from_dumps,
-        })
+            enlisted: None,
+        }
+        .enlisted())
     }
 
     /// The secretmem backend.
@@ -471,7 +476,9 @@ impl SecretBuffer {
             backend: Backend::SecretMem,
             note: note.to_owned(),
             excluded_from_dumps: true,
-        };
+            enlisted: None,
+        }
+        .enlisted();
         // A secret-memory page is allocated (and taken out of the direct map)
         // at its first touch. Touch them all now, as mlock does for the locked
         // backend, so that the memory is committed at creation rather than in
@@ -531,6 +538,17 @@ impl SecretBuffer {
                 Err(errno) => return Err(self.fail_read(errno)),
             }
         }
+    }
+
+    /// Enters the data pages in the last-resort table, now that they are
+    /// writable. A full table leaves the buffer out of the last resort only:
+    /// its own wipes are unchanged.
+    fn enlisted(mut self) -> Self {
+        self.enlisted = emergency::enlist(
+            self.mapping.data_start().as_ptr().cast::<u8>(),
+            self.mapping.data_len(),
+        );
+        self
     }
 
     /// Reads a line a person types on a terminal in non-canonical mode, one
@@ -718,6 +736,10 @@ impl Drop for SecretBuffer {
             return;
         }
         self.wipe();
+        // Out of the last-resort table before `mapping` unmaps the pages.
+        if let Some(enlisted) = self.enlisted.take() {
+            emergency::discharge(enlisted);
+        }
         // Secret memory stays locked until the munmap that follows releases
         // it (munlock does not apply to it).
         if self.backend == Backend::Locked {

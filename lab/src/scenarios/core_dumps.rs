@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -31,14 +30,18 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     // Restored when this function returns, however it returns.
     let _pattern = env.set_kernel_setting("/proc/sys/kernel/core_pattern", PATTERN)?;
 
-    for (signal, number) in [("SEGV", 11), ("ABRT", 6)] {
+    for signal in ["SEGV", "ABRT"] {
         rec.check(
             &format!("the daemon killed by SIG{signal} leaves no core"),
             |v| {
                 let daemon = env.daemon().named(&format!("sig{signal}")).start()?;
                 let pid = daemon.pid_arg();
-                let status = env.exec("root", &["cat", &format!("/proc/{pid}/status")])?.stdout;
-                let filter = env.exec("root", &["cat", &format!("/proc/{pid}/coredump_filter")])?.stdout;
+                let status = env
+                    .exec("root", &["cat", &format!("/proc/{pid}/status")])?
+                    .stdout;
+                let filter = env
+                    .exec("root", &["cat", &format!("/proc/{pid}/coredump_filter")])?
+                    .stdout;
                 v.note(format!(
                     "Seccomp: {}, coredump_filter {}",
                     status_field(&status, "Seccomp").unwrap_or_default(),
@@ -56,32 +59,39 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                     !secret.is_empty(),
                     format!(
                         "the secret mapping carries VmFlags dd: {}",
-                        secret.iter().map(|m| m.describe()).collect::<Vec<_>>().join("; ")
+                        secret
+                            .iter()
+                            .map(|m| m.describe())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     ),
                 );
                 let before = core_files(&cores);
                 env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
-                if daemon.process.wait_end(Duration::from_millis(500)).is_err() {
-                    // Rust's std handles SIGSEGV to detect stack overflows: a
-                    // SIGSEGV that is not a guard-page fault resets the action
-                    // to the default and returns, so a sent one kills only the
-                    // second time. Recorded, not hidden.
-                    v.note(format!(
-                        "pid {pid} survived the first SIG{signal} (std's stack-overflow handler reset it to the default action); sent again"
-                    ));
-                    env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
-                }
+                // A fatal signal is the daemon's last resort: it wipes, kills
+                // its tree and ends by SIGKILL, as the panic does.
                 let ending = daemon.process.wait_end(PATIENCE)?;
                 v.require(
-                    ending.signal() == Some(number),
-                    format!("the daemon ended: {}", ending.how),
+                    ending.signal() == Some(9),
+                    format!(
+                        "the daemon ended: {} (SIGKILL: the last resort)",
+                        ending.how
+                    ),
+                );
+                let log = daemon.log();
+                v.require(
+                    log.contains("PANIC: fatal error in the daemon itself"),
+                    format!("its log: {}", log.lines().last().unwrap_or_default()),
                 );
                 // The kernel writes a core before the exit is reported; give it a moment anyway.
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let after = core_files(&cores);
                 v.require(
                     after == before,
-                    format!("core files in {PATTERN}: {} before, {} after", before, after),
+                    format!(
+                        "core files in {PATTERN}: {} before, {} after",
+                        before, after
+                    ),
                 );
                 v.figure("no core");
                 Ok(())

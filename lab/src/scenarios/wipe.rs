@@ -43,6 +43,26 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
             Ok(())
         },
     );
+    rec.check(
+        "a crash of the daemon (SIGSEGV) wipes the secret before its final SIGKILL",
+        |v| {
+            let crashing = env
+                .daemon()
+                .named("crashing")
+                .args(&["--memory", "locked"])
+                .start()?;
+            wiped_at_self_kill_after(&env, crashing.pid(), &crashing.canary_file, "-SEGV", v)?;
+            let log = crashing.log();
+            v.require(
+                log.contains("PANIC: fatal error in the daemon itself"),
+                format!(
+                    "the daemon logged: {}",
+                    log.lines().last().unwrap_or_default()
+                ),
+            );
+            Ok(())
+        },
+    );
     Ok(())
 }
 
@@ -107,6 +127,18 @@ pub fn every_copy_is_locked(env: &Env, pid: i32, canary_file: &str, v: &mut Verd
 /// Traces `pid`, makes it panic (SIGUSR2, as its own user), stops it at
 /// the entry of `kill(pid, SIGKILL)` and scans it there: 0 hits required.
 pub fn wiped_at_self_kill(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
+    wiped_at_self_kill_after(env, pid, canary_file, "-USR2", v)
+}
+
+/// [`wiped_at_self_kill`], the daemon sent `signal` (`-USR2`: the panic;
+/// `-SEGV`: a crash, which the last resort turns into the same end).
+pub fn wiped_at_self_kill_after(
+    env: &Env,
+    pid: i32,
+    canary_file: &str,
+    signal: &str,
+    v: &mut Verdict,
+) -> Result<()> {
     let pid_arg = pid.to_string();
     let observer = env.launch(
         "root",
@@ -117,9 +149,9 @@ pub fn wiped_at_self_kill(env: &Env, pid: i32, canary_file: &str, v: &mut Verdic
     observer
         .wait_output("\"attached\"", PATIENCE)
         .context("observer did not attach")?;
-    let ran = env.exec("lab", &["kill", "-USR2", &pid_arg])?;
+    let ran = env.exec("lab", &["kill", signal, &pid_arg])?;
     if ran.code != Some(0) {
-        bail!("kill -USR2 {pid}: {}", ran.stderr);
+        bail!("kill {signal} {pid}: {}", ran.stderr);
     }
     observer.wait_end(PATIENCE)?;
     let result = last_json(&observer.out()).context("observer gave no result")?;

@@ -627,6 +627,7 @@ impl EventLoop {
         });
         self.liveness = Liveness::Attached;
         self.armed = true;
+        injected_fault();
         self.serve_pending_gets();
         // A PING sent right behind the request is already buffered.
         self.on_heartbeat_lines();
@@ -1057,3 +1058,17 @@ fn is_crash_or_kill(signal: Signal) -> bool {
             | Signal::SIGTRAP
     )
 }
+
+/// Test builds only (debug assertions on; never the release binary):
+/// `DAZAI_TEST_FAULT=panic-on-heartbeat` makes a Rust panic at the first
+/// heartbeat, with the secrets loaded and the tree running, so the tests can
+/// watch what a bug in the daemon still does.
+#[cfg(debug_assertions)]
+fn injected_fault() {
+    if std::env::var_os("DAZAI_TEST_FAULT").is_some_and(|fault| fault == "panic-on-heartbeat") {
+        panic!("fault injected by DAZAI_TEST_FAULT");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_fault() {}

@@ -3,6 +3,7 @@
 mod capability;
 pub mod endpoint;
 mod event_loop;
+mod last_resort;
 mod panic;
 pub mod registry;
 pub mod secrets;
@@ -56,6 +57,8 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         LockPolicy::Required
     };
     end_rust_panics_in_sigabrt();
+    last_resort::install()
+        .map_err(|e| Failure::new(Exit::Internal, format!("cannot catch fatal signals ({e})")))?;
     let signals = daemon_signals();
     signals
         .thread_block()
@@ -97,6 +100,9 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
     let log = Log::to_stderr()
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot open the log ({e})")))?;
+    if let Some(fd) = log.nonblocking_fd() {
+        last_resort::arm_log(fd);
+    }
     // 4. Bind the socket (0600) and write the pidfile (0600) before anything
     //    runs that may talk to them.
     let socket = args.socket.path();
@@ -117,6 +123,7 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
             let supervised = Supervised::spawn(argv, &socket, &tree_end).inspect_err(|_| {
                 endpoint.remove();
             })?;
+            last_resort::arm_tree(supervised.pgid().as_raw(), supervised.cgroup_kill_fd());
             (Some(door), Some(supervised))
         }
     };
@@ -210,13 +217,15 @@ impl Readiness {
     }
 }
 
-/// A Rust panic in the daemon prints its message and ends in SIGABRT (the
-/// documented exit, distinct from the seccomp filter's SIGSYS), in every
-/// build profile: unwinding would run destructors in an unknown state.
+/// A Rust panic in the daemon wipes every secret first, prints its message
+/// and aborts, in every build profile: unwinding would run destructors in an
+/// unknown state. The abort's SIGABRT runs the last resort (the supervised
+/// tree killed, SIGKILL), distinct from the seccomp filter's SIGSYS.
 /// std's own hook is not used: with `RUST_BACKTRACE` set it resolves a
 /// backtrace (`getcwd`, opening the executable), which the seal kills.
 fn end_rust_panics_in_sigabrt() {
     std::panic::set_hook(Box::new(|info| {
+        goodnight::emergency::wipe_every_secret_buffer();
         let _ = writeln!(std::io::stderr(), "dazai: internal error: {info}");
         std::process::abort();
     }));

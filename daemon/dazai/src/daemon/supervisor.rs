@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,6 +137,11 @@ impl Supervised {
     /// The process group every member of the supervised tree starts in.
     pub fn pgid(&self) -> Pid {
         self.shim
+    }
+
+    /// The open `cgroup.kill`, for the last resort ([`super::last_resort`]).
+    pub fn cgroup_kill_fd(&self) -> Option<RawFd> {
+        self.cgroup.as_ref().map(|cgroup| cgroup.kill.as_raw_fd())
     }
 
     /// How the panic reaches the tree, for status and logs.
@@ -285,6 +290,7 @@ fn run_shim(
     if getppid() != daemon {
         exit_now(1);
     }
+    close_the_daemons_descriptors(&[capability, control.as_raw_fd(), report.as_raw_fd()]);
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     take_the_terminal_foreground(daemon);
     let mut control = File::from(control);
@@ -308,6 +314,29 @@ fn run_shim(
     };
     let _ = writeln!(report, "S {program}");
     relay_exit(program, control, report)
+}
+
+/// The shim is a copy of the daemon that never execs, so close-on-exec does
+/// not apply to it: it closes what it inherited (the listening socket, the
+/// daemon's end of the capability, the signalfd, the log), or, once the
+/// daemon is gone, a connect would still queue on the socket and the
+/// capability would never read as closed. Standard streams and `keep` stay.
+fn close_the_daemons_descriptors(keep: &[RawFd]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let open: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: this forked copy of the daemon owns nothing it will use
+            // through these descriptors again; closing an already-closed one
+            // (the directory's own, gone with `entries`) fails harmlessly.
+            let _ = unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// An interactive program (`dazai run -- claude`) must own the terminal: when
