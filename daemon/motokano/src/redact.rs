@@ -156,22 +156,19 @@ impl Redactor {
         self.needles.len()
     }
 
-    /// The longest form, in bytes: output past a cap is kept this much longer
-    /// before redaction, so a secret that straddles the cap is still found.
-    pub fn longest_form(&self) -> usize {
-        self.needles
-            .iter()
-            .map(|n| match n.compare {
-                // Wrapped base64 may hold a CRLF every 64 characters (PEM) or more.
-                Compare::SkipLineBreaks => n.bytes.as_slice().len() * 2,
-                _ => n.bytes.as_slice().len(),
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
     /// `output` with every form of every secret replaced, longest match first.
     pub fn redact(&self, output: &[u8]) -> Redaction {
+        self.redact_ending(output, Ending::Whole)
+    }
+
+    /// [`redact`](Self::redact) for output that was `cut` short (at the cap,
+    /// the time limit, a cancel): a trailing piece that begins a form is the
+    /// first part of a secret whose rest was cut off, and is replaced too.
+    pub fn redact_cut(&self, output: &[u8]) -> Redaction {
+        self.redact_ending(output, Ending::Cut)
+    }
+
+    fn redact_ending(&self, output: &[u8], ending: Ending) -> Redaction {
         let mut redaction = Redaction {
             text: Vec::with_capacity(output.len()),
             replaced: 0,
@@ -183,7 +180,17 @@ impl Redactor {
                 .iter()
                 .filter_map(|needle| matched_len(needle, &output[at..]).map(|len| (len, needle)))
                 .max_by_key(|(len, _)| *len);
-            match best {
+            let cut_off = || {
+                (ending == Ending::Cut)
+                    .then(|| {
+                        self.needles
+                            .iter()
+                            .find(|needle| begins(needle, &output[at..]))
+                    })
+                    .flatten()
+                    .map(|needle| (output.len() - at, needle))
+            };
+            match best.or_else(cut_off) {
                 Some((len, needle)) => {
                     redaction.text.extend_from_slice(b"[REDACTED:");
                     redaction
@@ -200,6 +207,39 @@ impl Redactor {
             }
         }
         redaction
+    }
+}
+
+/// Whether output ends whole or was cut short.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Whole,
+    Cut,
+}
+
+/// Whether all of `rest` (not empty) is the beginning of `needle`'s form,
+/// short of its end: what is left of a secret when output is cut inside it.
+fn begins(needle: &Needle, rest: &[u8]) -> bool {
+    let pattern = needle.bytes.as_slice();
+    if rest.is_empty() {
+        return false;
+    }
+    match needle.compare {
+        Compare::Exact => rest.len() < pattern.len() && pattern.starts_with(rest),
+        Compare::AnyCase => {
+            rest.len() < pattern.len() && pattern[..rest.len()].eq_ignore_ascii_case(rest)
+        }
+        Compare::SkipLineBreaks => {
+            let mut j = 0;
+            for (i, &byte) in rest.iter().enumerate() {
+                if j < pattern.len() && byte == pattern[j] {
+                    j += 1;
+                } else if i == 0 || !(byte == b'\n' || byte == b'\r') {
+                    return false;
+                }
+            }
+            j < pattern.len()
+        }
     }
 }
 

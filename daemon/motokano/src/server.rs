@@ -287,7 +287,7 @@ impl Motokano {
         let Some(held) = self.inner.ledger.hold_call(held) else {
             return refusal("the server is shutting down");
         };
-        let (launch, lookahead) = {
+        let launch = {
             let held = held.lock().unwrap_or_else(|p| p.into_inner());
             let secret_of = |name: &str| {
                 held.secrets
@@ -328,7 +328,7 @@ impl Motokano {
                 environment,
                 wants_stdin: exec.stdin_secret.is_some(),
             };
-            (launch, held.redactor.longest_form())
+            launch
         };
         let daemon = self.inner.daemon.clone();
         let mut running = match exec::spawn(launch, self.inner.ledger.clone(), |pid| {
@@ -359,20 +359,34 @@ impl Motokano {
             }
         }
         let pid = running.pid();
-        let limit = exec.max_output_bytes + lookahead;
+        // One byte past the cap tells that there was more.
         let output = running
-            .finish(limit, exec.timeout, context.ct.cancelled())
+            .finish(
+                exec.max_output_bytes + 1,
+                exec.timeout,
+                context.ct.cancelled(),
+            )
             .await;
-        let (stdout, stderr, replaced) = {
+        let stopped = !matches!(output.end, End::Exited(_));
+        let shown = {
             let held = held.lock().unwrap_or_else(|p| p.into_inner());
-            let out = held.redactor.redact(output.stdout.as_slice());
-            let err = held.redactor.redact(output.stderr.as_slice());
-            (out.text, err.text, out.replaced + err.replaced)
+            what_the_agent_sees(
+                &held.redactor,
+                output.stdout.as_slice(),
+                output.stderr.as_slice(),
+                exec.max_output_bytes,
+                stopped,
+            )
         };
         drop(output.stdout);
         drop(output.stderr);
         drop(held);
-        let (stdout, stderr, truncated) = cap(stdout, stderr, exec.max_output_bytes);
+        let Shown {
+            stdout,
+            stderr,
+            truncated,
+            replaced,
+        } = shown;
         log::line(format_args!(
             "call {}: pid {pid} {}; {} bytes of output, {replaced} redactions",
             tool.name,
@@ -416,13 +430,48 @@ impl Motokano {
     }
 }
 
-/// Keeps at most `max` bytes, stdout first; whether anything was cut.
-fn cap(mut stdout: Vec<u8>, mut stderr: Vec<u8>, max: usize) -> (String, String, bool) {
-    let truncated = stdout.len() + stderr.len() > max;
-    stdout.truncate(max);
-    stderr.truncate(max - stdout.len());
+/// What the agent is shown of a run's output.
+#[derive(Debug)]
+pub struct Shown {
+    /// Redacted stdout.
+    pub stdout: String,
+    /// Redacted stderr.
+    pub stderr: String,
+    /// Whether the cap cut anything.
+    pub truncated: bool,
+    /// How many forms of secrets were replaced.
+    pub replaced: usize,
+}
+
+/// Cuts the raw output at `max` bytes, stdout first, *then* redacts: a
+/// marker is shorter than a long secret, so cutting redacted text would let
+/// raw bytes of a secret through. A piece that was cut, or whose program was
+/// stopped mid-write (`stopped`: the time limit, a cancel, the cap), has a
+/// trailing beginning of a form redacted as well.
+pub fn what_the_agent_sees(
+    redactor: &Redactor,
+    stdout: &[u8],
+    stderr: &[u8],
+    max: usize,
+    stopped: bool,
+) -> Shown {
+    let kept_out = &stdout[..stdout.len().min(max)];
+    let kept_err = &stderr[..stderr.len().min(max - kept_out.len())];
+    let shown = |raw: &[u8], kept: &[u8]| {
+        if stopped || kept.len() < raw.len() {
+            redactor.redact_cut(kept)
+        } else {
+            redactor.redact(kept)
+        }
+    };
+    let (out, err) = (shown(stdout, kept_out), shown(stderr, kept_err));
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (text(&stdout), text(&stderr), truncated)
+    Shown {
+        stdout: text(&out.text),
+        stderr: text(&err.text),
+        truncated: kept_out.len() < stdout.len() || kept_err.len() < stderr.len(),
+        replaced: out.replaced + err.replaced,
+    }
 }
 
 fn describe_end(end: End) -> String {
