@@ -156,65 +156,87 @@ impl Redactor {
         self.needles.len()
     }
 
-    /// `output` with every form of every secret replaced, longest match first.
-    pub fn redact(&self, output: &[u8]) -> Redaction {
-        self.redact_ending(output, Ending::Whole)
-    }
-
-    /// [`redact`](Self::redact) for output that was `cut` short (at the cap,
-    /// the time limit, a cancel): a trailing piece that begins a form is the
-    /// first part of a secret whose rest was cut off, and is replaced too.
+    /// [`redact`](Self::redact) for output that was cut short (at the cap,
+    /// the time limit, a cancel): a trailing piece that begins a form may be
+    /// the first part of a secret whose rest was cut off, and is replaced
+    /// too. The earliest such start wins, before any whole form is matched
+    /// (a whole form could otherwise swallow the head of the cut one), and
+    /// what is left is searched again, so a form cut twice over is caught.
     pub fn redact_cut(&self, output: &[u8]) -> Redaction {
-        self.redact_ending(output, Ending::Cut)
+        let mut end = output.len();
+        let mut cut_secret = None;
+        while let Some((start, needle)) = self.cut_off_form(&output[..end]) {
+            end = start;
+            cut_secret = Some(needle.secret);
+        }
+        let mut redaction = self.redact(&output[..end]);
+        if let Some(secret) = cut_secret {
+            self.mark(&mut redaction, secret);
+        }
+        redaction
     }
 
-    fn redact_ending(&self, output: &[u8], ending: Ending) -> Redaction {
+    /// The earliest start of a trailing piece of `output` that begins a form.
+    fn cut_off_form(&self, output: &[u8]) -> Option<(usize, &Needle)> {
+        let longest = self
+            .needles
+            .iter()
+            .map(|n| match n.compare {
+                // Wrapped base64 may hold a CRLF every 64 characters or more.
+                Compare::SkipLineBreaks => n.bytes.as_slice().len() * 2,
+                _ => n.bytes.as_slice().len(),
+            })
+            .max()?;
+        (output.len().saturating_sub(longest)..output.len()).find_map(|start| {
+            self.needles
+                .iter()
+                .find(|needle| begins(needle, &output[start..]))
+                .map(|needle| (start, needle))
+        })
+    }
+
+    fn mark(&self, redaction: &mut Redaction, secret: usize) {
+        redaction.text.extend_from_slice(b"[REDACTED:");
+        redaction
+            .text
+            .extend_from_slice(self.names[secret].as_bytes());
+        redaction.text.push(b']');
+        redaction.replaced += 1;
+    }
+
+    /// `output` with every form of every secret replaced. Every match of
+    /// every form is found first and overlapping matches merge into one
+    /// marker: a greedy longest match could end inside the next secret (a
+    /// padded base64 form swallowing the head of a raw secret beside it) and
+    /// leave the rest of that secret unmatched.
+    pub fn redact(&self, output: &[u8]) -> Redaction {
+        let matches = (0..output.len()).flat_map(|at| {
+            self.needles.iter().filter_map(move |needle| {
+                matched_len(needle, &output[at..]).map(|len| (at, at + len, needle.secret))
+            })
+        });
+        let mut merged: Vec<(usize, usize, usize)> = Vec::new();
+        for (start, end, secret) in matches {
+            match merged.last_mut() {
+                Some(last) if start < last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end, secret)),
+            }
+        }
         let mut redaction = Redaction {
             text: Vec::with_capacity(output.len()),
             replaced: 0,
         };
-        let mut at = 0;
-        while at < output.len() {
-            let best = self
-                .needles
-                .iter()
-                .filter_map(|needle| matched_len(needle, &output[at..]).map(|len| (len, needle)))
-                .max_by_key(|(len, _)| *len);
-            let cut_off = || {
-                (ending == Ending::Cut)
-                    .then(|| {
-                        self.needles
-                            .iter()
-                            .find(|needle| begins(needle, &output[at..]))
-                    })
-                    .flatten()
-                    .map(|needle| (output.len() - at, needle))
-            };
-            match best.or_else(cut_off) {
-                Some((len, needle)) => {
-                    redaction.text.extend_from_slice(b"[REDACTED:");
-                    redaction
-                        .text
-                        .extend_from_slice(self.names[needle.secret].as_bytes());
-                    redaction.text.push(b']');
-                    redaction.replaced += 1;
-                    at += len;
-                }
-                None => {
-                    redaction.text.push(output[at]);
-                    at += 1;
-                }
-            }
+        let mut shown_up_to = 0;
+        for (start, end, secret) in merged {
+            redaction
+                .text
+                .extend_from_slice(&output[shown_up_to..start]);
+            self.mark(&mut redaction, secret);
+            shown_up_to = end;
         }
+        redaction.text.extend_from_slice(&output[shown_up_to..]);
         redaction
     }
-}
-
-/// Whether output ends whole or was cut short.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    Whole,
-    Cut,
 }
 
 /// Whether all of `rest` (not empty) is the beginning of `needle`'s form,

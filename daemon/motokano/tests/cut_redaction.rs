@@ -50,7 +50,7 @@ fn output_with(noise: &[u8], placements: &[(usize, usize)], secret: &[u8]) -> Ve
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(5000))]
 
     #[test]
     fn no_run_of_eight_bytes_of_a_secret_passes_any_cut(
