@@ -206,7 +206,7 @@ fn timeout_around_run_leaves_no_process_behind() {
     let mut command = Command::new("timeout");
     command.arg("2").arg(dazai_e2e::dazai_bin());
     let run = run_command(dir.path(), SLEEPER);
-    command.args(run.get_args().skip(0));
+    command.args(run.get_args());
     for (key, value) in run.get_envs() {
         match value {
             Some(value) => command.env(key, value),

@@ -323,12 +323,11 @@ impl Motokano {
                 Ok(environment) => environment,
                 Err(error) => return refusal(error.to_string()),
             };
-            let launch = Launch {
+            Launch {
                 argv,
                 environment,
                 wants_stdin: exec.stdin_secret.is_some(),
-            };
-            launch
+            }
         };
         let daemon = self.inner.daemon.clone();
         let mut running = match exec::spawn(launch, self.inner.ledger.clone(), |pid| {

@@ -38,7 +38,7 @@ fn output_with(noise: &[u8], placements: &[(usize, usize)], secret: &[u8]) -> Ve
     let forms = forms(secret);
     let mut output = noise.to_vec();
     let mut placements = placements.to_vec();
-    placements.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    placements.sort_unstable_by_key(|&(at, _)| std::cmp::Reverse(at));
     // From the last place to the first, each within the noise: an earlier
     // insertion never moves a later one, and no form lands inside another.
     for (at, form) in placements {
