@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use crate::wipe::wipe_bytes;
 
-/// Most buffers the table holds; one made beyond it is not enlisted (see
-/// [`enlist`]). The daemon holds one per `--secret`.
+/// Most buffers the table holds; one made beyond it is left out of the last
+/// resort (its own wipes are unchanged). The daemon holds one per `--secret`.
 pub const CAPACITY: usize = 256;
 
 struct Slot {
