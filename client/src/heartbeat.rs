@@ -72,9 +72,7 @@ pub fn hold_heartbeat(
 
     let mut connection = Connection::open(socket)?;
     let ping_interval = match connection.request(&Request::Heartbeat)? {
-        Reply::Ok(text) => options.ping_interval.or_else(|| {
-            protocol::ping_timeout_of(&text).map(|secs| Duration::from_millis(secs * 1000 / 3))
-        }),
+        Reply::Ok(text) => ping_interval(options.ping_interval, protocol::ping_timeout_of(&text)),
         other => return Err(unexpected(other)),
     };
 
@@ -142,6 +140,25 @@ pub fn hold_heartbeat(
     }
 }
 
+/// How often to ping: as asked, else a third of the daemon's ping timeout.
+/// An interval that is not shorter than the timeout would lose the session
+/// between two pings: a third of the timeout is used instead, and said.
+fn ping_interval(asked: Option<Duration>, timeout_secs: Option<u64>) -> Option<Duration> {
+    let third = timeout_secs.map(|secs| Duration::from_millis(secs * 1000 / 3));
+    match (asked, timeout_secs) {
+        (Some(interval), Some(secs)) if interval >= Duration::from_secs(secs) => {
+            eprintln!(
+                "dazai: --ping-interval {}s is not shorter than the daemon's --ping-timeout {secs}s; pinging every {:.1}s instead",
+                interval.as_secs(),
+                third.unwrap_or_default().as_secs_f64()
+            );
+            third
+        }
+        (Some(interval), _) => Some(interval),
+        (None, _) => third,
+    }
+}
+
 /// Reads what the daemon sent on the heartbeat: `PONG`s, or the end.
 fn drain_pongs(connection: &Connection) -> Result<(), ClientError> {
     let mut buffer = [0u8; 64];
@@ -165,4 +182,20 @@ fn is_hangup_capable(fd: BorrowedFd<'_>) -> bool {
     kind == SFlag::S_IFIFO
         || kind == SFlag::S_IFSOCK
         || (kind == SFlag::S_IFCHR && nix::unistd::isatty(fd).unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_interval_as_long_as_the_timeout_becomes_a_third_of_it() {
+        let secs = Duration::from_secs;
+        assert_eq!(ping_interval(Some(secs(9)), Some(9)), Some(secs(3)));
+        assert_eq!(ping_interval(Some(secs(20)), Some(9)), Some(secs(3)));
+        assert_eq!(ping_interval(Some(secs(2)), Some(9)), Some(secs(2)));
+        assert_eq!(ping_interval(None, Some(9)), Some(secs(3)));
+        assert_eq!(ping_interval(Some(secs(5)), None), Some(secs(5)));
+        assert_eq!(ping_interval(None, None), None);
+    }
 }

@@ -234,3 +234,22 @@ fn every_user_facing_error_is_one_line_with_cause_and_fix() {
     }
     insta::assert_snapshot!(errors);
 }
+
+/// `DAZAI_SOCKET` set to the empty string means the default socket, not a
+/// missing value.
+#[test]
+fn an_empty_dazai_socket_means_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(dazai_e2e::dazai_bin())
+        .arg("status")
+        .env("DAZAI_SOCKET", "")
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/dazai/dazai.sock", dir.path().display())),
+        "{stderr}"
+    );
+}

@@ -11,6 +11,7 @@ fn run_command(dir: &std::path::Path, script: &str) -> Command {
     let mut command = dazai();
     command
         .arg("run")
+        .arg("--verbose")
         .arg("--socket")
         .arg(dir.join("run.sock"))
         .args(["--secret", "api=env:DAZAI_TEST_RUN_SECRET"])
@@ -375,4 +376,24 @@ fn an_env_secret_leaves_the_environment_of_run_itself() {
     }
     dazai_e2e::signal(run.id() as i32, nix::sys::signal::Signal::SIGTERM);
     wait_exit(&mut run);
+}
+
+/// The program shares the terminal: by default the daemon says nothing on
+/// it but its PANIC line, and the program runs without `--`, as under `sudo`.
+#[test]
+fn run_is_quiet_by_default_and_takes_the_program_without_a_double_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dazai()
+        .arg("run")
+        .arg("--socket")
+        .arg(dir.path().join("run.sock"))
+        .args(["--secret", "api=env:DAZAI_TEST_RUN_SECRET"])
+        .args(["/bin/sh", "-c", "echo said; echo --flag-of-the-program"])
+        .env("DAZAI_TEST_RUN_SECRET", "canary-run")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(output.stdout, b"said\n--flag-of-the-program\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }

@@ -45,13 +45,11 @@ pub enum Command {
 /// Where the daemon's socket is.
 #[derive(Debug, Args)]
 pub struct SocketArg {
-    /// The daemon's UNIX socket [default: $XDG_RUNTIME_DIR/dazai/dazai.sock]
-    #[arg(
-        long,
-        env = "DAZAI_SOCKET",
-        hide_env_values = true,
-        value_name = "PATH"
-    )]
+    /// The daemon's UNIX socket [default: $DAZAI_SOCKET if set and not
+    /// empty, else $XDG_RUNTIME_DIR/dazai/dazai.sock]
+    // Not clap's `env`: it takes a variable set to the empty string for a
+    // missing value, where an empty DAZAI_SOCKET means "the default".
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
 
@@ -95,6 +93,9 @@ pub struct DaemonArgs {
     /// Print the seccomp allowlist this build would install, and exit.
     #[arg(long)]
     pub print_seccomp: bool,
+    /// Log only the PANIC line and errors.
+    #[arg(long)]
+    pub quiet: bool,
     /// Started by `dazai run`: the ready line goes to FD, and SIGINT, SIGTERM
     /// and SIGHUP are left to `dazai run`, which relays them to the program.
     #[arg(long, value_name = "FD", hide = true)]
@@ -166,8 +167,18 @@ pub struct RunArgs {
     /// The daemon's socket [default: $XDG_RUNTIME_DIR/dazai/run-PID.sock]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// The program and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    /// Print the daemon's log lines (by default only its PANIC line and its
+    /// errors reach the terminal, which the program shares).
+    #[arg(long)]
+    pub verbose: bool,
+    /// The program and its arguments (`--` before them is optional, as with `sudo`).
+    #[arg(
+        required = true,
+        value_name = "PROGRAM",
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub program: Vec<String>,
 }
 

@@ -75,12 +75,17 @@ pub struct Log {
     /// The last write went out in part: the next one ends that line first.
     torn: Cell<bool>,
     windows: RefCell<Vec<Window>>,
+    /// Only [`Log::always`] lines are written (`--quiet`).
+    quiet: bool,
 }
 
 impl Log {
-    /// Logs to stderr through a close-on-exec descriptor, so a child never inherits it.
-    pub fn to_stderr() -> io::Result<Self> {
-        Self::to(io::stderr().as_fd())
+    /// Logs to stderr through a close-on-exec descriptor, so a child never
+    /// inherits it; `quiet` keeps all but [`Log::always`] lines back.
+    pub fn to_stderr(quiet: bool) -> io::Result<Self> {
+        let mut log = Self::to(io::stderr().as_fd())?;
+        log.quiet = quiet;
+        Ok(log)
     }
 
     /// Logs to what `fd` refers to.
@@ -92,6 +97,7 @@ impl Log {
             dropped: Cell::new(0),
             torn: Cell::new(false),
             windows: RefCell::new(Vec::new()),
+            quiet: false,
         })
     }
 
@@ -116,6 +122,13 @@ impl Log {
     /// Writes one line, `dazai[PID] 2026-11-23T12:00:00.123Z message`, if it
     /// fits now; drops and counts it otherwise.
     pub fn line(&self, message: fmt::Arguments<'_>) {
+        if !self.quiet {
+            self.always(message);
+        }
+    }
+
+    /// [`Log::line`], even under `--quiet`: the PANIC line.
+    pub fn always(&self, message: fmt::Arguments<'_>) {
         let dropped = self.dropped.get();
         let mut text = String::new();
         if self.torn.get() {

@@ -189,6 +189,10 @@ fn start_daemon(args: &RunArgs, socket: &Path) -> Result<Result<RunningDaemon, u
     if args.insecure_allow_unlocked {
         command.arg("--insecure-allow-unlocked");
     }
+    if !args.verbose {
+        // The program shares the terminal: the daemon keeps to its PANIC line.
+        command.arg("--quiet");
+    }
     command.arg("--exec").args(&args.program);
     let inherited: Vec<RawFd> = handed_down.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure only makes async-signal-safe fcntl calls between

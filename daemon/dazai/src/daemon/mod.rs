@@ -98,7 +98,7 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
     }
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
-    let log = Log::to_stderr()
+    let log = Log::to_stderr(args.quiet)
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot open the log ({e})")))?;
     if let Some(fd) = log.nonblocking_fd() {
         last_resort::arm_log(fd);

@@ -81,7 +81,7 @@ pub fn panic_sequence(
         Some(kill) => format!("process group {}", kill.pgid),
         None => "none".to_owned(),
     };
-    log.line(format_args!(
+    log.always(format_args!(
         "PANIC: {reason}; killed registered {registered_killed:?} and supervised {tree}; wiped {wiped} secrets; SIGKILL self"
     ));
     // 4. End without running anything else: no destructor, no atexit handler.
