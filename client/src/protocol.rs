@@ -56,6 +56,9 @@ pub enum Request {
         /// The secret's name.
         name: String,
     },
+    /// Shut down cleanly, as SIGTERM does: wipe, remove socket and pidfile,
+    /// kill nothing (`dazai stop`, like `ssh-agent -k`).
+    Stop,
     /// Run the panic sequence.
     Panic {
         /// `true` bypasses the grace window.
@@ -123,6 +126,7 @@ impl fmt::Display for Request {
             Self::RegisterGroup { leader } => write!(f, "REGISTER {leader} GROUP"),
             Self::Watch => write!(f, "WATCH"),
             Self::Get { name } => write!(f, "GET {name}"),
+            Self::Stop => write!(f, "STOP"),
             Self::Panic { hard: false } => write!(f, "PANIC"),
             Self::Panic { hard: true } => write!(f, "PANIC HARD"),
         }
@@ -177,6 +181,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
         ("GET", _) => Err(ProtocolError::BadArguments(
             "GET NAME (1-64 of A-Z a-z 0-9 _ . -)",
         )),
+        ("STOP", []) => Ok(Request::Stop),
+        ("STOP", _) => Err(ProtocolError::BadArguments("STOP")),
         ("PANIC", []) => Ok(Request::Panic { hard: false }),
         ("PANIC", ["HARD"]) => Ok(Request::Panic { hard: true }),
         ("PANIC", _) => Err(ProtocolError::BadArguments("PANIC [HARD]")),
@@ -271,6 +277,7 @@ mod tests {
             Request::Get {
                 name: "api.key-1".into(),
             },
+            Request::Stop,
             Request::Panic { hard: false },
             Request::Panic { hard: true },
         ];

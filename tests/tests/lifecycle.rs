@@ -400,3 +400,32 @@ fn an_fd_source_never_names_a_descriptor_of_the_daemons_own() {
         assert!(stderr.contains(&format!("fd {fd} is not open")), "{stderr}");
     }
 }
+
+/// `dazai stop`, like `ssh-agent -k`: the clean shutdown SIGTERM gives, by
+/// request; a daemon that belongs to `dazai run` refuses it.
+#[test]
+fn dazai_stop_wipes_and_exits_killing_nothing() {
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", "canary-stop")
+        .exec_shell(r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#)
+        .start();
+    let program = daemon.read_pid_file("program.pid");
+
+    let stop = dazai()
+        .arg("stop")
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+
+    assert_eq!(stop.status.code(), Some(0), "{stop:?}");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let log = daemon.log();
+    assert!(
+        log.contains("STOP request from pid") && log.contains("clean shutdown; wiped 1 secrets"),
+        "{log}"
+    );
+    assert!(!exists(&daemon.socket), "the socket is removed");
+    assert!(is_alive(program), "the program runs on");
+    signal(program, Signal::SIGKILL);
+}

@@ -397,3 +397,26 @@ fn run_is_quiet_by_default_and_takes_the_program_without_a_double_dash() {
     assert_eq!(output.stdout, b"said\n--flag-of-the-program\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
+
+#[test]
+fn dazai_stop_leaves_a_daemon_of_dazai_run_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = run_command(dir.path(), SLEEPER)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (program, daemon) = pids_of_run(dir.path());
+    let stop = dazai()
+        .arg("stop")
+        .arg("--socket")
+        .arg(dir.path().join("run.sock"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&stop.stderr);
+    assert_eq!(stop.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("belongs to `dazai run`"), "{stderr}");
+    assert!(is_alive(program) && is_alive(daemon));
+    dazai_e2e::signal(run.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut run).code(), Some(143));
+}

@@ -27,6 +27,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Run the panic: kill registered processes, wipe secrets, end the daemon.
     Panic(PanicArgs),
+    /// Shut the daemon down cleanly: wipe its secrets, kill nothing (like `ssh-agent -k`).
+    Stop(StopArgs),
     /// Write a secret to stdout (only inside the supervised program's tree, which holds the capability).
     Get(GetArgs),
     /// Register a process (default: the caller's parent, e.g. your shell) so the panic kills it; grants nothing.
@@ -140,6 +142,13 @@ pub struct PanicArgs {
     /// Bypass the grace window.
     #[arg(long)]
     pub hard: bool,
+}
+
+/// `dazai stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 /// `dazai get`.

@@ -1,4 +1,4 @@
-//! The control subcommands: `client`, `status`, `panic`, `get`, `register`.
+//! The control subcommands: `client`, `status`, `panic`, `stop`, `get`, `register`.
 
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs};
+use crate::cli::{Cli, ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs, StopArgs};
 use crate::failure::{Exit, Failure};
 
 /// `dazai client`: holds the heartbeat until the session ends.
@@ -117,6 +117,14 @@ fn secs_or_none(value: &Value) -> String {
 pub fn panic(args: &PanicArgs) -> Result<u8, Failure> {
     let request = Request::Panic { hard: args.hard };
     match Connection::open(&args.socket.path())?.request(&request)? {
+        Reply::Ok(_) => Ok(0),
+        other => Err(unexpected(other).into()),
+    }
+}
+
+/// `dazai stop`.
+pub fn stop(args: &StopArgs) -> Result<u8, Failure> {
+    match Connection::open(&args.socket.path())?.request(&Request::Stop)? {
         Reply::Ok(_) => Ok(0),
         other => Err(unexpected(other).into()),
     }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Client(args) => commands::client(args),
         Command::Status(args) => commands::status(args),
         Command::Panic(args) => commands::panic(args),
+        Command::Stop(args) => commands::stop(args),
         Command::Get(args) => commands::get(args),
         Command::Register(args) => commands::register(args),
         Command::Mcp(args) => mcp::run(args),

@@ -327,10 +327,7 @@ impl EventLoop {
                         self.on_heartbeat_input();
                         None
                     }
-                    Source::Control(index) => {
-                        self.on_control_input(index);
-                        None
-                    }
+                    Source::Control(index) => self.on_control_input(index),
                     Source::Watcher(index) => {
                         self.on_watcher_input(index);
                         None
@@ -424,7 +421,9 @@ impl EventLoop {
                         "{signal} left to `dazai run`, which relays it to the program"
                     ));
                 }
-                Signal::SIGTERM | Signal::SIGINT => return Some(self.clean_shutdown(signal)),
+                Signal::SIGTERM | Signal::SIGINT => {
+                    return Some(self.clean_shutdown(&signal.to_string()))
+                }
                 Signal::SIGUSR2 => self.panic(PanicReason::Signal(signal)),
                 Signal::SIGUSR1 | Signal::SIGHUP => self.session_lost(PanicReason::Signal(signal)),
                 Signal::SIGCHLD => {
@@ -526,7 +525,8 @@ impl EventLoop {
         }
     }
 
-    fn on_control_input(&mut self, index: usize) {
+    /// `Some(code)` when the request ends the daemon (`STOP`).
+    fn on_control_input(&mut self, index: usize) -> Option<u8> {
         let received = {
             let control = &mut self.controls[index];
             receive(&control.stream, &mut control.lines)
@@ -535,7 +535,7 @@ impl EventLoop {
         match (line, received) {
             (Ok(Some(line)), _) => {
                 let control = self.controls.swap_remove(index);
-                self.serve(control, &line);
+                return self.serve(control, &line);
             }
             (Err(error), _) => {
                 let control = self.controls.swap_remove(index);
@@ -546,6 +546,7 @@ impl EventLoop {
             }
             (Ok(None), _) => {}
         }
+        None
     }
 
     fn refuse(&self, control: &Control, error: &ProtocolError) {
@@ -556,11 +557,15 @@ impl EventLoop {
         ));
     }
 
-    /// Answers one request; the connection closes afterwards unless it becomes the heartbeat.
-    fn serve(&mut self, control: Control, line: &[u8]) {
+    /// Answers one request; the connection closes afterwards unless it
+    /// becomes the heartbeat. `Some(code)` ends the daemon (`STOP`).
+    fn serve(&mut self, control: Control, line: &[u8]) -> Option<u8> {
         let request = match protocol::parse_request(line) {
             Ok(request) => request,
-            Err(error) => return self.refuse(&control, &error),
+            Err(error) => {
+                self.refuse(&control, &error);
+                return None;
+            }
         };
         match request {
             Request::Heartbeat => self.attach_heartbeat(control),
@@ -572,6 +577,21 @@ impl EventLoop {
             Request::RegisterGroup { leader } => self.register(&control, leader, true),
             Request::Watch => self.attach_watcher(control),
             Request::Get { name } => self.refuse_get_without_capability(&control, &name),
+            Request::Stop if self.under_run => {
+                let reply = Reply::Err(
+                    "refused: this daemon belongs to `dazai run`; fix: end its program (Ctrl-C), or send SIGTERM to `dazai run`".into(),
+                );
+                let _ = send(&control.stream, &reply, &[]);
+            }
+            Request::Stop => {
+                let _ = send(
+                    &control.stream,
+                    &Reply::Ok("stopping: secrets wiped, nothing killed".into()),
+                    &[],
+                );
+                let why = format!("STOP request from pid {}", control.pid);
+                return Some(self.clean_shutdown(&why));
+            }
             Request::Panic { hard } => {
                 let _ = send(&control.stream, &Reply::Ok("panic requested".into()), &[]);
                 let reason = PanicReason::Request {
@@ -585,6 +605,7 @@ impl EventLoop {
                 }
             }
         }
+        None
     }
 
     fn attach_heartbeat(&mut self, control: Control) {
@@ -968,8 +989,9 @@ impl EventLoop {
         code
     }
 
-    /// SIGTERM/SIGINT: wipe, remove socket and pidfile, leave every process alive.
-    fn clean_shutdown(&mut self, signal: Signal) -> u8 {
+    /// SIGTERM/SIGINT, `STOP`: wipe, remove socket and pidfile, leave every
+    /// process alive.
+    fn clean_shutdown(&mut self, why: &str) -> u8 {
         let wiped = self.vault.wipe_all();
         self.endpoint.remove();
         let program = match self.supervised.as_mut().map(Supervised::release) {
@@ -980,7 +1002,7 @@ impl EventLoop {
             None => "",
         };
         self.log.line(format_args!(
-            "{signal}: clean shutdown; wiped {wiped} secrets; removed socket and pidfile; killed nothing{program}"
+            "{why}: clean shutdown; wiped {wiped} secrets; removed socket and pidfile; killed nothing{program}"
         ));
         0
     }
