@@ -41,3 +41,29 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Option<Signal>) -> Resul
         Ok(())
     }
 }
+
+/// `SO_PEERPIDFD` (Linux >= 6.5): a pidfd of the process that connected
+/// `socket`, taken by the kernel at `connect(2)`, so it names that process
+/// even if it has since exited and its pid was reused. `ENOPROTOOPT` on older
+/// kernels: there, only `pidfd_open` of the `SO_PEERCRED` pid remains.
+pub fn peer_pidfd(socket: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes (one int) into `fd`,
+    // which lives on this stack frame for the call; the socket is borrowed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 || fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

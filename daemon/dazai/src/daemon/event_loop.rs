@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -148,6 +148,9 @@ struct Control {
     stream: UnixStream,
     lines: LineBuffer,
     pid: i32,
+    /// The peer itself, from `SO_PEERPIDFD` (Linux >= 6.5): a `REGISTER` of
+    /// the caller holds this, not a pid that may have been reused.
+    pidfd: Option<OwnedFd>,
     deadline: Instant,
 }
 
@@ -484,10 +487,13 @@ impl EventLoop {
                 continue;
             }
             if stream.set_nonblocking(true).is_ok() {
+                // Never inherited: the sealed daemon forks and execs nothing.
+                let pidfd = goodnight::pidfd::peer_pidfd(stream.as_fd()).ok();
                 self.controls.push(Control {
                     stream,
                     lines: LineBuffer::default(),
                     pid: peer.pid(),
+                    pidfd,
                     deadline: Instant::now() + CONTROL_DEADLINE,
                 });
             }
@@ -559,7 +565,7 @@ impl EventLoop {
 
     /// Answers one request; the connection closes afterwards unless it
     /// becomes the heartbeat. `Some(code)` ends the daemon (`STOP`).
-    fn serve(&mut self, control: Control, line: &[u8]) -> Option<u8> {
+    fn serve(&mut self, mut control: Control, line: &[u8]) -> Option<u8> {
         let request = match protocol::parse_request(line) {
             Ok(request) => request,
             Err(error) => {
@@ -573,8 +579,12 @@ impl EventLoop {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 let _ = send(&control.stream, &Reply::Status(json), &[]);
             }
-            Request::Register { pid } => self.register(&control, pid.unwrap_or(control.pid), false),
-            Request::RegisterGroup { leader } => self.register(&control, leader, true),
+            Request::Register { pid: None } => {
+                let held = control.pidfd.take();
+                self.register(&control, control.pid, held, false)
+            }
+            Request::Register { pid: Some(pid) } => self.register(&control, pid, None, false),
+            Request::RegisterGroup { leader } => self.register(&control, leader, None, true),
             Request::Watch => self.attach_watcher(control),
             Request::Get { name } => self.refuse_get_without_capability(&control, &name),
             Request::Stop if self.under_run => {
@@ -664,7 +674,7 @@ impl EventLoop {
         }
     }
 
-    fn register(&mut self, control: &Control, pid: i32, group: bool) {
+    fn register(&mut self, control: &Control, pid: i32, held: Option<OwnedFd>, group: bool) {
         let target = Pid::from_raw(pid);
         let what = if group { " and its process group" } else { "" };
         // The requester has the daemon's uid; registering needs the right to signal.
@@ -680,7 +690,7 @@ impl EventLoop {
             Ok(()) if group && getpgid(Some(target)) != Ok(target) => Reply::Err(format!(
                 "cannot register pid {pid} with its group: it does not lead a process group; fix: start it in its own group (setpgid(0, 0))"
             )),
-            Ok(()) => match self.registry.register(target, group) {
+            Ok(()) => match self.registry.register(target, held, group) {
                 Ok(()) => {
                     self.log.line(format_args!(
                         "registered pid {pid}{what} (requested by pid {})",

@@ -26,9 +26,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers `pid`; the caller has already checked the requester may signal
-    /// it and, with `group`, that it leads its process group.
-    pub fn register(&mut self, pid: Pid, group: bool) -> Result<(), Errno> {
+    /// Registers `pid`, held by `held` where the kernel gave a pidfd of it at
+    /// connect time (`SO_PEERPIDFD`), else by a `pidfd_open` now; the caller
+    /// has already checked the requester may signal it and, with `group`,
+    /// that it leads its process group.
+    pub fn register(&mut self, pid: Pid, held: Option<OwnedFd>, group: bool) -> Result<(), Errno> {
         self.forget_exited();
         if let Some(entry) = self.entries.iter_mut().find(|e| e.pid == pid) {
             entry.group |= group;
@@ -37,7 +39,10 @@ impl Registry {
         if self.entries.len() >= MAX_REGISTERED {
             return Err(Errno::ENOSPC);
         }
-        let pidfd = pidfd_open(pid)?;
+        let pidfd = match held {
+            Some(pidfd) => pidfd,
+            None => pidfd_open(pid)?,
+        };
         self.entries.push(Entry { pid, pidfd, group });
         Ok(())
     }
