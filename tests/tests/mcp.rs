@@ -672,3 +672,45 @@ fn sigterm_to_a_session_kills_its_program_wipes_and_ends_it() {
         "{log}"
     );
 }
+
+#[test]
+fn exec_calls_beyond_the_limit_are_refused_busy_and_run_nothing() {
+    let tools_dir = tempfile::tempdir().unwrap();
+    let tools = tools_dir.path().join("tools.toml");
+    std::fs::write(&tools, LONG_JOB).unwrap();
+    let bin = dazai_e2e::dazai_bin().display().to_string();
+    let tools_arg = tools.display().to_string();
+    let daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .exec(&[
+            &bin,
+            "mcp",
+            "serve",
+            "--tools",
+            &tools_arg,
+            "--max-calls",
+            "1",
+        ])
+        .start();
+    let mut mcp = McpClient::start(&daemon);
+    start_long_job(&mut mcp);
+    let leader = daemon.read_pid_file("leader.pid");
+
+    let busy = mcp.request(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "long_job", "arguments": {}}}));
+
+    assert_eq!(busy["id"], 3, "{busy}");
+    assert_eq!(busy["result"]["isError"], true, "{busy}");
+    assert!(
+        text_of(&busy, 0).starts_with("busy: 1 calls of exec tools already run"),
+        "{busy}"
+    );
+    assert!(is_alive(leader), "the running call goes on");
+    assert_eq!(
+        std::fs::read_to_string(daemon.path("leader.pid"))
+            .unwrap()
+            .trim(),
+        leader.to_string(),
+        "no second program started"
+    );
+}

@@ -35,6 +35,10 @@ pub enum McpCommand {
 /// The tools file and the daemon's socket.
 #[derive(Debug, Args)]
 pub struct ToolsArgs {
+    /// Most calls of exec tools a session runs at once (each forks a process
+    /// tree and buffers its output); more get a "busy" tool error
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_calls: u16,
     /// The tools file (TOML; the MCP page of the docs describes it) [default: $XDG_CONFIG_HOME/dazai/tools.toml, else ~/.config/dazai/tools.toml]
     #[arg(long, value_name = "PATH")]
     pub tools: Option<PathBuf>,
@@ -62,7 +66,11 @@ pub fn run(args: &McpArgs) -> Result<u8, Failure> {
                 other => Failure::from(other),
             }),
         Some(McpCommand::Serve(tools)) => {
-            motokano::sessions::serve(&tools_path(tools)?, &tools.socket.path())
+            motokano::sessions::serve(
+                &tools_path(tools)?,
+                &tools.socket.path(),
+                usize::from(tools.max_calls),
+            )
                 .map(|()| 0)
                 .map_err(failure)
         }
@@ -70,6 +78,7 @@ pub fn run(args: &McpArgs) -> Result<u8, Failure> {
             let options = motokano::Options {
                 tools: tools_path(tools)?,
                 socket: tools.socket.path(),
+                max_calls: usize::from(tools.max_calls),
             };
             motokano::serve_session(&options)
                 .map(|()| 0)

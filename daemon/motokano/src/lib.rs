@@ -63,6 +63,8 @@ pub struct Options {
     pub tools: PathBuf,
     /// The daemon's socket.
     pub socket: PathBuf,
+    /// Most exec calls run at once.
+    pub max_calls: usize,
 }
 
 /// Why `dazai mcp` could not start or serve; each is one line with a fix.
@@ -173,7 +175,7 @@ pub fn serve_session(options: &Options) -> Result<(), McpError> {
         .enable_all()
         .build()
         .map_err(|e| McpError::Serve(format!("cannot start the async runtime: {e}")))?;
-    let server = Motokano::new(file, daemon, ledger.clone());
+    let server = Motokano::new(file, daemon, ledger.clone(), options.max_calls);
     let outcome = runtime.block_on(serve(server, ledger.clone()));
     let cleared = ledger.wipe_and_kill_everything();
     log::line(format_args!(

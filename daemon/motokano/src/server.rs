@@ -35,11 +35,15 @@ struct Inner {
     listed: Vec<McpTool>,
     daemon: DaemonLink,
     ledger: Arc<Ledger>,
+    /// Exec calls running at once: each forks a tree and buffers its output.
+    calls: tokio::sync::Semaphore,
+    max_calls: usize,
 }
 
 impl Motokano {
-    /// A server for `file`'s tools, fetching secrets from `daemon`.
-    pub fn new(file: ToolsFile, daemon: DaemonLink, ledger: Arc<Ledger>) -> Self {
+    /// A server for `file`'s tools, fetching secrets from `daemon`, running
+    /// at most `max_calls` exec calls at once.
+    pub fn new(file: ToolsFile, daemon: DaemonLink, ledger: Arc<Ledger>, max_calls: usize) -> Self {
         let listed = file.tools.iter().map(describe).collect();
         Self {
             inner: Arc::new(Inner {
@@ -47,6 +51,8 @@ impl Motokano {
                 listed,
                 daemon,
                 ledger,
+                calls: tokio::sync::Semaphore::new(max_calls),
+                max_calls,
             }),
         }
     }
@@ -199,9 +205,21 @@ impl ServerHandler for Motokano {
         };
         match &tool.kind {
             Kind::Static(kind) => Ok(self.call_static(tool, kind, request.arguments.as_ref())),
-            Kind::Exec(exec) => Ok(self
-                .call_exec(tool, exec, request.arguments.as_ref(), context)
-                .await),
+            Kind::Exec(exec) => {
+                let Ok(_running) = self.inner.calls.try_acquire() else {
+                    log::line(format_args!(
+                        "call {}: refused: {} exec calls already run",
+                        tool.name, self.inner.max_calls
+                    ));
+                    return Ok(refusal(format!(
+                        "busy: {} calls of exec tools already run in this session, the most it runs at once; the program was not run; retry when one ends",
+                        self.inner.max_calls
+                    )));
+                };
+                Ok(self
+                    .call_exec(tool, exec, request.arguments.as_ref(), context)
+                    .await)
+            }
         }
     }
 }

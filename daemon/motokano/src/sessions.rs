@@ -31,7 +31,7 @@ pub fn executor_socket(socket: &Path) -> PathBuf {
 
 /// Serves MCP sessions until the daemon ends (then exits with
 /// [`EXIT_DAEMON_GONE`]); returns only on a failure to start.
-pub fn serve(tools: &Path, socket: &Path) -> Result<(), McpError> {
+pub fn serve(tools: &Path, socket: &Path, max_calls: usize) -> Result<(), McpError> {
     let file = config::load(tools)?;
     let capability = Capability::inherited()?;
     check_secrets_are_held(&file, &DaemonLink::new(socket))?;
@@ -63,7 +63,7 @@ pub fn serve(tools: &Path, socket: &Path) -> Result<(), McpError> {
         reap_ended_sessions();
         if connection {
             if let Ok((stream, _)) = listener.accept() {
-                start_session(stream, &file.path, socket);
+                start_session(stream, &file.path, socket, max_calls);
             }
         }
     }
@@ -71,7 +71,7 @@ pub fn serve(tools: &Path, socket: &Path) -> Result<(), McpError> {
 
 /// One session process per connection, the connection as its stdin and
 /// stdout; it inherits the capability and stderr (the daemon's log).
-fn start_session(stream: UnixStream, tools: &Path, socket: &Path) {
+fn start_session(stream: UnixStream, tools: &Path, socket: &Path, max_calls: usize) {
     let same_user =
         getsockopt(&stream, PeerCredentials).is_ok_and(|p| p.uid() == getuid().as_raw());
     if !same_user {
@@ -86,6 +86,8 @@ fn start_session(stream: UnixStream, tools: &Path, socket: &Path) {
             .arg(tools)
             .arg("--socket")
             .arg(socket)
+            .arg("--max-calls")
+            .arg(max_calls.to_string())
             .stdin(Stdio::from(OwnedFd::from(input)))
             .stdout(Stdio::from(OwnedFd::from(stream)))
             .spawn()
