@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One cell of the CI matrix: ci/cell.sh ARCH FEATURES
-# (x86_64|aarch64, default|seccomp). The steps are xtask's (`cargo xtask ci
+# (x86_64|aarch64, no-seccomp|seccomp). The steps are xtask's (`cargo xtask ci
 # --arch ARCH --features FEATURES`, docs/release.md lists them per cell).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

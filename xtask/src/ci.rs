@@ -13,7 +13,8 @@ use xshell::{cmd, Cmd, Shell};
 pub(crate) struct Cell {
     /// `x86_64` or `aarch64`.
     pub arch: String,
-    /// Whether the cell builds `dazai` with `--features seccomp`.
+    /// Whether the cell builds `dazai` with its default features (the
+    /// seccomp filter), rather than `--no-default-features`.
     pub seccomp: bool,
 }
 
@@ -21,13 +22,15 @@ impl Cell {
     pub(crate) fn parse(args: &[&str]) -> Result<Option<Cell>> {
         match args {
             [] => Ok(None),
-            ["--arch", arch @ ("x86_64" | "aarch64"), "--features", features @ ("default" | "seccomp")] => {
+            ["--arch", arch @ ("x86_64" | "aarch64"), "--features", features @ ("no-seccomp" | "seccomp")] => {
                 Ok(Some(Cell {
                     arch: arch.to_string(),
                     seccomp: *features == "seccomp",
                 }))
             }
-            _ => bail!("usage: cargo xtask ci [--arch x86_64|aarch64 --features default|seccomp]"),
+            _ => {
+                bail!("usage: cargo xtask ci [--arch x86_64|aarch64 --features no-seccomp|seccomp]")
+            }
         }
     }
 }
@@ -36,15 +39,15 @@ impl Cell {
 /// and features; on x86_64 the suite, natively; the seccomp cells run the
 /// lab's legs of their architecture, whose VM runs the daemon's suite on a
 /// real kernel of that architecture (aarch64 tests never run under qemu-user);
-/// the aarch64 default cell links the default-features binary with cross.
+/// the aarch64 no-seccomp cell links the `--no-default-features` binary with cross.
 pub(crate) fn run_cell(sh: &Shell, cell: &Cell) -> Result<()> {
     let mut steps = Steps::new();
     steps.run("ensure prerequisites", || ensure_prerequisites(sh))?;
     steps.command(cmd!(sh, "cargo fmt --all --check"))?;
     let features: &[&str] = if cell.seccomp {
-        &["--features", "dazai/seccomp"]
-    } else {
         &[]
+    } else {
+        &["--no-default-features"]
     };
     if cell.arch == "x86_64" {
         steps.command(cmd!(
@@ -64,15 +67,18 @@ pub(crate) fn run_cell(sh: &Shell, cell: &Cell) -> Result<()> {
             "cargo clippy --workspace --exclude lab --exclude xtask --all-targets --target aarch64-unknown-linux-musl {features...} -- -D warnings"
         ))?;
         if !cell.seccomp {
-            steps.run("cross build -p dazai (aarch64, default features)", || {
-                crate::cross::prepare(sh)?;
-                crate::cross::build_executables(
-                    sh,
-                    "aarch64-unknown-linux-musl",
-                    &["build", "--release", "-p", "dazai"],
-                )
-                .map(drop)
-            })?;
+            steps.run(
+                "cross build -p dazai (aarch64, --no-default-features)",
+                || {
+                    crate::cross::prepare(sh)?;
+                    crate::cross::build_executables(
+                        sh,
+                        "aarch64-unknown-linux-musl",
+                        &["build", "--release", "-p", "dazai", "--no-default-features"],
+                    )
+                    .map(drop)
+                },
+            )?;
         }
     }
     if cell.seccomp {
@@ -97,30 +103,31 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     steps.command(cmd!(sh, "cargo fmt --all --check"))?;
     steps.command(cmd!(
         sh,
-        "cargo clippy --workspace --all-targets -- -D warnings"
+        "cargo clippy --workspace --all-targets --no-default-features -- -D warnings"
     ))?;
     steps.command(cmd!(
         sh,
-        "cargo clippy --workspace --all-targets --features dazai/seccomp -- -D warnings"
+        "cargo clippy --workspace --all-targets -- -D warnings"
     ))?;
     // The end-to-end tests (tests/) run the `dazai` binary itself, which no
     // test target depends on: build it first, with the same features. The
     // `ci` profile (.config/nextest.toml) reports every failure and bounds a
     // hung test instead of stopping at the first.
-    steps.command(cmd!(sh, "cargo build --workspace --bins"))?;
+    steps.command(cmd!(
+        sh,
+        "cargo build --workspace --bins --no-default-features"
+    ))?;
     // The lab's own tests need root, docker and the lab image: the lab step runs them.
     steps.command(cmd!(
         sh,
+        "cargo nextest run --workspace --exclude lab --profile ci --no-default-features"
+    ))?;
+    // Every daemon test again, this time against the live seccomp filter
+    // (the default build).
+    steps.command(cmd!(sh, "cargo build --workspace --bins"))?;
+    steps.command(cmd!(
+        sh,
         "cargo nextest run --workspace --exclude lab --profile ci"
-    ))?;
-    // Every daemon test again, this time against the live seccomp filter.
-    steps.command(cmd!(
-        sh,
-        "cargo build --workspace --bins --features dazai/seccomp"
-    ))?;
-    steps.command(cmd!(
-        sh,
-        "cargo nextest run --workspace --exclude lab --profile ci --features dazai/seccomp"
     ))?;
     steps.run(
         "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps",

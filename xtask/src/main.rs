@@ -20,7 +20,7 @@ usage: cargo xtask <verb>
   ci    fmt, clippy, the whole suite with and without seccomp, docs,
         the fuzz targets for a bounded time and, last, the lab
         [--arch A --features F]  one cell of the workflow's matrix
-                        (x86_64|aarch64, default|seccomp; docs/release.md)
+                        (x86_64|aarch64, no-seccomp|seccomp; docs/release.md)
   man   write target/man/dazai.1 from the command line's definition
   fuzz  build the libFuzzer targets in fuzz/ and run them all at once
         [--time SECS]   seconds each target runs (default 60)

@@ -316,7 +316,10 @@ impl fmt::Display for Confinement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             #[cfg(not(all(feature = "seccomp", target_os = "linux")))]
-            Self::Off => write!(f, "off"),
+            Self::Off => write!(
+                f,
+                "off (built with --no-default-features: no seccomp filter)"
+            ),
             #[cfg(all(feature = "seccomp", target_os = "linux"))]
             Self::Sealed { allowed } => write!(f, "on ({allowed} syscalls allowed)"),
         }

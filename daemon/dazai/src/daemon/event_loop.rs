@@ -425,7 +425,7 @@ impl EventLoop {
                     ));
                 }
                 Signal::SIGTERM | Signal::SIGINT => {
-                    return Some(self.clean_shutdown(&signal.to_string()))
+                    return Some(self.clean_shutdown(signal.as_ref()))
                 }
                 Signal::SIGUSR2 => self.panic(PanicReason::Signal(signal)),
                 Signal::SIGUSR1 | Signal::SIGHUP => self.session_lost(PanicReason::Signal(signal)),
