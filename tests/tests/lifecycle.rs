@@ -429,3 +429,38 @@ fn dazai_stop_wipes_and_exits_killing_nothing() {
     assert!(is_alive(program), "the program runs on");
     signal(program, Signal::SIGKILL);
 }
+
+/// `credential:NAME` reads systemd's `$CREDENTIALS_DIRECTORY/NAME`
+/// (`LoadCredential=`, `LoadCredentialEncrypted=`); outside a service it
+/// says what it needs, and a name cannot climb out of the directory.
+#[test]
+fn a_credential_source_reads_the_systemd_credentials_directory() {
+    let credentials = tempfile::tempdir().unwrap();
+    fs::write(credentials.path().join("api"), "canary-credential\n").unwrap();
+    let daemon = DaemonBuilder::new()
+        .args(&["--secret", "api=credential:api"])
+        .env(
+            "CREDENTIALS_DIRECTORY",
+            &credentials.path().display().to_string(),
+        )
+        .start();
+    assert_eq!(daemon.status()["secrets"][0]["bytes"], 17);
+
+    let dir = tempfile::tempdir().unwrap();
+    for (source, code, says) in [
+        ("api=credential:api", 6, "CREDENTIALS_DIRECTORY is not set"),
+        ("api=credential:../api", 2, "unknown secret source"),
+    ] {
+        let output = dazai()
+            .arg("daemon")
+            .arg("--socket")
+            .arg(dir.path().join("d.sock"))
+            .args(["--secret", source])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{source}: {stderr}");
+        assert!(stderr.contains(says), "{source}: {stderr}");
+    }
+}

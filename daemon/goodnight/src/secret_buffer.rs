@@ -209,8 +209,9 @@ impl fmt::Display for SecretError {
             ),
             SecretError::TooLong { capacity } => write!(
                 f,
-                "the secret is longer than the {capacity}-byte buffer (buffer wiped); \
-                 fix: supply a shorter secret or raise the maximum secret size"
+                "the secret is longer than the {capacity}-byte limit (buffer wiped); \
+                 fix: hold a secret of at most {capacity} bytes (a larger one, such as a key \
+                 file, belongs in a file the program reads, not in the daemon)"
             ),
             // Secret memory is out of the kernel's direct map: a file system
             // that reads with zero-copy (9p, seen in the lab's VMs) cannot fill it.

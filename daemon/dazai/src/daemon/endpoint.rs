@@ -82,8 +82,9 @@ fn ensure_private_directory(dir: &Path) -> Result<(), Failure> {
             .create(dir)
             .map_err(|e| {
                 endpoint_error(format!(
-                    "cannot create socket directory {} ({e}); fix: create it with mode 0700 or choose another --socket",
-                    dir.display()
+                    "cannot create socket directory {} ({e}); fix: create it with mode 0700, or pass --socket / set DAZAI_SOCKET to a path in a directory only you can write (XDG_RUNTIME_DIR is {})",
+                    dir.display(),
+                    if std::env::var_os("XDG_RUNTIME_DIR").is_some() { "set" } else { "not set: no login session made one" }
                 ))
             })?;
     }

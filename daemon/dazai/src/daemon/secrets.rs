@@ -24,6 +24,9 @@ pub enum SecretSource {
     Env(String),
     /// A file, read to EOF.
     File(PathBuf),
+    /// A systemd credential (`LoadCredential=`, `LoadCredentialEncrypted=`):
+    /// the file NAME in `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
     /// A no-echo prompt on the controlling terminal.
     Prompt,
 }
@@ -58,10 +61,13 @@ impl FromStr for SecretSpec {
             ),
             Some(("env", var)) if !var.is_empty() => SecretSource::Env(var.to_owned()),
             Some(("file", path)) if !path.is_empty() => SecretSource::File(path.into()),
+            Some(("credential", name)) if dazai_client::protocol::is_valid_name(name) => {
+                SecretSource::Credential(name.to_owned())
+            }
             None if source == "prompt" => SecretSource::Prompt,
             _ => {
                 return Err(format!(
-                    "unknown secret source {source:?}; use fd:N, env:VAR, file:PATH or prompt"
+                    "unknown secret source {source:?}; use fd:N, env:VAR, file:PATH, credential:NAME or prompt"
                 ))
             }
         };
@@ -78,6 +84,7 @@ impl fmt::Display for SecretSource {
             Self::Fd(fd) => write!(f, "fd:{fd}"),
             Self::Env(var) => write!(f, "env:{var}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Credential(name) => write!(f, "credential:{name}"),
             Self::Prompt => write!(f, "prompt"),
         }
     }
@@ -266,16 +273,12 @@ fn read_secret(
             let file = take_inherited_fd(*fd)?;
             read_to_end(file.as_fd(), MAX_SECRET_BYTES, policy, choice)?
         }
-        SecretSource::File(path) => {
-            let file = File::open(path)
-                .map_err(|e| format!("{e}; fix: check the path and its permissions"))?;
-            let size = file.metadata().map_err(|e| e.to_string())?.len() as usize;
-            if size > MAX_SECRET_BYTES {
-                return Err(ReadFailure::Source(format!(
-                    "the file holds {size} bytes, more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
-                )));
-            }
-            read_to_end(file.as_fd(), size.max(1), policy, choice)?
+        SecretSource::File(path) => read_file(path, policy, choice)?,
+        SecretSource::Credential(name) => {
+            let directory = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                "CREDENTIALS_DIRECTORY is not set; fix: credential:NAME is for a systemd service with LoadCredential=NAME:… or LoadCredentialEncrypted=; elsewhere use file:PATH".to_owned()
+            })?;
+            read_file(&PathBuf::from(directory).join(name), policy, choice)?
         }
         SecretSource::Env(var) => SecretBuffer::take_env_var_with_backend(var, policy, choice)?
             .ok_or_else(|| {
@@ -290,6 +293,23 @@ fn read_secret(
         ));
     }
     Ok(secret)
+}
+
+/// Reads the file at `path` whole (at most [`MAX_SECRET_BYTES`]).
+fn read_file(
+    path: &std::path::Path,
+    policy: LockPolicy,
+    choice: MemoryBackend,
+) -> Result<SecretBuffer, ReadFailure> {
+    let file =
+        File::open(path).map_err(|e| format!("{e}; fix: check the path and its permissions"))?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+    if size > MAX_SECRET_BYTES {
+        return Err(ReadFailure::Source(format!(
+            "the file holds {size} bytes, more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
+        )));
+    }
+    read_to_end(file.as_fd(), size.max(1), policy, choice)
 }
 
 /// Takes ownership of an inherited descriptor, refusing one that is not open.
@@ -383,6 +403,7 @@ mod tests {
                 SecretSource::File("/run/creds/c".into()),
             ),
             ("d=prompt", SecretSource::Prompt),
+            ("e=credential:api", SecretSource::Credential("api".into())),
         ];
         for (text, source) in cases {
             let spec: SecretSpec = text.parse().unwrap();
