@@ -253,3 +253,31 @@ fn an_empty_dazai_socket_means_the_default() {
         "{stderr}"
     );
 }
+
+/// dazai(1) names a page per subcommand, and each renders; dazai-run(1)
+/// carries its exit statuses, signals and environment.
+#[test]
+fn every_subcommand_has_its_own_man_page() {
+    let manpage = |args: &[&str]| {
+        let output = Command::new(dazai_e2e::dazai_bin())
+            .arg("manpage")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let list = manpage(&["--list"]);
+    let names: Vec<&str> = list.lines().collect();
+    assert!(names.contains(&"run") && names.contains(&"stop"), "{names:?}");
+    let main = manpage(&[]);
+    for name in &names {
+        assert!(main.contains(&format!("dazai\\-{name}(1)")), "dazai(1) names dazai-{name}(1)");
+        let page = manpage(&[name]);
+        assert!(page.contains(&format!(".TH dazai-{name} 1")), "{page}");
+    }
+    let run = manpage(&["run"]);
+    for section in ["Exit status:", "Signals:", "Environment:", "128+N"] {
+        assert!(run.contains(section), "dazai-run(1) lacks {section}");
+    }
+}

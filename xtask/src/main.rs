@@ -21,7 +21,7 @@ usage: cargo xtask <verb>
         the fuzz targets for a bounded time and, last, the lab
         [--arch A --features F]  one cell of the workflow's matrix
                         (x86_64|aarch64, no-seccomp|seccomp; docs/release.md)
-  man   write target/man/dazai.1 from the command line's definition
+  man   write dazai(1) and a dazai-SUBCOMMAND(1) page each into $CARGO_TARGET_DIR/man (else target/man)
   fuzz  build the libFuzzer targets in fuzz/ and run them all at once
         [--time SECS]   seconds each target runs (default 60)
         [--only T,T]    only these targets (wire, mcp_request, tools_config)

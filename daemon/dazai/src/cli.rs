@@ -39,9 +39,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// Print the man page (roff); `cargo xtask man` writes it to a file.
+    /// Print a man page (roff): dazai(1), or with SUBCOMMAND dazai-SUBCOMMAND(1);
+    /// `cargo xtask man` writes them all.
     #[command(hide = true)]
-    Manpage,
+    Manpage(ManpageArgs),
 }
 
 /// Where the daemon's socket is.
@@ -158,8 +159,30 @@ pub struct GetArgs {
     pub name: String,
 }
 
+/// What `dazai run --help` and dazai-run(1) say beyond the options.
+const RUN_NOTES: &str = "\
+Exit status:
+  PROGRAM's own status; 128+N when signal N stopped it (Ctrl-C: 130, SIGTERM: 143);
+  137 when the daemon panicked (the session was lost, or PROGRAM crashed or was
+  SIGKILLed); dazai's own codes (2 usage, 5 memory, 6 a secret's source, 7 the
+  socket path, 8 PROGRAM could not start, 130 Ctrl-C at a prompt) when it failed
+  before PROGRAM ran.
+
+Signals:
+  SIGINT, SIGTERM and SIGHUP sent to dazai run are relayed to PROGRAM, as sudo
+  does; PROGRAM's end ends the run with a wipe. The panic runs only when the
+  session is lost: stdin or stdout hangs up, the parent shell dies, or dazai run
+  itself is killed.
+
+Environment:
+  PROGRAM and its descendants get DAZAI_CAPABILITY_FD (the capability `dazai get`
+  uses; its number alone grants nothing) and DAZAI_SOCKET. A secret given as
+  env:VAR is taken out of dazai run's own environment and reaches no child.
+  XDG_RUNTIME_DIR places the socket (run-PID.sock) unless --socket does.";
+
 /// `dazai run`.
 #[derive(Debug, Args)]
+#[command(after_long_help = RUN_NOTES)]
 pub struct RunArgs {
     /// A secret to hold, as NAME=SOURCE; SOURCE is fd:N, env:VAR, file:PATH or prompt. Repeatable.
     #[arg(long = "secret", value_name = "NAME=SOURCE")]
@@ -189,6 +212,16 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub program: Vec<String>,
+}
+
+/// `dazai manpage`.
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// The subcommand whose page to print [default: the page of dazai itself]
+    pub subcommand: Option<String>,
+    /// Print the names of the subcommands that have a page, one a line.
+    #[arg(long, conflicts_with = "subcommand")]
+    pub list: bool,
 }
 
 /// `dazai completions`.

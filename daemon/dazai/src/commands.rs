@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs, StopArgs};
+use crate::cli::{
+    Cli, ClientArgs, GetArgs, ManpageArgs, PanicArgs, RegisterArgs, StatusArgs, StopArgs,
+};
 use crate::failure::{Exit, Failure};
 
 /// `dazai client`: holds the heartbeat until the session ends.
@@ -172,9 +174,34 @@ pub fn completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut Cli::command(), "dazai", &mut std::io::stdout());
 }
 
-/// `dazai manpage`: the man page in roff, for `cargo xtask man`.
-pub fn manpage() -> Result<u8, Failure> {
-    clap_mangen::Man::new(Cli::command())
+/// `dazai manpage [SUBCOMMAND]`: a man page in roff, for `cargo xtask man`;
+/// `--list` names the subcommands that have one.
+pub fn manpage(args: &ManpageArgs) -> Result<u8, Failure> {
+    let dazai = Cli::command();
+    let pages = || dazai.get_subcommands().filter(|sub| !sub.is_hide_set());
+    if args.list {
+        for sub in pages() {
+            println!("{}", sub.get_name());
+        }
+        return Ok(0);
+    }
+    let page = match &args.subcommand {
+        None => dazai.clone(),
+        Some(name) => {
+            let sub = pages().find(|sub| sub.get_name() == name).ok_or_else(|| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("no subcommand {name:?}; fix: `dazai manpage --list` names them"),
+                )
+            })?;
+            // dazai-run(1) and its usage line `dazai run …`, as git's pages do.
+            sub.clone()
+                .name(format!("dazai-{name}"))
+                .bin_name(format!("dazai {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    clap_mangen::Man::new(page)
         .render(&mut std::io::stdout())
         .map_err(|e| Failure::new(Exit::Internal, format!("cannot write the man page ({e})")))?;
     Ok(0)

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             commands::completions(args.shell);
             Ok(0)
         }
-        Command::Manpage => commands::manpage(),
+        Command::Manpage(args) => commands::manpage(args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
