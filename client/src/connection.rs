@@ -134,17 +134,7 @@ impl Connection {
     /// heartbeat ties the session to whoever listens, so neither goes to
     /// another user's socket.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|cause| ClientError::NoDaemon {
-            path: path.to_owned(),
-            cause,
-        })?;
-        let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
-        if peer.uid() != getuid().as_raw() {
-            return Err(ClientError::ForeignDaemon {
-                path: path.to_owned(),
-                uid: peer.uid(),
-            });
-        }
+        let stream = connect_to_own(path)?;
         Ok(Self {
             path: Some(path.to_owned()),
             ..Self::from_stream(stream)
@@ -270,6 +260,23 @@ impl Connection {
         }
         Ok(secret)
     }
+}
+
+/// Connects to the socket at `path`, served by a process of this user (by
+/// `SO_PEERCRED`): nothing is sent to another user's socket.
+pub fn connect_to_own(path: &Path) -> Result<UnixStream, ClientError> {
+    let stream = UnixStream::connect(path).map_err(|cause| ClientError::NoDaemon {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+    if peer.uid() != getuid().as_raw() {
+        return Err(ClientError::ForeignDaemon {
+            path: path.to_owned(),
+            uid: peer.uid(),
+        });
+    }
+    Ok(stream)
 }
 
 /// Turns a reply that is not the expected one into the error it stands for.

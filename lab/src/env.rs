@@ -723,6 +723,19 @@ impl Daemon {
     pub fn wait_heartbeat(&self, patience: Duration) -> Result<()> {
         self.process.wait_output("heartbeat attached", patience)
     }
+
+    /// Starts `dazai client` as `lab` and waits until its heartbeat arms the
+    /// switch (a `GET` is answered only then).
+    pub fn attach_client(&self, env: &Env) -> Result<Launched> {
+        let client = env.launch(
+            "lab",
+            "client",
+            None,
+            &["/lab/bin/dazai", "client", "--socket", &self.socket],
+        )?;
+        self.wait_heartbeat(PATIENCE)?;
+        Ok(client)
+    }
 }
 
 /// A random canary: printable, long enough never to occur by chance.

@@ -365,6 +365,9 @@ impl McpClient {
     /// [`DaemonBuilder::mcp_tools`], with a heartbeat attached so the
     /// session's secrets are handed out, and waits until its session serves.
     pub fn start(daemon: &Daemon) -> Self {
+        eventually("the executor to listen", || {
+            daemon.log().contains("to agents on")
+        });
         let mut command = dazai();
         command.arg("mcp").arg("--socket").arg(&daemon.socket);
         Self::spawn(daemon, command)

@@ -269,10 +269,16 @@ fn every_subcommand_has_its_own_man_page() {
     };
     let list = manpage(&["--list"]);
     let names: Vec<&str> = list.lines().collect();
-    assert!(names.contains(&"run") && names.contains(&"stop"), "{names:?}");
+    assert!(
+        names.contains(&"run") && names.contains(&"stop"),
+        "{names:?}"
+    );
     let main = manpage(&[]);
     for name in &names {
-        assert!(main.contains(&format!("dazai\\-{name}(1)")), "dazai(1) names dazai-{name}(1)");
+        assert!(
+            main.contains(&format!("dazai\\-{name}(1)")),
+            "dazai(1) names dazai-{name}(1)"
+        );
         let page = manpage(&[name]);
         assert!(page.contains(&format!(".TH dazai-{name} 1")), "{page}");
     }

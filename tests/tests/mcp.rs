@@ -7,7 +7,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dazai_e2e::{eventually, is_alive, signal, wait_exit, DaemonBuilder, McpClient};
+use dazai_e2e::{eventually, is_alive, signal, wait_exit, Daemon, DaemonBuilder, McpClient};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -195,14 +195,20 @@ fn start_long_job(mcp: &mut McpClient) {
         "params": {"name": "long_job", "arguments": {}}}));
 }
 
-#[test]
-fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
-    let mut daemon = DaemonBuilder::new()
+/// A daemon serving [`LONG_JOB`], and a session with the job running.
+fn long_job_session() -> (Daemon, McpClient) {
+    let daemon = DaemonBuilder::new()
         .secret("api", SECRET)
         .mcp_tools(LONG_JOB)
         .start();
     let mut mcp = McpClient::start(&daemon);
     start_long_job(&mut mcp);
+    (daemon, mcp)
+}
+
+#[test]
+fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
+    let (mut daemon, mut mcp) = long_job_session();
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
     let registered = daemon.status()["registered"].to_string();
@@ -237,12 +243,7 @@ fn a_panic_during_an_exec_call_leaves_no_process_of_the_call_alive() {
 
 #[test]
 fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
-    let mut daemon = DaemonBuilder::new()
-        .secret("api", SECRET)
-        .mcp_tools(LONG_JOB)
-        .start();
-    let mut mcp = McpClient::start(&daemon);
-    start_long_job(&mut mcp);
+    let (mut daemon, mut mcp) = long_job_session();
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
 
@@ -509,12 +510,7 @@ fn register_group_takes_only_a_group_leader_and_the_panic_kills_its_whole_group(
 
 #[test]
 fn ending_the_agents_dazai_mcp_kills_the_running_program_and_wipes() {
-    let daemon = DaemonBuilder::new()
-        .secret("api", SECRET)
-        .mcp_tools(LONG_JOB)
-        .start();
-    let mut mcp = McpClient::start(&daemon);
-    start_long_job(&mut mcp);
+    let (daemon, mut mcp) = long_job_session();
     let leader = daemon.read_pid_file("leader.pid");
     let child = daemon.read_pid_file("child.pid");
 
@@ -654,12 +650,7 @@ fn an_initialize_asking_for_the_stateless_revision_gets_the_newest_with_a_handsh
 
 #[test]
 fn sigterm_to_a_session_kills_its_program_wipes_and_ends_it() {
-    let daemon = DaemonBuilder::new()
-        .secret("api", SECRET)
-        .mcp_tools(LONG_JOB)
-        .start();
-    let mut mcp = McpClient::start(&daemon);
-    start_long_job(&mut mcp);
+    let (daemon, mut mcp) = long_job_session();
     let leader = daemon.read_pid_file("leader.pid");
 
     signal(mcp.session, Signal::SIGTERM);

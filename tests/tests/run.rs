@@ -201,6 +201,15 @@ fn pids_of_run(dir: &std::path::Path) -> (i32, i32) {
 
 const SLEEPER: &str = r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#;
 
+/// `dazai run` on [`SLEEPER`], quiet on the test's stderr.
+fn spawn_sleeper_run(dir: &std::path::Path) -> std::process::Child {
+    run_command(dir, SLEEPER)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn timeout_around_run_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,11 +253,7 @@ fn sigterm_and_sigint_to_run_reach_the_program() {
         (nix::sys::signal::Signal::SIGINT, 130),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut run = run_command(dir.path(), SLEEPER)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut run = spawn_sleeper_run(dir.path());
         let (program, daemon) = pids_of_run(dir.path());
 
         dazai_e2e::signal(run.id() as i32, signal);
@@ -361,11 +366,7 @@ fn nothing_reads_the_terminal_once_run_is_gone() {
 #[test]
 fn an_env_secret_leaves_the_environment_of_run_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let mut run = run_command(dir.path(), SLEEPER)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_sleeper_run(dir.path());
     let (program, _) = pids_of_run(dir.path());
     for (who, pid) in [("dazai run", run.id() as i32), ("the program", program)] {
         let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -401,11 +402,7 @@ fn run_is_quiet_by_default_and_takes_the_program_without_a_double_dash() {
 #[test]
 fn dazai_stop_leaves_a_daemon_of_dazai_run_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut run = run_command(dir.path(), SLEEPER)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_sleeper_run(dir.path());
     let (program, daemon) = pids_of_run(dir.path());
     let stop = dazai()
         .arg("stop")

@@ -8,10 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use dazai_client::connection::connect_to_own;
 use dazai_client::ClientError;
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use nix::unistd::getuid;
 
 use crate::sessions::executor_socket;
 use crate::EXIT_DAEMON_GONE;
@@ -19,18 +19,7 @@ use crate::EXIT_DAEMON_GONE;
 /// Relays until the session ends; returns the exit status: 0 when the agent
 /// closed stdin first, [`EXIT_DAEMON_GONE`] when the session ended under it.
 pub fn relay(socket: &Path) -> Result<i32, ClientError> {
-    let path = executor_socket(socket);
-    let stream = UnixStream::connect(&path).map_err(|cause| ClientError::NoDaemon {
-        path: path.clone(),
-        cause,
-    })?;
-    let peer = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
-    if peer.uid() != getuid().as_raw() {
-        return Err(ClientError::ForeignDaemon {
-            path,
-            uid: peer.uid(),
-        });
-    }
+    let stream = connect_when_listening(&executor_socket(socket))?;
     let agent_done = Arc::new(AtomicBool::new(false));
     {
         let mut to_session = stream.try_clone()?;
@@ -48,6 +37,29 @@ pub fn relay(socket: &Path) -> Result<i32, ClientError> {
         EXIT_DAEMON_GONE
     })
 }
+
+/// An agent may launch `dazai mcp` while the daemon is still starting its
+/// executor: a socket that does not exist yet, or refuses, is tried again
+/// for a few seconds before the error stands.
+fn connect_when_listening(path: &Path) -> Result<UnixStream, ClientError> {
+    let started = Instant::now();
+    loop {
+        match connect_to_own(path) {
+            Err(ClientError::NoDaemon { cause, .. })
+                if matches!(
+                    cause.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && started.elapsed() < EXECUTOR_START =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How long the relay waits for the executor to listen.
+const EXECUTOR_START: Duration = Duration::from_secs(5);
 
 /// Copies until end of file, flushing after every read: each MCP message
 /// must reach the agent as soon as it is written.

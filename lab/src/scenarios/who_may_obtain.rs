@@ -31,13 +31,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         .args(&["--memory", "locked"])
         .exec(&["/bin/sh", "-c", &program])
         .start()?;
-    let _client = env.launch(
-        "lab",
-        "client",
-        None,
-        &["/lab/bin/dazai", "client", "--socket", &daemon.socket],
-    )?;
-    daemon.wait_heartbeat(PATIENCE)?;
+    let _client = daemon.attach_client(&env)?;
     let (holder_pid, capability_fd) = holder(&env)?;
     rec.check(
         "the supervised program's own `dazai get` obtains the secret (control)",

@@ -69,13 +69,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
 /// The supervised program fetches the secret once a heartbeat arms the
 /// switch, so the scan also covers the paths a hand-out takes.
 fn hand_out_once(env: &Env, daemon: &Daemon) -> Result<()> {
-    let _client = env.launch(
-        "lab",
-        "client",
-        None,
-        &["/lab/bin/dazai", "client", "--socket", &daemon.socket],
-    )?;
-    daemon.wait_heartbeat(PATIENCE)?;
+    let _client = daemon.attach_client(env)?;
     let count = wait_for("the program's dazai get", PATIENCE, || {
         std::fs::read_to_string(env.run_dir.join("handed-out")).ok()
     })?;
