@@ -44,6 +44,58 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         },
     );
     rec.check(
+        "a clean shutdown (SIGTERM) leaves no copy of the secret at its exit_group",
+        |v| {
+            let stopping = env
+                .daemon()
+                .named("stopping")
+                .args(&["--memory", "locked"])
+                .start()?;
+            every_copy_is_locked(&env, stopping.pid(), &stopping.canary_file, v)?;
+            let pid = stopping.pid().to_string();
+            let term = || {
+                env.exec("lab", &["kill", "-TERM", &pid])?;
+                Ok(())
+            };
+            wiped_at_last_call(
+                &env,
+                stopping.pid(),
+                &stopping.canary_file,
+                LastCall::ExitGroup,
+                term,
+                v,
+            )
+        },
+    );
+    rec.check(
+        "the one-shot end (the program exits) leaves no copy of the secret at its exit_group",
+        |v| {
+            let ending = env
+                .daemon()
+                .named("one-shot")
+                .args(&["--memory", "locked"])
+                .exec(&[
+                    "/bin/sh",
+                    "-c",
+                    &format!("while [ ! -e {RUN}/end-now ]; do sleep 0.05; done"),
+                ])
+                .start()?;
+            every_copy_is_locked(&env, ending.pid(), &ending.canary_file, v)?;
+            let end_now = || {
+                std::fs::write(env.run_dir.join("end-now"), "")?;
+                Ok(())
+            };
+            wiped_at_last_call(
+                &env,
+                ending.pid(),
+                &ending.canary_file,
+                LastCall::ExitGroup,
+                end_now,
+                v,
+            )
+        },
+    );
+    rec.check(
         "a crash of the daemon (SIGSEGV) wipes the secret before its final SIGKILL",
         |v| {
             let crashing = env
@@ -133,20 +185,50 @@ pub fn wiped_at_self_kill_after(
     signal: &str,
     v: &mut Verdict,
 ) -> Result<()> {
+    let send = || {
+        let ran = env.exec("lab", &["kill", signal, &pid.to_string()])?;
+        if ran.code != Some(0) {
+            bail!("kill {signal} {pid}: {}", ran.stderr);
+        }
+        Ok(())
+    };
+    wiped_at_last_call(env, pid, canary_file, LastCall::SelfKill, send, v)
+}
+
+/// The last system call of a daemon's end, where the observer stops it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LastCall {
+    /// The panic's `kill(self, SIGKILL)`.
+    SelfKill,
+    /// A clean end's `exit_group`: a clean shutdown, the one-shot end.
+    ExitGroup,
+}
+
+/// Traces `pid`, runs `end_it`, stops the daemon at the entry of its `last`
+/// system call and scans every readable mapping there: 0 hits required.
+pub fn wiped_at_last_call(
+    env: &Env,
+    pid: i32,
+    canary_file: &str,
+    last: LastCall,
+    end_it: impl FnOnce() -> Result<()>,
+    v: &mut Verdict,
+) -> Result<()> {
     let pid_arg = pid.to_string();
+    let mode = match last {
+        LastCall::SelfKill => "wipe",
+        LastCall::ExitGroup => "wipe-at-exit",
+    };
     let observer = env.launch(
         "root",
         "wipe-observer",
         None,
-        &["/lab/bin/lab-observer", "wipe", &pid_arg, canary_file],
+        &["/lab/bin/lab-observer", mode, &pid_arg, canary_file],
     )?;
     observer
         .wait_output("\"attached\"", PATIENCE)
         .context("observer did not attach")?;
-    let ran = env.exec("lab", &["kill", signal, &pid_arg])?;
-    if ran.code != Some(0) {
-        bail!("kill {signal} {pid}: {}", ran.stderr);
-    }
+    end_it()?;
     observer.wait_end(PATIENCE)?;
     let result = last_json(&observer.out()).context("observer gave no result")?;
     if let Some(error) = result.get("error") {
@@ -154,8 +236,12 @@ pub fn wiped_at_self_kill_after(
     }
     let scan: Scan = serde_json::from_value(result["scan"].clone())?;
     let stopped_at = result["stopped_at"].as_str().unwrap_or_default();
+    let (expected_stop, expected_end, where_) = match last {
+        LastCall::SelfKill => (format!("kill({pid}, 9)"), "SIGKILL", "the self-SIGKILL"),
+        LastCall::ExitGroup => ("exit_group(".to_owned(), "exit", "exit_group"),
+    };
     v.require(
-        stopped_at == format!("kill({pid}, 9)"),
+        stopped_at.starts_with(&expected_stop),
         format!("the observer stopped pid {pid} at the entry of {stopped_at}"),
     );
     v.require(
@@ -176,11 +262,11 @@ pub fn wiped_at_self_kill_after(
     }
     v.require(
         scan.hits.is_empty(),
-        format!("{} canary hits at the self-SIGKILL", scan.hits.len()),
+        format!("{} canary hits at {where_}", scan.hits.len()),
     );
     let end = result["end"].as_str().unwrap_or_default();
     v.require(
-        end.contains("SIGKILL"),
+        end.contains(expected_end),
         format!("released, pid {pid} was {end}"),
     );
     v.figure(format!(

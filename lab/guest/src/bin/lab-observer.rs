@@ -6,6 +6,7 @@
 //! lab-observer maps PID                   every mapping with Size/Locked/Swap/VmFlags
 //! lab-observer scan PID CANARY_FILE       every canary hit in readable memory, with its mapping
 //! lab-observer wipe PID CANARY_FILE       stop at kill(PID, SIGKILL) entry, scan, let it die
+//! lab-observer wipe-at-exit PID CANARY_FILE  stop at exit_group entry (a clean end), scan, let it exit
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
 //! lab-observer seccomp PID                Seccomp: of every thread
 //! lab-observer syscall-nr SYSCALL         its number on this architecture
@@ -24,7 +25,8 @@ fn main() {
     let result = match argv[..] {
         ["maps", pid] => maps(parse_pid(pid)),
         ["scan", pid, canary] => scan(parse_pid(pid), canary),
-        ["wipe", pid, canary] => wipe(parse_pid(pid), canary),
+        ["wipe", pid, canary] => wipe(parse_pid(pid), canary, End::SelfKill),
+        ["wipe-at-exit", pid, canary] => wipe(parse_pid(pid), canary, End::ExitGroup),
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
         ["seccomp", pid] => seccomp(parse_pid(pid)),
         ["syscall-nr", syscall] => syscall_nr(syscall),
@@ -74,28 +76,43 @@ fn seccomp(pid: i32) -> Result<()> {
 
 /// Stops the daemon at the entry of its own final `kill(self, SIGKILL)`,
 /// after its wipe and before the kernel frees anything, and scans it.
-fn wipe(pid: i32, canary: &str) -> Result<()> {
+/// The last system call of a daemon's end, where the scan is made.
+#[derive(Clone, Copy)]
+enum End {
+    /// The panic's `kill(self, SIGKILL)`.
+    SelfKill,
+    /// A clean end's `exit_group`.
+    ExitGroup,
+}
+
+fn wipe(pid: i32, canary: &str, at: End) -> Result<()> {
     let canary = read_canary(canary)?;
     let traced = Traced::seize(pid)?;
     traced.interrupt()?;
     println!("{}", json!({ "attached": pid }));
-    let self_kill = |nr: u64, args: &[u64; 6]| {
-        nr == libc::SYS_kill as u64 && args[0] as i32 == pid && args[1] == libc::SIGKILL as u64
+    let last_call = |nr: u64, args: &[u64; 6]| match at {
+        End::SelfKill => {
+            nr == libc::SYS_kill as u64 && args[0] as i32 == pid && args[1] == libc::SIGKILL as u64
+        }
+        End::ExitGroup => nr == libc::SYS_exit_group as u64,
     };
     let entry =
-        traced.run_to_entry(Duration::from_secs(30), || {}, |e| self_kill(e.nr, &e.args))?;
+        traced.run_to_entry(Duration::from_secs(30), || {}, |e| last_call(e.nr, &e.args))?;
     let entry = match entry {
         Ok(entry) => entry,
-        Err(end) => bail!("the daemon ended before its self-SIGKILL: {end}"),
+        Err(end) => bail!("the daemon ended before its last system call: {end}"),
     };
     let stopped_at = Instant::now();
-    let scan = procfs::scan_memory(pid, &canary).context("scan at the self-SIGKILL")?;
+    let scan = procfs::scan_memory(pid, &canary).context("scan at the last system call")?;
     let scan_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
     let end = traced.continue_to_end()?;
     println!(
         "{}",
         json!({
-            "stopped_at": format!("kill({}, {})", entry.args[0] as i32, entry.args[1]),
+            "stopped_at": match at {
+                End::SelfKill => format!("kill({}, {})", entry.args[0] as i32, entry.args[1]),
+                End::ExitGroup => format!("exit_group({})", entry.args[0] as i32),
+            },
             "scan": scan,
             "scan_ms": scan_ms,
             "end": end.to_string(),
