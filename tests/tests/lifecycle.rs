@@ -464,3 +464,42 @@ fn a_credential_source_reads_the_systemd_credentials_directory() {
         assert!(stderr.contains(says), "{source}: {stderr}");
     }
 }
+
+/// Whoever may rename an ancestor of the socket's directory may swap in a
+/// directory of their own: an ancestor writable by others (and not sticky,
+/// as /tmp is) refuses the start, however private the directory itself is.
+#[test]
+fn a_socket_below_a_directory_others_may_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    let private = open.join("private");
+    fs::create_dir_all(&private).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let stderr = refused_start(&private.join("d.sock"), &private.join("d.pid"));
+    assert!(
+        stderr.contains("above the socket directory is writable by others and not sticky"),
+        "{stderr}"
+    );
+
+    // The same tree with the sticky bit, as /tmp has it, is accepted.
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut daemon = dazai()
+        .arg("daemon")
+        .arg("--socket")
+        .arg(private.join("ok.sock"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.starts_with("dazai daemon ready:"), "{ready:?}");
+    stop(&mut daemon);
+}
