@@ -5,7 +5,8 @@
 //!
 //! 1. build the measured `dazai` (release, `--features seccomp`, the build the
 //!    lab attacks) and the static musl release builds (their size);
-//! 2. destroy latency with 0, 1, 10 and 100 registered processes, and each
+//! 2. destroy latency with 0, 1, 10 and 100 registered processes (and 0 with
+//!    the daemon's stderr a full pipe nobody reads), and each
 //!    daemon's start-up time on the way;
 //! 3. ping-timeout precision;
 //! 4. idle cost: context switches over 10 s, resident and locked memory;
@@ -96,9 +97,9 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
 
     let (destroy, startup) = timed(
         &format!(
-            "destroy latency: {} runs each with {:?} registered processes",
+            "destroy latency: {} runs each of (registered processes, stderr) {:?}",
             options.runs,
-            destroy::REGISTERED
+            destroy::CONFIGURATIONS
         ),
         || destroy::measure(&dazai, &scratch, options.runs),
     )?;

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::process::Watched;
@@ -38,12 +39,34 @@ pub(crate) struct Daemon {
     log: PathBuf,
     // Held open: the daemon must never meet a closed stdout.
     _stdout: ChildStdout,
+    // The read end of a full stderr pipe, held and never read.
+    _stderr_unread: Option<OwnedFd>,
+}
+
+/// Where a measured daemon's stderr goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stderr {
+    /// A log file in its directory.
+    Log,
+    /// A pipe filled to the last byte that nobody reads (a paused pager, a
+    /// stuck logger): its log lines cannot be written.
+    Full,
 }
 
 impl Dazai {
     /// Starts `dazai daemon --socket DIR/dazai.sock --secret api=env:… ARGS`
     /// and waits for its ready line.
     pub(crate) fn start_daemon(&self, dir: &Path, args: &[&str]) -> Result<Daemon> {
+        self.start_daemon_with(dir, args, Stderr::Log)
+    }
+
+    /// [`start_daemon`](Self::start_daemon) with its stderr as `stderr` says.
+    pub(crate) fn start_daemon_with(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        stderr: Stderr,
+    ) -> Result<Daemon> {
         let socket = dir.join("dazai.sock");
         let log = dir.join("daemon.log");
         let mut command = Command::new(&self.bin);
@@ -56,8 +79,18 @@ impl Dazai {
             .env(SECRET_VAR, "correct horse battery staple")
             .env_remove("DAZAI_SOCKET")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).context("create the daemon's log")?);
+            .stdout(Stdio::piped());
+        let stderr_unread = match stderr {
+            Stderr::Log => {
+                command.stderr(fs::File::create(&log).context("create the daemon's log")?);
+                None
+            }
+            Stderr::Full => {
+                let (unread, full) = full_pipe()?;
+                command.stderr(full);
+                Some(unread)
+            }
+        };
         let exec = Instant::now();
         let mut process = Watched::spawn(&mut command)?;
         let mut stdout = process
@@ -84,6 +117,7 @@ impl Dazai {
             startup,
             log,
             _stdout: stdout,
+            _stderr_unread: stderr_unread,
         })
     }
 
@@ -113,6 +147,19 @@ impl Dazai {
         }
         Ok(client)
     }
+}
+
+/// A pipe holding as many bytes as it can: (its read end, its write end).
+fn full_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let capacity = fcntl(&write, FcntlArg::F_GETPIPE_SZ).context("F_GETPIPE_SZ")?;
+    // One write of exactly the capacity fits an empty pipe whole.
+    let filler = vec![b'.'; capacity as usize];
+    let written = nix::unistd::write(&write, &filler).context("fill the pipe")?;
+    if written != filler.len() {
+        bail!("filled {written} of {capacity} bytes of the pipe");
+    }
+    Ok((read, write))
 }
 
 impl Daemon {

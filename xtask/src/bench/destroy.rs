@@ -1,7 +1,9 @@
 //! Destroy latency: from SIGKILL to the heartbeat client (its socket closes as
 //! it dies) to (a) every registered process dead and (b) the daemon dead, each
-//! seen by the bench through its pidfd. Start-up time comes free with every
-//! run: from just before the daemon's exec to its ready line.
+//! seen by the bench through its pidfd; once more with no process registered
+//! and the daemon's stderr a full pipe nobody reads (its log lines cannot be
+//! written: the panic must not wait for them). Start-up time comes free with
+//! every run: from just before the daemon's exec to its ready line.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
@@ -9,12 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::dazai::{Dazai, Scratch, PATIENCE};
+use super::dazai::{Dazai, Scratch, Stderr, PATIENCE};
 use super::process::{DeathWatch, Watched};
 use super::stats::Summary;
 
-/// How many processes are registered in each configuration.
-pub(crate) const REGISTERED: [usize; 4] = [0, 1, 10, 100];
+/// How many processes are registered in each configuration, and where the
+/// daemon's stderr goes.
+pub(crate) const CONFIGURATIONS: [(usize, Stderr); 5] = [
+    (0, Stderr::Log),
+    (1, Stderr::Log),
+    (10, Stderr::Log),
+    (100, Stderr::Log),
+    (0, Stderr::Full),
+];
 
 /// Left between the attach and the kill, so that the daemon and the client
 /// are back asleep in `poll` when the session dies, as they would be.
@@ -35,6 +44,7 @@ struct Sample {
 /// The figures for one number of registered processes.
 pub(crate) struct Destroy {
     pub registered: usize,
+    pub stderr: Stderr,
     pub client_gone: Summary,
     pub daemon_gone: Summary,
     pub daemon_after_client: Summary,
@@ -42,9 +52,29 @@ pub(crate) struct Destroy {
 }
 
 impl Destroy {
+    /// The configuration as a target names it.
+    pub(crate) fn target_label(&self) -> String {
+        match self.stderr {
+            Stderr::Log => format!("{} registered", self.registered),
+            Stderr::Full => format!("{} registered, stderr a full pipe", self.registered),
+        }
+    }
+
+    /// The configuration as a report's row names it.
+    pub(crate) fn label(&self) -> String {
+        match self.stderr {
+            Stderr::Log => self.registered.to_string(),
+            Stderr::Full => format!("{}, stderr a full pipe", self.registered),
+        }
+    }
+
     pub(crate) fn json(&self) -> Value {
         json!({
             "registered": self.registered,
+            "stderr": match self.stderr {
+                Stderr::Log => "a log file",
+                Stderr::Full => "a full pipe nobody reads",
+            },
             "client_gone": self.client_gone.json(),
             "daemon_gone": self.daemon_gone.json(),
             "daemon_gone_after_client_seen_dead": self.daemon_after_client.json(),
@@ -61,11 +91,11 @@ pub(crate) fn measure(
     scratch: &Scratch,
     runs: usize,
 ) -> Result<(Vec<Destroy>, Summary)> {
-    let mut samples: Vec<Vec<Sample>> = REGISTERED.iter().map(|_| Vec::new()).collect();
+    let mut samples: Vec<Vec<Sample>> = CONFIGURATIONS.iter().map(|_| Vec::new()).collect();
     let mut startups = Vec::new();
     for run in 0..runs {
-        for (config, &registered) in REGISTERED.iter().enumerate() {
-            let (sample, startup) = one_run(dazai, scratch, registered, run)?;
+        for (config, &(registered, stderr)) in CONFIGURATIONS.iter().enumerate() {
+            let (sample, startup) = one_run(dazai, scratch, registered, stderr, run)?;
             samples[config].push(sample);
             startups.push(startup);
         }
@@ -73,11 +103,12 @@ pub(crate) fn measure(
             println!("    {} of {runs} runs", run + 1);
         }
     }
-    let figures = REGISTERED
+    let figures = CONFIGURATIONS
         .iter()
         .zip(samples)
-        .map(|(&registered, samples)| Destroy {
+        .map(|(&(registered, stderr), samples)| Destroy {
             registered,
+            stderr,
             client_gone: Summary::of_durations(samples.iter().map(|s| s.client_gone)),
             daemon_gone: Summary::of_durations(samples.iter().map(|s| s.daemon_gone)),
             daemon_after_client: Summary::of_durations(
@@ -94,10 +125,11 @@ fn one_run(
     dazai: &Dazai,
     scratch: &Scratch,
     registered: usize,
+    stderr: Stderr,
     run: usize,
 ) -> Result<(Sample, Duration)> {
-    let dir = scratch.dir(&format!("destroy-{registered}-{run}"))?;
-    let mut daemon = dazai.start_daemon(&dir, &[])?;
+    let dir = scratch.dir(&format!("destroy-{registered}-{stderr:?}-{run}"))?;
+    let mut daemon = dazai.start_daemon_with(&dir, &[], stderr)?;
     let mut sleepers = (0..registered)
         .map(|_| Watched::sleeper())
         .collect::<Result<Vec<_>>>()?;

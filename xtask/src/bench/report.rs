@@ -161,7 +161,7 @@ impl Report {
         let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
         for d in &self.destroy {
             let mut row = |what: &str, s: &Summary| {
-                let _ = writeln!(md, "| {} | {what} | {} |", d.registered, cells(s));
+                let _ = writeln!(md, "| {} | {what} | {} |", d.label(), cells(s));
             };
             row("client gone (reference)", &d.client_gone);
             if let Some(registered) = &d.registered_gone {
@@ -304,7 +304,7 @@ impl Report {
         for d in &self.destroy {
             let mut target = |what: &str, s: &Summary| {
                 targets.push(Target {
-                    name: format!("destroy p99 ≤ 5 ms, {} registered: {what}", d.registered),
+                    name: format!("destroy p99 ≤ 5 ms, {}: {what}", d.target_label()),
                     measured: format!("p99 {}", human_micros(s.p99)),
                     met: s.p99 <= DESTROY_P99_TARGET_US,
                 });
