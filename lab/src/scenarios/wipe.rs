@@ -96,6 +96,10 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         },
     );
     rec.check(
+        "`dazai get` leaves no copy of the secret at its exit_group (it writes from locked memory)",
+        |v| hand_out_leaves_no_copy(&env, v),
+    );
+    rec.check(
         "a crash of the daemon (SIGSEGV) wipes the secret before its final SIGKILL",
         |v| {
             let crashing = env
@@ -115,6 +119,83 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
             Ok(())
         },
     );
+    Ok(())
+}
+
+/// A supervised `dazai get` (locked memory, so root can see it) waits for
+/// the heartbeat; the observer follows it from there: the scan at its write
+/// to stdout must find the secret, the scan at its `exit_group` must not.
+fn hand_out_leaves_no_copy(env: &Env, v: &mut Verdict) -> Result<()> {
+    let program = format!(
+        "echo $$ > {RUN}/getter.part && mv {RUN}/getter.part {RUN}/getter; export DAZAI_MEMORY=locked; exec /lab/bin/dazai get api > /dev/null"
+    );
+    let daemon = env
+        .daemon()
+        .named("getter")
+        .args(&["--memory", "locked"])
+        .exec(&["/bin/sh", "-c", &program])
+        .start()?;
+    let pid: i32 = wait_for("the getter's pid", PATIENCE, || {
+        std::fs::read_to_string(env.run_dir.join("getter")).ok()
+    })?
+    .trim()
+    .parse()?;
+    let pid_arg = pid.to_string();
+    // Traced only once it is `dazai get`, waiting for the switch to be armed.
+    wait_for("the getter to exec dazai", PATIENCE, || {
+        let exe = env
+            .exec("root", &["readlink", &format!("/proc/{pid}/exe")])
+            .ok()?;
+        exe.stdout.trim().ends_with("dazai").then_some(())
+    })?;
+    let observer = env.launch(
+        "root",
+        "hand-out-observer",
+        None,
+        &[
+            "/lab/bin/lab-observer",
+            "hand-out",
+            &pid_arg,
+            &daemon.canary_file,
+        ],
+    )?;
+    observer
+        .wait_output("\"attached\"", PATIENCE)
+        .context("observer did not attach")?;
+    let _client = daemon.attach_client(env)?;
+    observer.wait_end(PATIENCE)?;
+    let result = last_json(&observer.out()).context("observer gave no result")?;
+    if let Some(error) = result.get("error") {
+        bail!("observer: {error}");
+    }
+    let writing: Scan = serde_json::from_value(result["at_write"].clone())?;
+    let exiting: Scan = serde_json::from_value(result["at_exit"].clone())?;
+    v.require(
+        !writing.hits.is_empty(),
+        format!(
+            "at its write to stdout the scan finds the secret {} time(s) (the control)",
+            writing.hits.len()
+        ),
+    );
+    v.require(
+        exiting.mappings_read > 0 && exiting.hits.is_empty(),
+        format!(
+            "at its exit_group: {} hits in {} mappings ({} KiB)",
+            exiting.hits.len(),
+            exiting.mappings_read,
+            exiting.bytes_read / 1024
+        ),
+    );
+    for hit in &exiting.hits {
+        v.note(format!(
+            "hit at {:#x} in {}",
+            hit.address,
+            hit.mapping.describe()
+        ));
+    }
+    let end = result["end"].as_str().unwrap_or_default();
+    v.require(end == "exited with 0", format!("dazai get {end}"));
+    v.figure(format!("{} hits at exit", exiting.hits.len()));
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! lab-observer scan PID CANARY_FILE       every canary hit in readable memory, with its mapping
 //! lab-observer wipe PID CANARY_FILE       stop at kill(PID, SIGKILL) entry, scan, let it die
 //! lab-observer wipe-at-exit PID CANARY_FILE  stop at exit_group entry (a clean end), scan, let it exit
+//! lab-observer hand-out PID CANARY_FILE   `dazai get`: scan at its write to stdout (the control), then at exit_group
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
 //! lab-observer seccomp PID                Seccomp: of every thread
 //! lab-observer syscall-nr SYSCALL         its number on this architecture
@@ -27,6 +28,7 @@ fn main() {
         ["scan", pid, canary] => scan(parse_pid(pid), canary),
         ["wipe", pid, canary] => wipe(parse_pid(pid), canary, End::SelfKill),
         ["wipe-at-exit", pid, canary] => wipe(parse_pid(pid), canary, End::ExitGroup),
+        ["hand-out", pid, canary] => hand_out(parse_pid(pid), canary),
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
         ["seccomp", pid] => seccomp(parse_pid(pid)),
         ["syscall-nr", syscall] => syscall_nr(syscall),
@@ -117,6 +119,37 @@ fn wipe(pid: i32, canary: &str, at: End) -> Result<()> {
             "scan_ms": scan_ms,
             "end": end.to_string(),
         })
+    );
+    Ok(())
+}
+
+/// Follows a `dazai get` from its write of the secret to stdout, where the
+/// scan must find it (the control: the scan sees this process), to its
+/// `exit_group`, where no copy may be left.
+fn hand_out(pid: i32, canary: &str) -> Result<()> {
+    let canary = read_canary(canary)?;
+    let traced = Traced::seize(pid)?;
+    traced.interrupt()?;
+    println!("{}", json!({ "attached": pid }));
+    let patience = Duration::from_secs(30);
+    let at_write = traced.run_to_entry(
+        patience,
+        || {},
+        |e| e.nr == libc::SYS_write as u64 && e.args[0] == 1,
+    )?;
+    if let Err(end) = at_write {
+        bail!("dazai get ended before it wrote to stdout: {end}");
+    }
+    let writing = procfs::scan_memory(pid, &canary).context("scan at the write")?;
+    let at_exit = traced.run_to_entry(patience, || {}, |e| e.nr == libc::SYS_exit_group as u64)?;
+    if let Err(end) = at_exit {
+        bail!("dazai get ended before its exit_group: {end}");
+    }
+    let exiting = procfs::scan_memory(pid, &canary).context("scan at exit_group")?;
+    let end = traced.continue_to_end()?;
+    println!(
+        "{}",
+        json!({ "at_write": writing, "at_exit": exiting, "end": end.to_string() })
     );
     Ok(())
 }
