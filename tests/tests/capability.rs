@@ -163,10 +163,10 @@ fn a_get_before_the_heartbeat_waits_for_it() {
         .secret("api", CANARY)
         .exec_shell(&get_at_once())
         .start();
+    // The GET has reached the daemon, which holds it: no answer yet.
     eventually("the daemon to hold the early GET", || {
-        daemon.log().contains("supervising pid")
+        daemon.status()["waiting_gets"] == 1
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         !exists(&daemon.path("got")),
         "a secret left before the switch was armed"

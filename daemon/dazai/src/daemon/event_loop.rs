@@ -1063,6 +1063,7 @@ impl EventLoop {
             memory: self.vault.memory().backend.to_string(),
             memory_note: self.vault.memory().note.clone(),
             registered: self.registry.live_pids(),
+            waiting_gets: self.pending_gets.len(),
             supervised: self.supervised.as_ref().map(|s| SupervisedStatus {
                 pid: s.program.as_raw(),
                 pgid: s.pgid().as_raw(),

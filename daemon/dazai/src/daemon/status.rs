@@ -80,6 +80,8 @@ pub struct Status {
     pub locked_bytes: usize,
     /// Registered processes that are alive.
     pub registered: Vec<i32>,
+    /// `GET`s through the capability that wait for the switch to be armed.
+    pub waiting_gets: usize,
     /// The `--exec` child, if any.
     pub supervised: Option<SupervisedStatus>,
     /// `on (N syscalls allowed)` or `off`.
