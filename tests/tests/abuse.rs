@@ -154,8 +154,9 @@ fn idle_and_half_closed_connections_are_timed_out_or_refused_and_all_let_go() {
     guarded.assert_untouched();
 }
 
-/// "Peers are checked with SO_PEERCRED: a peer of another UID is refused"
-/// (SPEC §2). The socket path is opened to everyone first, as a careless
+/// Peers are checked with `SO_PEERCRED`, and a peer of another uid is refused
+/// (docs/design.md, "The session and liveness"). The socket path is opened to
+/// everyone first, as a careless
 /// chmod would, so only the credential check stands between the other user
 /// and the daemon: it can neither read status, attach, fetch nor panic.
 #[test]
@@ -289,8 +290,8 @@ fn refused_start_ups_leave_the_running_daemon_and_every_file_as_they_were() {
     guarded.assert_untouched();
 }
 
-/// "Liveness loss, a panic signal or a `PANIC` request runs the kill
-/// sequence, once" (SPEC §3): a SIGTERM that is there while the panic runs
+/// The panic runs once, and never returns (docs/design.md, "The panic"): a
+/// SIGTERM that is there while the panic runs
 /// cannot turn it into a clean shutdown, which would spare the processes.
 ///
 /// Nothing holds the daemon inside its panic long enough to send a signal in

@@ -1,4 +1,4 @@
-//! The seccomp seal as the running daemon shows it (SPEC.md §5). Every other
+//! The seccomp seal as the running daemon shows it (docs/design.md, "Start-up"). Every other
 //! test in this suite also runs against the live filter when the binary is
 //! built with `--features seccomp`, and fails if the daemon dies by SIGSYS.
 

@@ -84,7 +84,7 @@ fn a_stopped_client_without_ping_timeout_holds_the_session_until_it_resumes() {
     stop(&mut client);
 }
 
-/// `kill -9` of the daemon: its wipe cannot run (SPEC §8), but the program
+/// `kill -9` of the daemon: its wipe cannot run (docs/design.md, "What it cannot do"), but the program
 /// dies by its death signal and the client notices the daemon is gone. What
 /// PDEATHSIG cannot reach: a child the program started has no death signal
 /// of its own, and outlives it (docs/robustness.md).
@@ -116,7 +116,7 @@ fn a_daemon_killed_hard_takes_its_program_and_the_client_notices() {
 }
 
 /// The supervised program crashes (SIGSEGV): that is a death by a signal,
-/// so the panic runs (SPEC §3) and takes the program's children with it.
+/// so the panic runs (docs/design.md, "The panic") and takes the program's children with it.
 #[test]
 fn a_crashing_supervised_program_triggers_the_panic_and_its_children_die() {
     let mut daemon = DaemonBuilder::new()
@@ -237,9 +237,9 @@ fn set_soft_nofile(pid: i32, soft: &str) {
     assert!(status.success(), "prlimit failed");
 }
 
-/// "raise `RLIMIT_MEMLOCK` (soft to hard; report clearly when the hard limit
-/// is too small for the requested buffers — a clear error, not a silent
-/// unlocked buffer)" (SPEC §1). Run as another user, since root's
+/// A memlock limit too small for the buffers is a clear error, never a
+/// silently unlocked buffer (docs/design.md, "Secret memory"). Run as another
+/// user, since root's
 /// CAP_IPC_LOCK ignores the limit; each secret needs a 4 KiB page.
 #[test]
 fn a_memlock_limit_too_small_stops_start_up_with_one_clear_line() {

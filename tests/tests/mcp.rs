@@ -1,4 +1,4 @@
-//! `dazai mcp` (SPEC.md §7), driven by a scripted MCP client over stdio, in
+//! `dazai mcp` (docs/design.md, "The MCP layer"), driven by a scripted MCP client over stdio, in
 //! both protocol eras, and observed from outside: the daemon, `/proc`, exit
 //! statuses.
 

@@ -1,4 +1,4 @@
-//! The heartbeat and the panic it triggers (SPEC.md §2–§3), observed from outside.
+//! The heartbeat and the panic it triggers (docs/design.md, "The session and liveness" and "The panic"), observed from outside.
 
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;

@@ -90,6 +90,12 @@ fn is_comment(line: &str) -> bool {
 /// Every `.rs` file under `dir`, skipping build output and hidden directories;
 /// none when `dir` does not exist yet (lab/).
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    files_ending(dir, &[".rs"])
+}
+
+/// Files below `dir` whose names end in one of `endings`, skipping build
+/// output and hidden directories.
+fn files_ending(dir: &Path, endings: &[&str]) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -99,9 +105,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         if path.is_dir() {
             if name != "target" && !name.starts_with('.') {
-                files.extend(rust_files(&path));
+                files.extend(files_ending(&path, endings));
             }
-        } else if name.ends_with(".rs") {
+        } else if endings.iter().any(|ending| name.ends_with(ending)) {
             files.push(path);
         }
     }
@@ -120,4 +126,39 @@ fn relative(path: &Path) -> &Path {
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+/// The project explains itself in its own docs: nothing cites a file outside
+/// the repository (the brief the work started from is not part of it).
+#[test]
+fn nothing_cites_a_file_outside_the_repository() {
+    let outside = ["SPEC.md", "SPEC §", "LAB.md", "STYLE.md", "../shared/"];
+    let mut offenders = Vec::new();
+    for dir in [
+        "daemon",
+        "client",
+        "tests",
+        "lab",
+        "xtask",
+        "docs",
+        "ci",
+        "fuzz/fuzz_targets",
+    ] {
+        for file in files_ending(&repo_root().join(dir), &[".rs", ".md"]) {
+            let text = read(&file);
+            for (number, line) in text.lines().enumerate() {
+                if outside.iter().any(|word| line.contains(word)) && !line.contains("outside = [") {
+                    offenders.push(format!("{}:{}", file.display(), number + 1));
+                }
+            }
+        }
+    }
+    let readme = read(&repo_root().join("README.md"));
+    if outside.iter().any(|word| readme.contains(word)) {
+        offenders.push("README.md".into());
+    }
+    assert!(
+        offenders.is_empty(),
+        "cites a file outside the repository: {offenders:?}"
+    );
 }

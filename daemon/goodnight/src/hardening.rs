@@ -1,7 +1,7 @@
 //! Process hardening: one function per idea, each returning a small report
 //! whose `Display` is one log line.
 //!
-//! The daemon calls them in SPEC order at start-up and logs each report;
+//! The daemon calls them in its start-up order (docs/design.md, "Start-up") and logs each report;
 //! whether an error is fatal is the caller's policy.
 
 use std::fmt;

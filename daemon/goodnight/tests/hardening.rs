@@ -1,8 +1,8 @@
-//! SPEC §1, process hardening:
-//! "raise `RLIMIT_MEMLOCK` (soft to hard; report clearly when the hard limit is
-//! too small for the requested buffers — a clear error, not a silent unlocked
-//! buffer); `prctl(PR_SET_DUMPABLE, 0)`: no core dumps, no same-UID ptrace, no
-//! `/proc/PID/mem`; core-dump size limit 0 as a second layer."
+//! Process hardening (docs/design.md, "Secret memory"): `RLIMIT_MEMLOCK`
+//! raised from soft to hard, with a clear error when the hard limit is too
+//! small (never a silently unlocked buffer); `PR_SET_DUMPABLE 0`: no core
+//! dumps, no same-UID ptrace, no `/proc/PID/mem`; a core size limit of 0 as a
+//! second layer.
 //!
 //! Every test runs the code in a forked child as `nobody` (root's capabilities
 //! would bypass the limits and permissions under test) and observes the child

@@ -1,6 +1,6 @@
-//! SPEC §1: "`SecretBuffer` holds secret bytes in an anonymous private `mmap`
-//! mapping that is `mlock`ed … `madvise(MADV_DONTDUMP)` … wipeable on demand
-//! and on drop … Both are excluded from forked children (`MADV_DONTFORK`)."
+//! `SecretBuffer` holds its bytes in locked pages marked `MADV_DONTDUMP`,
+//! wiped on demand and on drop, and left out of forked children
+//! (`MADV_DONTFORK`) (docs/design.md, "Secret memory").
 //!
 //! Every test reads the kernel's view (`/proc`, signals), not the buffer's.
 //! What both backends share runs on each (`common::memory_backends`); what is

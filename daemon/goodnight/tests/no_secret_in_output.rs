@@ -1,5 +1,6 @@
-//! SPEC §1: "move-only: no `Clone`, no `Copy`, no `Debug`/`Display` that prints
-//! contents". Errors are one line, cause then fix, and carry no secret bytes.
+//! The buffer is move-only, with no `Clone`, no `Copy` and no `Debug` or
+//! `Display` that prints its contents (docs/design.md, "Secret memory").
+//! Errors are one line, cause then fix, and carry no secret bytes.
 
 mod common;
 

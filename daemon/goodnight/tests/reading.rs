@@ -1,6 +1,6 @@
-//! SPEC §1: "read into directly: a secret read from a tty, fd, pipe or file goes
-//! straight into the locked pages (`read(2)` into the mapping), never through a
-//! `Vec` or `String`."
+//! A secret read from a tty, a descriptor, a pipe or a file goes straight into
+//! the locked pages (`read(2)` into the mapping), never through a `Vec` or a
+//! `String` (docs/design.md, "Secret memory").
 
 mod common;
 

@@ -1,8 +1,9 @@
-//! SPEC §1: "Two backends behind the one type: `memfd_secret(2)` pages (Linux
-//! ≥ 5.14 with secret memory enabled: removed from the kernel's direct map, so
-//! not even root can read them through `/proc/PID/mem` or `ptrace`) when
-//! available, the locked anonymous mapping otherwise. The backend in use is
-//! always reported. Both are excluded from forked children (`MADV_DONTFORK`)."
+//! Two backends behind the one type (docs/design.md, "Secret memory"):
+//! `memfd_secret(2)` pages (Linux >= 5.14 with secret memory enabled: out of
+//! the kernel's direct map, so not even root reads them through
+//! `/proc/PID/mem` or `ptrace`) where available, the locked anonymous mapping
+//! otherwise; the backend in use is always reported, and both are left out of
+//! forked children (`MADV_DONTFORK`).
 //!
 //! What both backends share (guard pages, VmLck, drop, fork) is run on each
 //! in `memory.rs`; this file holds what is particular to secret memory. Every

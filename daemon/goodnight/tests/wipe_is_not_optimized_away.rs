@@ -1,5 +1,5 @@
-//! SPEC §1: "wiped … with `explicit_bzero` (glibc/musl on Linux) …: a write the
-//! optimizer is not allowed to elide."
+//! A wipe is a write the optimizer may not remove: `explicit_bzero` on
+//! glibc and musl (docs/design.md, "Secret memory").
 //!
 //! Builds `examples/wipe.rs` with the release profile (LTO, stripped) and looks
 //! at the binary: the call to `explicit_bzero` must still be there.
