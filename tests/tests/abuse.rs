@@ -405,3 +405,27 @@ fn docs_robustness_lists_every_abuse_and_fault_test_and_names_only_real_ones() {
     }
     assert!(named >= 30, "only {named} tests named");
 }
+
+/// A flood of bad requests from the daemon's own uid is answered one by one,
+/// but logged a few lines a second: the log cannot be flooded by whoever may
+/// connect.
+#[test]
+fn a_flood_of_bad_requests_is_logged_a_few_lines_a_second() {
+    let mut guarded = Guarded::start(&[]);
+    for _ in 0..200 {
+        let reply = guarded.daemon.exchange(b"dazai/1 NONSENSE\n");
+        assert!(reply.starts_with("ERR unknown command"), "{reply}");
+    }
+    // One more, past the window, reports what was held back.
+    eventually("a line that reports the suppressed ones", || {
+        guarded.daemon.exchange(b"dazai/1 NONSENSE\n");
+        guarded.daemon.log().contains("similar lines suppressed")
+    });
+    let logged = guarded
+        .daemon
+        .log()
+        .matches("refused a request from pid")
+        .count();
+    assert!(logged < 100, "{logged} refusal lines for 200 refusals");
+    guarded.assert_untouched();
+}

@@ -156,9 +156,6 @@ impl Log {
     /// Writes a line of `kind` as [`Log::line`] does, but at most a few per
     /// second of each kind: for lines anyone can cause at will, such as
     /// refusals. The next line let through says how many were suppressed.
-    // The event loop's refusal lines are to call it (issue 17); remove the
-    // allow once they do.
-    #[allow(dead_code)]
     pub fn limited(&self, kind: &'static str, message: fmt::Arguments<'_>) {
         self.limited_at(Instant::now(), kind, message);
     }

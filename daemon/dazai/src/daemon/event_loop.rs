@@ -471,11 +471,14 @@ impl EventLoop {
                     )),
                     &[],
                 );
-                self.log.line(format_args!(
-                    "refused a connection from uid {} (pid {})",
-                    peer.uid(),
-                    peer.pid()
-                ));
+                self.log.limited(
+                    "foreign peer",
+                    format_args!(
+                        "refused a connection from uid {} (pid {})",
+                        peer.uid(),
+                        peer.pid()
+                    ),
+                );
                 continue;
             }
             if self.controls.len() >= MAX_CONTROLS {
@@ -557,10 +560,10 @@ impl EventLoop {
 
     fn refuse(&self, control: &Control, error: &ProtocolError) {
         let _ = send(&control.stream, &Reply::Err(error.to_string()), &[]);
-        self.log.line(format_args!(
-            "refused a request from pid {}: {error}",
-            control.pid
-        ));
+        self.log.limited(
+            "bad request",
+            format_args!("refused a request from pid {}: {error}", control.pid),
+        );
     }
 
     /// Answers one request; the connection closes afterwards unless it
@@ -625,10 +628,10 @@ impl EventLoop {
                 &Reply::Busy(format!("heartbeat already held by pid {}", current.pid)),
                 &[],
             );
-            self.log.line(format_args!(
-                "refused a second heartbeat from pid {} (BUSY)",
-                control.pid
-            ));
+            self.log.limited(
+                "second heartbeat",
+                format_args!("refused a second heartbeat from pid {} (BUSY)", control.pid),
+            );
             return;
         }
         let ping = self
@@ -777,10 +780,13 @@ impl EventLoop {
             dazai_client::CAPABILITY_ENV
         ));
         let _ = send(&control.stream, &reply, &[]);
-        self.log.line(format_args!(
-            "secret {name} refused to pid {}: no capability",
-            control.pid
-        ));
+        self.log.limited(
+            "get without capability",
+            format_args!(
+                "secret {name} refused to pid {}: no capability",
+                control.pid
+            ),
+        );
     }
 
     /// Messages on the capability: each a request with its reply socket.
