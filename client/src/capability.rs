@@ -67,7 +67,9 @@ impl Capability {
                 why: format!("descriptor {fd} is a socket of another kind"),
             }),
             Err(errno) => Err(ClientError::NoCapability {
-                why: format!("descriptor {fd} is not an open socket ({errno})"),
+                why: format!(
+                    "descriptor {fd} is not an open socket ({errno}): a program between the supervised one and this one closed it, as Python's subprocess does unless pass_fds lists it"
+                ),
             }),
         }
     }

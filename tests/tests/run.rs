@@ -417,3 +417,34 @@ fn dazai_stop_leaves_a_daemon_of_dazai_run_alone() {
     dazai_e2e::signal(run.id() as i32, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(wait_exit(&mut run).code(), Some(143));
 }
+
+/// A real program that starts `dazai get` itself: Python's `subprocess`
+/// closes inherited descriptors unless `pass_fds` names them, so the
+/// capability reaches `dazai get` with `pass_fds` and not without it (the
+/// error says why).
+#[test]
+fn a_python_program_passes_the_capability_on_with_pass_fds() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"exec python3 -c '
+import os, subprocess
+get = ["{bin}", "get", "api"]
+capability = int(os.environ["DAZAI_CAPABILITY_FD"])
+print(subprocess.run(get, pass_fds=[capability], capture_output=True).stdout.decode())
+print(subprocess.run(get, capture_output=True).stderr.decode())
+'"#,
+        bin = dazai_e2e::dazai_bin().display()
+    );
+    let output = run_command(dir.path(), &script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("canary-run"));
+    assert!(
+        lines.any(|l| l.contains("as Python's subprocess does unless pass_fds lists it")),
+        "{stdout}"
+    );
+}
