@@ -178,7 +178,10 @@ impl Connection {
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
         self.set_timeouts(Some(self.deadline))?;
         let reply = self.send_and_read(request)?;
-        if matches!(request, Request::Heartbeat | Request::Watch) {
+        if matches!(
+            request,
+            Request::Heartbeat | Request::HeartbeatStandby | Request::Watch
+        ) {
             self.set_timeouts(None)?;
         }
         Ok(reply)
@@ -379,6 +382,11 @@ mod tests {
             (
                 Request::Heartbeat,
                 "OK heartbeat attached ping-timeout=none\n",
+                None,
+            ),
+            (
+                Request::HeartbeatStandby,
+                "OK standing by: heartbeat held by pid 7\n",
                 None,
             ),
             (Request::Watch, "OK watching\n", None),

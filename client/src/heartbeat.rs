@@ -29,6 +29,9 @@ pub struct HeartbeatOptions<'a> {
     /// (`dazai run`, as `sudo` does) instead of ending the session; the
     /// session still ends when the parent dies or stdin or stdout hangs up.
     pub relay_signals_to: Option<BorrowedFd<'a>>,
+    /// While another session holds the heartbeat, stand by and take it over
+    /// when that session is lost, instead of failing with BUSY.
+    pub standby: bool,
 }
 
 /// Why the heartbeat ended (each ends the session on purpose, except the last).
@@ -71,7 +74,18 @@ pub fn hold_heartbeat(
     }
 
     let mut connection = Connection::open(socket)?;
-    let ping_interval = match connection.request(&Request::Heartbeat)? {
+    let request = if options.standby {
+        Request::HeartbeatStandby
+    } else {
+        Request::Heartbeat
+    };
+    let mut standing_by = false;
+    let mut ping_interval = match connection.request(&request)? {
+        Reply::Ok(text) if text.starts_with(protocol::STANDING_BY) => {
+            eprintln!("dazai: {text}");
+            standing_by = true;
+            None
+        }
         Reply::Ok(text) => ping_interval(options.ping_interval, protocol::ping_timeout_of(&text)),
         other => return Err(unexpected(other)),
     };
@@ -121,7 +135,21 @@ pub fn hold_heartbeat(
                 }
             }
         }
-        if !revents[1].is_empty() {
+        if !revents[1].is_empty() && standing_by {
+            // The only line a standby connection receives: the takeover.
+            match connection.read_reply()? {
+                Reply::Ok(text) => {
+                    eprintln!("dazai: the other session ended; this one holds the heartbeat now");
+                    standing_by = false;
+                    ping_interval = self::ping_interval(
+                        options.ping_interval,
+                        protocol::ping_timeout_of(&text),
+                    );
+                    next_ping = ping_interval.map(|every| Instant::now() + every);
+                }
+                other => return Err(unexpected(other)),
+            }
+        } else if !revents[1].is_empty() {
             drain_pongs(&connection)?;
         }
         let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;

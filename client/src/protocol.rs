@@ -7,6 +7,8 @@
 //! ```text
 //! dazai/1 HEARTBEAT          -> OK heartbeat attached ping-timeout=3 | BUSY ...
 //!   PING                     -> PONG            (repeated, heartbeat connection only)
+//! dazai/1 HEARTBEAT STANDBY  -> OK heartbeat attached ... | OK standing by: ...;
+//!                               later OK heartbeat attached ... when it takes over
 //! dazai/1 STATUS             -> STATUS {json}
 //! dazai/1 REGISTER [PID]     -> OK registered pid PID
 //! dazai/1 REGISTER PID GROUP -> OK registered pid PID and its process group
@@ -35,6 +37,9 @@ pub const MAX_NAME: usize = 64;
 pub enum Request {
     /// Attach the liveness heartbeat; the connection then carries `PING`s.
     Heartbeat,
+    /// Attach the heartbeat, or, while another session holds it, stand by
+    /// to take it over when that session is lost (a second login).
+    HeartbeatStandby,
     /// Ask for the daemon's state as one JSON line.
     Status,
     /// Register a process (the caller itself when `pid` is `None`) so the panic kills it.
@@ -65,6 +70,10 @@ pub enum Request {
         hard: bool,
     },
 }
+
+/// How an `OK` reply to `HEARTBEAT STANDBY` starts when the connection
+/// stands by; a second `OK` follows when it takes the heartbeat over.
+pub const STANDING_BY: &str = "standing by";
 
 /// The heartbeat connection's only message after attaching.
 pub const PING: &str = "PING";
@@ -120,6 +129,7 @@ impl fmt::Display for Request {
         write!(f, "{VERSION_TOKEN} ")?;
         match self {
             Self::Heartbeat => write!(f, "HEARTBEAT"),
+            Self::HeartbeatStandby => write!(f, "HEARTBEAT STANDBY"),
             Self::Status => write!(f, "STATUS"),
             Self::Register { pid: None } => write!(f, "REGISTER"),
             Self::Register { pid: Some(pid) } => write!(f, "REGISTER {pid}"),
@@ -160,7 +170,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
     let args: Vec<&str> = words.collect();
     match (verb, args.as_slice()) {
         ("HEARTBEAT", []) => Ok(Request::Heartbeat),
-        ("HEARTBEAT", _) => Err(ProtocolError::BadArguments("HEARTBEAT")),
+        ("HEARTBEAT", ["STANDBY"]) => Ok(Request::HeartbeatStandby),
+        ("HEARTBEAT", _) => Err(ProtocolError::BadArguments("HEARTBEAT [STANDBY]")),
         ("STATUS", []) => Ok(Request::Status),
         ("STATUS", _) => Err(ProtocolError::BadArguments("STATUS")),
         ("REGISTER", []) => Ok(Request::Register { pid: None }),
@@ -269,6 +280,7 @@ mod tests {
     fn every_request_round_trips_through_its_line() {
         let requests = [
             Request::Heartbeat,
+            Request::HeartbeatStandby,
             Request::Status,
             Request::Register { pid: None },
             Request::Register { pid: Some(42) },

@@ -254,8 +254,9 @@ fn an_empty_dazai_socket_means_the_default() {
     );
 }
 
-/// dazai(1) names a page per subcommand, and each renders; dazai-run(1)
-/// carries its exit statuses, signals and environment.
+/// dazai(1) names a page per subcommand (dazai-mcp(1) names
+/// dazai-mcp-serve(1)), and each renders; dazai-run(1) carries its exit
+/// statuses, signals and environment; dazai-mcp-serve(1) the tools file.
 #[test]
 fn every_subcommand_has_its_own_man_page() {
     let manpage = |args: &[&str]| {
@@ -273,11 +274,14 @@ fn every_subcommand_has_its_own_man_page() {
         names.contains(&"run") && names.contains(&"stop"),
         "{names:?}"
     );
-    let main = manpage(&[]);
     for name in &names {
+        let parent = match name.rsplit_once('-') {
+            Some((parent, _)) => manpage(&[parent]),
+            None => manpage(&[]),
+        };
         assert!(
-            main.contains(&format!("dazai\\-{name}(1)")),
-            "dazai(1) names dazai-{name}(1)"
+            parent.contains(&format!("dazai\\-{}(1)", name.replace('-', "\\-"))),
+            "the page above names dazai-{name}(1)"
         );
         let page = manpage(&[name]);
         assert!(page.contains(&format!(".TH dazai-{name} 1")), "{page}");
@@ -286,4 +290,6 @@ fn every_subcommand_has_its_own_man_page() {
     for section in ["Exit status:", "Signals:", "Environment:", "128+N"] {
         assert!(run.contains(section), "dazai-run(1) lacks {section}");
     }
+    let serve = manpage(&["mcp-serve"]);
+    assert!(serve.contains("Tools file (TOML)"), "{serve}");
 }

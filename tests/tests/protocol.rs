@@ -83,6 +83,38 @@ fn busy_transcript() {
     insta::assert_snapshot!(transcript(&daemon, b"dazai/1 HEARTBEAT\n"));
 }
 
+/// A second login stands by, and its connection becomes the heartbeat when
+/// the first one's closes: two lines on one connection.
+#[test]
+fn standby_transcript() {
+    let daemon = DaemonBuilder::new()
+        .args(&["--grace", "30", "--ping-timeout", "9"])
+        .start();
+    let first = hold_heartbeat(&daemon);
+    let mut standby = daemon.connect();
+    standby.write_all(b"dazai/1 HEARTBEAT STANDBY\n").unwrap();
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 256];
+    while reply.iter().filter(|&&b| b == b'\n').count() < 1 {
+        let n = standby.read(&mut chunk).unwrap();
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    drop(first);
+    while reply.iter().filter(|&&b| b == b'\n').count() < 2 {
+        let n = standby.read(&mut chunk).unwrap();
+        assert!(n > 0, "the daemon closed the standby connection");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let text = format!(
+        "> dazai/1 HEARTBEAT STANDBY\n{}",
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .map(|l| format!("< {l}\n"))
+            .collect::<String>()
+    );
+    insta::assert_snapshot!(redact_run_specific(&text));
+}
+
 #[test]
 fn status_transcript() {
     let daemon = DaemonBuilder::new()

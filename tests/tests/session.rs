@@ -81,6 +81,124 @@ fn second_heartbeat_is_refused_with_busy_and_first_survives() {
     assert_eq!(daemon.wait_exit().signal(), Some(9));
 }
 
+/// A second login's `dazai client --standby`, its stderr piped so its one
+/// line can be read.
+fn standby_client(daemon: &dazai_e2e::Daemon) -> std::process::Child {
+    dazai()
+        .args(["client", "--standby", "--socket"])
+        .arg(&daemon.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dazai client --standby")
+}
+
+/// The first line a client wrote to its stderr.
+fn first_stderr_line(client: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stderr.as_mut().expect("piped stderr")),
+        &mut line,
+    )
+    .expect("read the client's stderr");
+    line
+}
+
+#[test]
+fn a_second_login_stands_by_and_takes_the_heartbeat_over_when_the_first_ends() {
+    let daemon = DaemonBuilder::new()
+        .args(&["--grace", "30"])
+        .secret("api", "canary-second-login")
+        .exec_shell("echo $$ > \"$DIR/program.pid\"; exec sleep 600")
+        .start();
+    let program = daemon.read_pid_file("program.pid");
+    let mut first = daemon.attach_client(&[]);
+    let mut second = standby_client(&daemon);
+
+    let said = first_stderr_line(&mut second);
+    assert!(
+        said.contains("standing by: the heartbeat is held by pid"),
+        "{said}"
+    );
+    assert_eq!(daemon.status()["standbys"][0], second.id());
+
+    first.kill().expect("kill -9 the first login's client");
+    let _ = first.wait();
+
+    eventually("the second login to hold the heartbeat", || {
+        daemon.status()["heartbeat"]["pid"] == second.id()
+    });
+    let status = daemon.status();
+    assert_eq!(status["liveness"], "attached");
+    assert_eq!(status["standbys"].as_array().map(Vec::len), Some(0));
+    assert!(is_alive(program), "the supervised program was killed");
+    let log = daemon.log();
+    assert!(
+        log.contains("handing the heartbeat over to standby pid"),
+        "{log}"
+    );
+    assert!(!log.contains("PANIC"), "{log}");
+    // The heartbeat it took over is a real one: its end is the session lost.
+    dazai_e2e::stop(&mut second);
+    eventually("the second login's end to lose the session", || {
+        daemon.status()["liveness"] == "grace"
+    });
+}
+
+#[test]
+fn a_standby_without_a_grace_window_is_refused_with_the_fix() {
+    let daemon = DaemonBuilder::new().start();
+    let mut first = daemon.attach_client(&[]);
+
+    let second = dazai()
+        .args(["client", "--standby", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("run dazai client --standby");
+
+    assert_eq!(second.status.code(), Some(4), "a refusal is exit code 4");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("fix: start the daemon with --grace"),
+        "{stderr}"
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "first client still running"
+    );
+    assert_eq!(daemon.status()["heartbeat"]["pid"], first.id());
+    dazai_e2e::stop(&mut first);
+}
+
+#[test]
+fn a_panic_asked_for_is_not_cancelled_by_a_standby() {
+    let mut daemon = DaemonBuilder::new().args(&["--grace", "1"]).start();
+    let mut first = daemon.attach_client(&[]);
+    let mut second = standby_client(&daemon);
+    eventually("the second login to stand by", || {
+        daemon.status()["standbys"][0] == second.id()
+    });
+
+    let asked = dazai()
+        .args(["panic", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("run dazai panic");
+
+    assert!(asked.status.success(), "{asked:?}");
+    assert_eq!(daemon.wait_exit().signal(), Some(9));
+    let log = daemon.log();
+    assert!(
+        log.contains("PANIC: grace window expired after: PANIC request"),
+        "{log}"
+    );
+    assert!(!log.contains("handing the heartbeat over"), "{log}");
+    let _ = first.wait();
+    let _ = second.wait();
+}
+
 #[test]
 fn a_stopped_client_with_ping_timeout_triggers_the_panic() {
     let mut daemon = DaemonBuilder::new().args(&["--ping-timeout", "1"]).start();

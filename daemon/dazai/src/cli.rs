@@ -123,6 +123,11 @@ pub struct ClientArgs {
     /// Send PING this often [default: a third of the daemon's --ping-timeout]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval: Option<u64>,
+    /// If another session holds the heartbeat, stand by and take it over when
+    /// that session ends, so that a second login keeps the secrets alive
+    /// (needs a daemon started with --grace)
+    #[arg(long)]
+    pub standby: bool,
 }
 
 /// `dazai status`.

@@ -21,6 +21,7 @@ pub fn client(args: &ClientArgs) -> Result<u8, Failure> {
     let options = HeartbeatOptions {
         ping_interval: args.ping_interval.map(Duration::from_secs),
         relay_signals_to: None,
+        standby: args.standby,
     };
     let end = hold_heartbeat(&args.socket.path(), options)?;
     let why = match end {
@@ -71,6 +72,14 @@ fn human_status(status: &Value) -> String {
             "heartbeat: pid {} since {}\n",
             heartbeat["pid"],
             heartbeat["since"].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(standbys) = status["standbys"].as_array().filter(|s| !s.is_empty()) {
+        let pids: Vec<String> = standbys.iter().map(Value::to_string).collect();
+        out.push_str(&format!(
+            "standing by: pid {}
+",
+            pids.join(", pid ")
         ));
     }
     out.push_str(&format!(
@@ -174,21 +183,45 @@ pub fn completions(shell: clap_complete::Shell) {
     clap_complete::generate(shell, &mut Cli::command(), "dazai", &mut std::io::stdout());
 }
 
+/// The subcommands that get a page of their own, by page name: each visible
+/// subcommand, and each visible subcommand of those (`mcp-serve`).
+fn pages_of(dazai: &clap::Command) -> Vec<(String, clap::Command)> {
+    let visible = |command: &clap::Command| {
+        command
+            .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut pages = Vec::new();
+    for sub in visible(dazai) {
+        let name = sub.get_name().to_owned();
+        let nested = visible(&sub);
+        pages.push((name.clone(), sub));
+        pages.extend(
+            nested
+                .into_iter()
+                .map(|page| (format!("{name}-{}", page.get_name()), page)),
+        );
+    }
+    pages
+}
+
 /// `dazai manpage [SUBCOMMAND]`: a man page in roff, for `cargo xtask man`;
 /// `--list` names the subcommands that have one.
 pub fn manpage(args: &ManpageArgs) -> Result<u8, Failure> {
     let dazai = Cli::command();
-    let pages = || dazai.get_subcommands().filter(|sub| !sub.is_hide_set());
+    let pages = pages_of(&dazai);
     if args.list {
-        for sub in pages() {
-            println!("{}", sub.get_name());
+        for (name, _) in &pages {
+            println!("{name}");
         }
         return Ok(0);
     }
     let page = match &args.subcommand {
         None => dazai.clone(),
         Some(name) => {
-            let sub = pages().find(|sub| sub.get_name() == name).ok_or_else(|| {
+            let (_, sub) = pages.iter().find(|(page, _)| page == name).ok_or_else(|| {
                 Failure::new(
                     Exit::Usage,
                     format!("no subcommand {name:?}; fix: `dazai manpage --list` names them"),
@@ -197,7 +230,7 @@ pub fn manpage(args: &ManpageArgs) -> Result<u8, Failure> {
             // dazai-run(1) and its usage line `dazai run …`, as git's pages do.
             sub.clone()
                 .name(format!("dazai-{name}"))
-                .bin_name(format!("dazai {name}"))
+                .bin_name(format!("dazai {}", name.replace('-', " ")))
                 .version(env!("CARGO_PKG_VERSION"))
         }
     };

@@ -20,12 +20,34 @@ pub struct McpArgs {
     pub tools: Option<PathBuf>,
 }
 
+/// The tools file's format, in `dazai mcp serve --help` and its man page,
+/// where an installed user finds it (the docs are not installed).
+const TOOLS_FILE_NOTES: &str = "\
+Tools file (TOML), one [[tool]] table per tool:
+  name = \"deploy_status\"       1-64 of A-Z a-z 0-9 _ . -
+  description = \"…\"            what the agent reads to decide when to call it
+  kind = \"static\"              secret = \"NAME\" (the secret itself, into the
+                                 model's context) or value = \"fixed text\"
+  kind = \"exec\"                program = \"/absolute/path\" (no shell, no PATH)
+    args = [\"--env\", \"{environment}\"]   \"{param}\" slots; never a secret
+    inject = { API_KEY = \"secret:api\" } environment set to secrets
+    stdin = \"secret:db\"           a secret on stdin, then closed
+    env = { VAR = \"value\" }, pass_env = [\"PATH\", …]
+    timeout_secs = 30 (1-3600), max_output_bytes = 65536 (1-16777216)
+    [tool.params.environment]      type = \"string\" with pattern (anchored) and
+                                   max_length, or type = \"integer\" with min/max;
+                                   required = false makes it optional
+An exec tool's output is cut at max_output_bytes in the program's own bytes,
+then every injected secret (raw, hex, base64) is redacted before the agent
+sees it.";
+
 /// The executor and its sessions (the agent launches plain `dazai mcp`).
 #[derive(Debug, Subcommand)]
 pub enum McpCommand {
     /// The executor: run it as the daemon's supervised program
     /// (`dazai daemon --secret … --exec dazai mcp serve`); it serves the tools
     /// to every `dazai mcp` an agent launches.
+    #[command(after_long_help = TOOLS_FILE_NOTES)]
     Serve(ToolsArgs),
     /// One agent's session, started by the executor per connection.
     #[command(hide = true)]
@@ -39,7 +61,7 @@ pub struct ToolsArgs {
     /// tree and buffers its output); more get a "busy" tool error
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_calls: u16,
-    /// The tools file (TOML; the MCP page of the docs describes it) [default: $XDG_CONFIG_HOME/dazai/tools.toml, else ~/.config/dazai/tools.toml]
+    /// The tools file (TOML; its format is below in --help) [default: $XDG_CONFIG_HOME/dazai/tools.toml, else ~/.config/dazai/tools.toml]
     #[arg(long, value_name = "PATH")]
     pub tools: Option<PathBuf>,
     #[command(flatten)]

@@ -215,7 +215,8 @@ pub fn load(path: &Path) -> Result<ToolsFile, ConfigError> {
         path: path.to_owned(),
         line: None,
         cause: format!("cannot read the tools file ({e})"),
-        fix: "pass --tools the path of a readable TOML file (see docs/mcp.md)".into(),
+        fix: "pass --tools the path of a readable TOML file (its format: `dazai mcp serve --help`)"
+            .into(),
     })?;
     parse(path, &text)
 }
@@ -228,7 +229,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ToolsFile, ConfigError> {
         checker.error(
             e.span().map(|s| s.start),
             format!("invalid tools file: {first_line}"),
-            "write TOML with one [[tool]] table per tool and only the keys docs/mcp.md lists",
+            "write TOML with one [[tool]] table per tool and only the keys `dazai mcp serve --help` lists",
         )
     })?;
     if raw.tool.is_empty() {
@@ -992,7 +993,7 @@ max = 500
         ),
         (
             "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"static\"\nsecret = \"api\"\ncolour = 1\n",
-            "tools.toml:6: invalid tools file: unknown field `colour`, expected one of `name`, `description`, `kind`, `secret`, `value`, `program`, `args`, `inject`, `stdin`, `env`, `pass_env`, `timeout_secs`, `max_output_bytes`, `params`; fix: write TOML with one [[tool]] table per tool and only the keys docs/mcp.md lists",
+            "tools.toml:6: invalid tools file: unknown field `colour`, expected one of `name`, `description`, `kind`, `secret`, `value`, `program`, `args`, `inject`, `stdin`, `env`, `pass_env`, `timeout_secs`, `max_output_bytes`, `params`; fix: write TOML with one [[tool]] table per tool and only the keys `dazai mcp serve --help` lists",
         ),
         (
             "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"static\"\nsecret = \"a\"\n[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"static\"\nvalue = \"v\"\n",
@@ -1008,7 +1009,7 @@ max = 500
         ),
         (
             "[[tool]\n",
-            "tools.toml:1: invalid tools file: unclosed array table, expected `]`; fix: write TOML with one [[tool]] table per tool and only the keys docs/mcp.md lists",
+            "tools.toml:1: invalid tools file: unclosed array table, expected `]`; fix: write TOML with one [[tool]] table per tool and only the keys `dazai mcp serve --help` lists",
         ),
     ];
 

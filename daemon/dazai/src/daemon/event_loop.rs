@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
-use dazai_client::protocol::{self, ProtocolError, Reply, Request, MAX_LINE, PING};
+use dazai_client::protocol::{self, ProtocolError, Reply, Request, MAX_LINE, PING, STANDING_BY};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -33,6 +33,8 @@ const CONTROL_DEADLINE: Duration = Duration::from_secs(3);
 const MAX_CONTROLS: usize = 64;
 /// At most this many `WATCH` connections are held at once; more get `ERR busy`.
 const MAX_WATCHERS: usize = 64;
+/// At most this many heartbeats stand by (one a login); more get `ERR busy`.
+const MAX_STANDBYS: usize = 8;
 /// A reply that cannot be written in this time is abandoned.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After `accept(2)` fails (EMFILE: out of descriptors), the listener is left
@@ -162,9 +164,10 @@ struct PendingGet {
     deadline: Instant,
 }
 
-/// A `WATCH` connection: held silent until the daemon ends, so its peer
-/// (`dazai mcp`) learns of the end as end of file.
-struct Watcher {
+/// A connection held silent: a `WATCH`, held until the daemon ends so its
+/// peer (`dazai mcp`) learns of the end as end of file, or a standby
+/// heartbeat, held until it takes the heartbeat over.
+struct Held {
     stream: UnixStream,
     pid: i32,
 }
@@ -178,6 +181,29 @@ enum Source {
     Heartbeat,
     Control(usize),
     Watcher(usize),
+    Standby(usize),
+}
+
+/// Whether a held connection (`what`) is over: its peer closed it, or broke
+/// its silence, which is answered with an error before it is closed.
+fn held_connection_ends(held: &Held, what: &str) -> bool {
+    let mut byte = [0u8; 1];
+    match (&held.stream).read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            false
+        }
+        Ok(1..) => {
+            let reply = Reply::Err(format!("{what} carries nothing; closing it"));
+            let _ = send(&held.stream, &reply, &[]);
+            true
+        }
+        Ok(0) | Err(_) => true,
+    }
 }
 
 /// The daemon's state while it runs.
@@ -200,7 +226,9 @@ pub struct EventLoop {
     armed: bool,
     heartbeat: Option<Heartbeat>,
     controls: Vec<Control>,
-    watchers: Vec<Watcher>,
+    watchers: Vec<Held>,
+    /// Heartbeats of other sessions, first come first promoted.
+    standbys: Vec<Held>,
     /// Until when the listener is not polled, after `accept(2)` failed.
     accept_paused_until: Option<Instant>,
 }
@@ -240,6 +268,7 @@ impl EventLoop {
             heartbeat: None,
             controls: Vec::new(),
             watchers: Vec::new(),
+            standbys: Vec::new(),
             accept_paused_until: None,
         }
     }
@@ -335,6 +364,10 @@ impl EventLoop {
                         self.on_watcher_input(index);
                         None
                     }
+                    Source::Standby(index) => {
+                        self.on_standby_input(index);
+                        None
+                    }
                 };
                 if let Some(code) = exit {
                     return code;
@@ -359,6 +392,7 @@ impl EventLoop {
         // After the controls: a control that becomes a watcher in this round
         // only appends, so it shifts none of the watchers handled before it.
         sources.extend((0..self.watchers.len()).map(Source::Watcher));
+        sources.extend((0..self.standbys.len()).map(Source::Standby));
         // Reversed iteration handles signals last otherwise: put them at the end.
         sources.rotate_left(1);
         sources
@@ -380,6 +414,7 @@ impl EventLoop {
                 .expect("heartbeat source only while attached"),
             Source::Control(index) => self.controls[index].stream.as_fd(),
             Source::Watcher(index) => self.watchers[index].stream.as_fd(),
+            Source::Standby(index) => self.standbys[index].stream.as_fd(),
         }
     }
 
@@ -578,6 +613,7 @@ impl EventLoop {
         };
         match request {
             Request::Heartbeat => self.attach_heartbeat(control),
+            Request::HeartbeatStandby => self.attach_standby(control),
             Request::Status => {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 let _ = send(&control.stream, &Reply::Status(json), &[]);
@@ -740,7 +776,7 @@ impl EventLoop {
         }
         self.log
             .line(format_args!("watch attached by pid {}", control.pid));
-        self.watchers.push(Watcher {
+        self.watchers.push(Held {
             stream: control.stream,
             pid: control.pid,
         });
@@ -748,28 +784,80 @@ impl EventLoop {
 
     /// A watcher closed its end (or broke the silence): let it go.
     fn on_watcher_input(&mut self, index: usize) {
-        let mut byte = [0u8; 1];
-        match (&self.watchers[index].stream).read(&mut byte) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return
-            }
-            Ok(1..) => {
-                let _ = send(
-                    &self.watchers[index].stream,
-                    &Reply::Err("a watch connection carries nothing; closing it".into()),
-                    &[],
-                );
-            }
-            Ok(0) | Err(_) => {}
+        if held_connection_ends(&self.watchers[index], "a watch connection") {
+            let watcher = self.watchers.swap_remove(index);
+            self.log
+                .line(format_args!("watch by pid {} ended", watcher.pid));
         }
-        let watcher = self.watchers.swap_remove(index);
-        self.log
-            .line(format_args!("watch by pid {} ended", watcher.pid));
+    }
+
+    /// A standby heartbeat closed its end (its session ended first), or
+    /// spoke before its turn: let it go.
+    fn on_standby_input(&mut self, index: usize) {
+        if held_connection_ends(&self.standbys[index], "a standby heartbeat") {
+            let standby = self.standbys.remove(index);
+            self.log.line(format_args!(
+                "standby heartbeat by pid {} ended",
+                standby.pid
+            ));
+        }
+    }
+
+    /// `HEARTBEAT STANDBY`: a second login. It attaches at once when no
+    /// heartbeat is held; otherwise it waits to take the heartbeat over when
+    /// the holder's session is lost. That is the re-attach a grace window
+    /// allows, made immediate, so it needs one: without it, the end of the
+    /// holder's session is the panic, whoever else is logged in.
+    fn attach_standby(&mut self, control: Control) {
+        let Some(holder) = self.heartbeat.as_ref().map(|h| h.pid) else {
+            return self.attach_heartbeat(control);
+        };
+        let refusal = if self.timeouts.grace.is_zero() {
+            Some(format!(
+                "refused: the heartbeat is held by pid {holder} and this daemon has no grace window, so the end of that session panics whoever else is logged in; fix: start the daemon with --grace SECS to let this session take over"
+            ))
+        } else if self.standbys.len() >= MAX_STANDBYS {
+            Some("busy: too many standby heartbeats; retry".to_owned())
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let _ = send(&control.stream, &Reply::Err(refusal), &[]);
+            return;
+        }
+        let reply = Reply::Ok(format!(
+            "{STANDING_BY}: the heartbeat is held by pid {holder}; this session takes it over if that one ends"
+        ));
+        if send(&control.stream, &reply, &[]).is_err() {
+            return;
+        }
+        self.log.line(format_args!(
+            "standby heartbeat from pid {} (held by pid {holder})",
+            control.pid
+        ));
+        self.standbys.push(Held {
+            stream: control.stream,
+            pid: control.pid,
+        });
+    }
+
+    /// The heartbeat's session ended while another stands by: the first
+    /// standby still there becomes the heartbeat, and the panic is cancelled.
+    fn hand_over_to_standby(&mut self) {
+        while self.heartbeat.is_none() && !self.standbys.is_empty() {
+            let standby = self.standbys.remove(0);
+            self.log.line(format_args!(
+                "handing the heartbeat over to standby pid {}",
+                standby.pid
+            ));
+            self.attach_heartbeat(Control {
+                stream: standby.stream,
+                lines: LineBuffer::default(),
+                pid: standby.pid,
+                pidfd: None,
+                deadline: Instant::now(),
+            });
+        }
     }
 
     /// A `GET` on the listening socket: any process of the user's uid can
@@ -952,10 +1040,19 @@ impl EventLoop {
                     "session lost ({reason}); grace window of {}s for a heartbeat to re-attach",
                     self.timeouts.grace.as_secs()
                 ));
+                let heartbeat_ended = matches!(
+                    reason,
+                    PanicReason::HeartbeatClosed | PanicReason::PingTimeout(_)
+                );
                 self.liveness = Liveness::Grace {
                     deadline: Instant::now() + self.timeouts.grace,
                     reason,
                 };
+                // Only the holder's session ending hands over: a panic asked
+                // for (signal, `dazai panic`) is not cancelled by a standby.
+                if heartbeat_ended {
+                    self.hand_over_to_standby();
+                }
             }
             _ => self.panic(reason),
         }
@@ -1055,6 +1152,7 @@ impl EventLoop {
                 pid: h.pid,
                 since: utc_timestamp(h.since),
             }),
+            standbys: self.standbys.iter().map(|s| s.pid).collect(),
             grace_left_secs,
             ping_timeout_secs: self.timeouts.ping.map(|t| t.as_secs()),
             grace_secs: self.timeouts.grace.as_secs(),

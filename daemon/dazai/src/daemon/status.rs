@@ -58,6 +58,8 @@ pub struct Status {
     pub liveness: &'static str,
     /// The attached heartbeat, if any.
     pub heartbeat: Option<HeartbeatStatus>,
+    /// Pids of the heartbeats standing by to take it over, in order.
+    pub standbys: Vec<i32>,
     /// Seconds left in the grace window, while in it.
     pub grace_left_secs: Option<f64>,
     /// `--ping-timeout`.
