@@ -272,6 +272,52 @@ fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
     );
 }
 
+/// Prints the injected secret, says so in a file, and keeps running: the
+/// session holds the secret in the output it collects, unredacted as yet.
+const PRINTS_AND_WAITS: &str = r#"
+[[tool]]
+name = "prints_and_waits"
+description = "Prints the token, then runs for ten minutes"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", 'printf %s "$API_KEY"; touch "$DIR/printed"; exec sleep 600']
+inject = { API_KEY = "secret:api" }
+pass_env = ["PATH", "DIR"]
+timeout_secs = 600
+"#;
+
+/// The end clears the call's redactor: the output collected so far must be
+/// dropped unread, never redacted with the emptied redactor and shown.
+#[test]
+fn a_call_running_when_the_daemon_ends_answers_without_its_output() {
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(PRINTS_AND_WAITS)
+        .start();
+    let mut mcp = McpClient::start(&daemon);
+    mcp.request(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
+    );
+    mcp.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "prints_and_waits", "arguments": {}}}));
+    eventually("the program to print the secret", || {
+        daemon.path("printed").exists()
+    });
+
+    signal(daemon.pid, Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+
+    let answer = mcp.receive();
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer.to_string();
+    assert!(!text.contains(SECRET), "the agent got the secret: {text}");
+    assert!(text.contains("its output was wiped unread"), "{text}");
+    assert_eq!(wait_exit(&mut mcp.child).code(), Some(3), "{}", mcp.log());
+}
+
 fn call_only_tool(mcp: &mut McpClient, arguments: Value) -> (Value, Duration) {
     mcp.request(
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

@@ -396,8 +396,9 @@ impl Running {
     }
 
     /// Collects output until the program exits and its pipes are drained, or
-    /// the time limit, the cap (`limit` bytes of stdout and stderr together)
-    /// or `cancelled` stops it. When the program exits, whatever it left
+    /// the time limit, the cap (`limit` bytes of stdout and stderr together),
+    /// `cancelled` or the ledger's end stops it. Every buffer that held output
+    /// is a [`Wiped`], so a call dropped half-way wipes what it read too. When the program exits, whatever it left
     /// running in its process group is killed at once (it could otherwise
     /// hold the pipes open until the time limit); the program is reaped last.
     pub async fn finish(
@@ -412,8 +413,15 @@ impl Running {
         let mut stdout = Wiped::zeroed(limit);
         let mut stderr = Wiped::zeroed(limit);
         let (mut out_len, mut err_len) = (0, 0);
+        let ended = self.ledger.ended();
+        let cancelled = async move {
+            tokio::select! {
+                () = cancelled => {}
+                () = ended => {}
+            }
+        };
         tokio::pin!(cancelled);
-        let (mut out_chunk, mut err_chunk) = ([0u8; 8192], [0u8; 8192]);
+        let (mut out_chunk, mut err_chunk) = (Wiped::zeroed(8192), Wiped::zeroed(8192));
         let mut leader_exited = false;
         let stopped = loop {
             if self.stdout.is_none() && self.stderr.is_none() {
@@ -423,10 +431,10 @@ impl Running {
             if room == 0 {
                 break Some(End::CapReached);
             }
-            let want = room.min(out_chunk.len());
+            let want = room.min(out_chunk.as_slice().len());
             let event = tokio::select! {
-                r = read_some(self.stdout.as_ref(), &mut out_chunk[..want]) => Event::Out(r),
-                r = read_some(self.stderr.as_ref(), &mut err_chunk[..want]) => Event::Err(r),
+                r = read_some(self.stdout.as_ref(), &mut out_chunk.as_mut_slice()[..want]) => Event::Out(r),
+                r = read_some(self.stderr.as_ref(), &mut err_chunk.as_mut_slice()[..want]) => Event::Err(r),
                 _ = self.pidfd.readable(), if !leader_exited => Event::LeaderExited,
                 () = tokio::time::sleep_until(deadline) => break Some(End::TimedOut),
                 () = &mut cancelled => break Some(End::Cancelled),
@@ -438,19 +446,20 @@ impl Running {
                     let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
                 }
                 Event::Out(Some(n)) => {
-                    stdout.as_mut_slice()[out_len..out_len + n].copy_from_slice(&out_chunk[..n]);
+                    stdout.as_mut_slice()[out_len..out_len + n]
+                        .copy_from_slice(&out_chunk.as_slice()[..n]);
                     out_len += n;
                 }
                 Event::Err(Some(n)) => {
-                    stderr.as_mut_slice()[err_len..err_len + n].copy_from_slice(&err_chunk[..n]);
+                    stderr.as_mut_slice()[err_len..err_len + n]
+                        .copy_from_slice(&err_chunk.as_slice()[..n]);
                     err_len += n;
                 }
                 Event::Out(None) => self.stdout = None,
                 Event::Err(None) => self.stderr = None,
             }
         };
-        goodnight::wipe_bytes(&mut out_chunk);
-        goodnight::wipe_bytes(&mut err_chunk);
+        drop((out_chunk, err_chunk));
         let end = match stopped {
             Some(end) => end,
             None if leader_exited => End::Exited(0),

@@ -1,8 +1,12 @@
 //! The ledger: every secret `dazai mcp` holds at a given moment and every
 //! program it is running, so that the daemon's end can wipe and kill them all
-//! at once, from the watch thread, whatever the server is doing.
+//! at once, from the watch thread, whatever the server is doing. The output a
+//! running call has collected lives in its own task, which only it may touch:
+//! the end tells those calls to stop, and waits (bounded) for them to drop,
+//! and so wipe, their buffers.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,9 @@ pub struct CallSecrets {
     pub secrets: Vec<(String, SecretBuffer)>,
     /// Every form of those secrets, for the output.
     pub redactor: Redactor,
+    /// Set when the end wiped them: the redactor is empty from then on, so
+    /// the call's output must be dropped unread, never redacted with it.
+    pub wiped: bool,
 }
 
 #[derive(Default)]
@@ -50,15 +57,48 @@ pub struct Cleared {
 }
 
 /// Shared by the server, the stdout writer and the watch thread.
-#[derive(Default)]
 pub struct Ledger {
     held: Mutex<Held>,
+    /// Turns `true` at the end: running calls stop and drop their output.
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ledger {
     /// An empty ledger.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            held: Mutex::default(),
+            ended: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Completes once [`Ledger::wipe_and_kill_everything`] has run (at once
+    /// if it already has).
+    pub fn ended(&self) -> impl Future<Output = ()> + 'static {
+        let mut ended = self.ended.subscribe();
+        async move {
+            // An error means the ledger is gone, which is an end too.
+            let _ = ended.wait_for(|ended| *ended).await;
+        }
+    }
+
+    /// Waits until no call holds its secrets any more (so each has dropped
+    /// the output it collected, which wipes it), at most `within`; returns
+    /// the calls still running then.
+    pub fn wait_for_calls_to_end(&self, within: Duration) -> usize {
+        let started = Instant::now();
+        loop {
+            let running = self
+                .lock()
+                .calls
+                .iter()
+                .filter(|call| call.strong_count() > 0)
+                .count();
+            if running == 0 || started.elapsed() >= within {
+                return running;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Held> {
@@ -126,12 +166,16 @@ impl Ledger {
             .collect();
         let mut wiped = held.slots.len();
         held.slots.clear();
-        for call in held.calls.drain(..).filter_map(|weak| weak.upgrade()) {
+        // Kept (weakly): `wait_for_calls_to_end` watches them go.
+        for call in held.calls.iter().filter_map(Weak::upgrade) {
             let mut call = call.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             wiped += call.secrets.len();
             call.secrets.clear();
             call.redactor = Redactor::new();
+            call.wiped = true;
         }
+        drop(held);
+        self.ended.send_replace(true);
         Cleared { wiped, killed }
     }
 }
@@ -187,13 +231,37 @@ mod tests {
         let call = ledger
             .hold_call(CallSecrets {
                 secrets: vec![("api".into(), secret())],
-                redactor: Redactor::new(),
+                ..CallSecrets::default()
             })
             .unwrap();
         let cleared = ledger.wipe_and_kill_everything();
         assert_eq!(cleared.wiped, 2);
         assert!(call.lock().unwrap().secrets.is_empty());
+        assert!(call.lock().unwrap().wiped);
         assert!(ledger.park(secret()).is_none());
         assert!(ledger.hold_call(CallSecrets::default()).is_none());
+    }
+
+    #[test]
+    fn the_end_is_announced_and_waits_for_running_calls_to_let_go() {
+        let ledger = Ledger::new();
+        let call = ledger.hold_call(CallSecrets::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ended = ledger.ended();
+        let announced = std::thread::spawn(move || runtime.block_on(ended));
+
+        ledger.wipe_and_kill_everything();
+        announced.join().expect("the end reached a call's task");
+        assert_eq!(ledger.wait_for_calls_to_end(Duration::from_millis(20)), 1);
+        drop(call);
+        assert_eq!(ledger.wait_for_calls_to_end(Duration::from_secs(5)), 0);
+        // A call that looks after the end learns of it at once.
+        let late = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        late.block_on(ledger.ended());
     }
 }

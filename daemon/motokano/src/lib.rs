@@ -42,6 +42,7 @@ pub mod wiped;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dazai_client::ClientError;
 use nix::sys::signal::{SigSet, Signal};
@@ -108,6 +109,27 @@ impl From<ClientError> for McpError {
     }
 }
 
+/// How long the end waits for running calls to drop (and so wipe) the
+/// output they collected: they stop at once, so this bounds a stuck one.
+const CALLS_END_WITHIN: Duration = Duration::from_secs(1);
+
+/// The end, from a thread of its own: kills every running program, wipes
+/// every secret, and waits for the running calls to wipe their output.
+fn end_everything(ledger: &Ledger) -> String {
+    let cleared = ledger.wipe_and_kill_everything();
+    let left = ledger.wait_for_calls_to_end(CALLS_END_WITHIN);
+    format!(
+        "killed {} running program groups, wiped {} secrets and the output of the calls that ran{}",
+        cleared.killed.len(),
+        cleared.wiped,
+        if left > 0 {
+            format!(" ({left} did not stop within {CALLS_END_WITHIN:?})")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// Runs the server until stdin ends (`Ok`), the daemon ends (the process
 /// exits with [`EXIT_DAEMON_GONE`] from the watch thread) or SIGTERM, SIGINT
 /// or SIGHUP arrives (it exits with 128 + the signal's number). Each way, the
@@ -135,12 +157,8 @@ pub fn serve_session(options: &Options) -> Result<(), McpError> {
                 let Ok(signal) = stop_signals.wait() else {
                     return;
                 };
-                let cleared = ledger.wipe_and_kill_everything();
-                log::line(format_args!(
-                    "{signal}: killed {} running program groups, wiped {} secrets; exiting",
-                    cleared.killed.len(),
-                    cleared.wiped
-                ));
+                let cleared = end_everything(&ledger);
+                log::line(format_args!("{signal}: {cleared}; exiting"));
                 std::process::exit(128 + signal as i32);
             })
             .map_err(|e| McpError::Serve(format!("cannot start the signal thread: {e}")))?;
@@ -151,13 +169,8 @@ pub fn serve_session(options: &Options) -> Result<(), McpError> {
             .name("daemon-watch".into())
             .spawn(move || {
                 watch.wait_for_daemon_end();
-                let cleared = ledger.wipe_and_kill_everything();
-                log::line(format_args!(
-                    "the daemon is gone: killed {} running program groups {:?}, wiped {} secrets; exiting",
-                    cleared.killed.len(),
-                    cleared.killed,
-                    cleared.wiped
-                ));
+                let cleared = end_everything(&ledger);
+                log::line(format_args!("the daemon is gone: {cleared}; exiting"));
                 std::process::exit(EXIT_DAEMON_GONE);
             })
             .map_err(|e| McpError::Serve(format!("cannot start the watch thread: {e}")))?;

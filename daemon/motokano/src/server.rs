@@ -386,18 +386,29 @@ impl Motokano {
             .await;
         let stopped = !matches!(output.end, End::Exited(_));
         let shown = {
+            // Checked under the call's lock, which the end takes to wipe it:
+            // either the redactor is whole here, or the output goes unread.
             let held = held.lock().unwrap_or_else(|p| p.into_inner());
-            what_the_agent_sees(
-                &held.redactor,
-                output.stdout.as_slice(),
-                output.stderr.as_slice(),
-                exec.max_output_bytes,
-                stopped,
-            )
+            (!held.wiped).then(|| {
+                what_the_agent_sees(
+                    &held.redactor,
+                    output.stdout.as_slice(),
+                    output.stderr.as_slice(),
+                    exec.max_output_bytes,
+                    stopped,
+                )
+            })
         };
         drop(output.stdout);
         drop(output.stderr);
         drop(held);
+        let Some(shown) = shown else {
+            log::line(format_args!(
+                "call {}: pid {pid} ended with the daemon; its output was wiped unread",
+                tool.name
+            ));
+            return refusal("the daemon went away during the call; its output was wiped unread");
+        };
         let Shown {
             stdout,
             stderr,

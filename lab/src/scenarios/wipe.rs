@@ -100,6 +100,10 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         |v| hand_out_leaves_no_copy(&env, v),
     );
     rec.check(
+        "`dazai mcp` wipes the output of a call still running when the daemon goes away (at its exit_group)",
+        |v| mcp_output_wiped_when_the_daemon_goes(&env, v),
+    );
+    rec.check(
         "a crash of the daemon (SIGSEGV) wipes the secret before its final SIGKILL",
         |v| {
             let crashing = env
@@ -197,6 +201,96 @@ fn hand_out_leaves_no_copy(env: &Env, v: &mut Verdict) -> Result<()> {
     v.require(end == "exited with 0", format!("dazai get {end}"));
     v.figure(format!("{} hits at exit", exiting.hits.len()));
     Ok(())
+}
+
+/// An exec tool that prints the injected secret and keeps running, so the
+/// session holds the secret in the output it collects for the agent.
+const PRINTING_TOOL: &str = r#"[[tool]]
+name = "print_and_wait"
+description = "prints the token, then waits"
+kind = "exec"
+program = "/bin/sh"
+args = ["-c", "printf %s \"$API_KEY\"; exec sleep 600"]
+inject = { API_KEY = "secret:api" }
+timeout_secs = 600
+"#;
+
+/// What the agent sends: the MCP handshake and one call, then it waits.
+const AGENT_LINES: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"lab","version":"1"}}}
+{"jsonrpc":"2.0","method":"notifications/initialized"}
+{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"print_and_wait","arguments":{}}}
+"#;
+
+/// A call's output lives in the session's ordinary heap (redacted only when
+/// the call ends). The daemon stops (`dazai stop`: nothing is killed) while
+/// the call runs; the session's watch thread learns of it and ends the
+/// session. Control: a live scan of the session finds the secret first.
+fn mcp_output_wiped_when_the_daemon_goes(env: &Env, v: &mut Verdict) -> Result<()> {
+    let tools = env.put("printing-tools.toml", PRINTING_TOOL.as_bytes())?;
+    let daemon = env
+        .daemon()
+        .named("mcp")
+        .args(&["--memory", "locked"])
+        .exec(&["/lab/bin/dazai", "mcp", "serve", "--tools", &tools])
+        .start()?;
+    let _client = daemon.attach_client(env)?;
+    let agent_lines = env.put("agent-lines", AGENT_LINES.as_bytes())?;
+    let _agent = env.launch(
+        "lab",
+        "agent",
+        None,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "(cat {agent_lines}; exec sleep 600) | /lab/bin/dazai mcp --socket {}",
+                daemon.socket
+            ),
+        ],
+    )?;
+    let session: i32 = wait_for("the agent's session", PATIENCE, || {
+        let found = env.sh("root", "pgrep -f -n 'dazai mcp sessio[n]'").ok()?;
+        found.stdout.trim().parse().ok()
+    })?;
+    let live = wait_for("the secret in the session's output", PATIENCE, || {
+        let found = env
+            .observe(&["scan", &session.to_string(), &daemon.canary_file])
+            .ok()?;
+        let scan: Scan = serde_json::from_value(found["scan"].clone()).ok()?;
+        (!scan.hits.is_empty()).then_some(scan)
+    })?;
+    v.require(
+        !live.hits.is_empty(),
+        format!(
+            "while the call runs, a live scan of the session (pid {session}) finds the secret {} time(s) (the control)",
+            live.hits.len()
+        ),
+    );
+    // The thread that ends the session, and so makes its exit_group.
+    let watch = env
+        .sh(
+            "root",
+            &format!("grep -lx daemon-watch /proc/{session}/task/*/comm | cut -d/ -f5"),
+        )?
+        .stdout
+        .trim()
+        .parse::<i32>()
+        .context("the session's daemon-watch thread")?;
+    let stop = || {
+        let ran = daemon.dazai(env, &["stop"])?;
+        if ran.code != Some(0) {
+            bail!("dazai stop: {}", ran.stderr);
+        }
+        Ok(())
+    };
+    wiped_at_last_call(
+        env,
+        watch,
+        &daemon.canary_file,
+        LastCall::ExitGroup,
+        stop,
+        v,
+    )
 }
 
 /// The supervised program fetches the secret once a heartbeat arms the
