@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use testcontainers::bollard::models::PortBinding;
+use testcontainers::bollard::models::{HostConfigCgroupnsModeEnum, PortBinding};
 use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
@@ -123,6 +123,7 @@ impl Lab {
             memory: None,
             ssh: false,
             core_ulimit: false,
+            systemd: false,
         }
     }
 }
@@ -135,6 +136,7 @@ pub struct EnvBuilder<'lab> {
     memory: Option<(i64, i64)>,
     ssh: bool,
     core_ulimit: bool,
+    systemd: bool,
 }
 
 impl<'lab> EnvBuilder<'lab> {
@@ -153,6 +155,13 @@ impl<'lab> EnvBuilder<'lab> {
     /// Publishes sshd's port on 127.0.0.1 (never on other addresses).
     pub fn ssh(mut self) -> Self {
         self.ssh = true;
+        self
+    }
+
+    /// systemd as PID 1 (the systemd image), which needs `CAP_SYS_ADMIN`, a
+    /// private cgroup namespace, no seccomp profile and `/run` on tmpfs.
+    pub fn systemd(mut self) -> Self {
+        self.systemd = true;
         self
     }
 
@@ -205,14 +214,26 @@ impl<'lab> EnvBuilder<'lab> {
 
     /// Starts the container (the image must exist: no registry lookup).
     fn start_container(self, image: &str, ssh_dir: &Path, run_dir: PathBuf) -> Result<Env> {
+        let image = if self.systemd {
+            crate::images::systemd_image()
+        } else {
+            image.to_owned()
+        };
         let (repo, tag) = image.split_once(':').context("image is name:tag")?;
-        if !crate::images::exists(image) {
+        if !crate::images::exists(&image) {
             bail!(
                 "image {image} is missing; refusing to start (testcontainers would ask a registry)"
             );
         }
+        // Under systemd, sshd is a unit and logs to the journal: the
+        // scenario waits for `systemctl is-system-running` instead.
+        let ready = if self.systemd {
+            WaitFor::Nothing
+        } else {
+            WaitFor::message_on_stderr("Server listening")
+        };
         let image = GenericImage::new(repo, tag)
-            .with_wait_for(WaitFor::message_on_stderr("Server listening"))
+            .with_wait_for(ready)
             .with_exposed_port(22.tcp());
         let mut request = image
             .with_mount(
@@ -231,11 +252,27 @@ impl<'lab> EnvBuilder<'lab> {
         if self.core_ulimit {
             request = request.with_ulimit("core", -1, Some(-1));
         }
+        if self.systemd {
+            request = request
+                .with_cap_add("SYS_ADMIN")
+                .with_security_opt("seccomp=unconfined");
+        }
         let memory = self.memory;
         let ssh = self.ssh;
+        let systemd = self.systemd;
         let request = request.with_host_config_modifier(move |config| {
-            // tini as PID 1 reaps whatever the lab leaves behind.
-            config.init = Some(true);
+            if systemd {
+                config.init = Some(false);
+                config.cgroupns_mode = Some(HostConfigCgroupnsModeEnum::PRIVATE);
+                config.tmpfs = Some(
+                    [("/run", ""), ("/run/lock", "")]
+                        .map(|(path, options)| (path.to_owned(), options.to_owned()))
+                        .into(),
+                );
+            } else {
+                // tini as PID 1 reaps whatever the lab leaves behind.
+                config.init = Some(true);
+            }
             config.publish_all_ports = Some(false);
             let mut bindings = std::collections::HashMap::new();
             if ssh {

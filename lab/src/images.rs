@@ -23,6 +23,8 @@ pub const BASE_PACKAGES: &[&str] = &["openssh-server", "procps", "iproute2", "ip
 const BASE_REPO: &str = "ningen-lab-base";
 /// Repository name of the lab image.
 const LAB_REPO: &str = "ningen-lab";
+/// Repository name of the lab image with systemd as PID 1.
+const SYSTEMD_REPO: &str = "ningen-lab-systemd";
 /// Repository name of the `cross` toolchain image.
 const CROSS_REPO: &str = "ningen-cross";
 /// The name Cross.toml gives: fixed, so that file stays static while the
@@ -33,6 +35,7 @@ pub const CROSS_LOCAL: &str = "ningen-cross:local";
 const DOCKERFILE: &str = include_str!("../images/Dockerfile");
 const SSHD_CONF: &str = include_str!("../images/lab-sshd.conf");
 const CROSS_DOCKERFILE: &str = include_str!("../images/cross.Dockerfile");
+const SYSTEMD_DOCKERFILE: &str = include_str!("../images/systemd.Dockerfile");
 
 /// First 16 hex digits of the SHA-256 of `parts`.
 fn input_hash(parts: &[&str]) -> String {
@@ -72,6 +75,14 @@ pub fn lab_image() -> String {
     )
 }
 
+/// `name:tag` of the systemd image for the current inputs.
+pub fn systemd_image() -> String {
+    format!(
+        "{SYSTEMD_REPO}:{}",
+        input_hash(&[&lab_image(), SYSTEMD_DOCKERFILE])
+    )
+}
+
 /// `name:tag` of the `cross` toolchain image for the current inputs.
 pub fn cross_image() -> String {
     format!(
@@ -88,13 +99,23 @@ pub fn exists(image: &str) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-/// Makes both images unless they exist; returns what each cost.
+/// Makes the lab's images unless they exist; returns what each cost.
 pub fn ensure(work: &Path, log: &mut dyn FnMut(&str)) -> Result<Vec<ImageBuild>> {
     let base = base_image();
     let lab = lab_image();
+    let systemd = systemd_image();
     let base_build = timed(&base, || build_base(&base, work, log))?;
     let lab_build = timed(&lab, || build_lab(&lab, &base, work, log))?;
-    Ok(vec![base_build, lab_build])
+    let systemd_build = timed(&systemd, || {
+        build_from_base(
+            &systemd,
+            &lab,
+            &[("Dockerfile", SYSTEMD_DOCKERFILE)],
+            work,
+            log,
+        )
+    })?;
+    Ok(vec![base_build, lab_build, systemd_build])
 }
 
 /// Makes the `cross` toolchain image (and the base image under it) unless it

@@ -8,6 +8,7 @@ pub mod ptrace_snooping;
 pub mod root_reads_memory;
 pub mod session_loss;
 pub mod swap;
+pub mod systemd_unit;
 pub mod who_may_obtain;
 pub mod wipe;
 
@@ -59,5 +60,10 @@ pub const ALL: &[Scenario] = &[
         row: "who may obtain a secret",
         in_vm: true,
         run: who_may_obtain::run,
+    },
+    Scenario {
+        row: "systemd unit",
+        in_vm: false,
+        run: systemd_unit::run,
     },
 ];

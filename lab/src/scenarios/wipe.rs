@@ -248,9 +248,13 @@ fn mcp_output_wiped_when_the_daemon_goes(env: &Env, v: &mut Verdict) -> Result<(
             ),
         ],
     )?;
+    // The session registers itself with the daemon as it starts.
     let session: i32 = wait_for("the agent's session", PATIENCE, || {
-        let found = env.sh("root", "pgrep -f -n 'dazai mcp sessio[n]'").ok()?;
-        found.stdout.trim().parse().ok()
+        daemon.log().lines().find_map(|line| {
+            let (_, rest) = line.split_once("registered pid ")?;
+            let (pid, by) = rest.split_once(" (requested by pid ")?;
+            (by.trim_end_matches(')') == pid).then(|| pid.parse().ok())?
+        })
     })?;
     let live = wait_for("the secret in the session's output", PATIENCE, || {
         let found = env

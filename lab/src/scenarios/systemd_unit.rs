@@ -1,0 +1,346 @@
+//! Row **systemd unit** — "the user unit docs/usage.md documents runs as
+//! written under systemd as PID 1: the daemon takes its secret from a
+//! systemd credential (`LoadCredential=`), never from the unit or the
+//! environment; a heartbeat arms it; `systemctl --user stop` ends it by its
+//! clean shutdown (wipe, socket and pidfile removed, exit 0). The limit the
+//! docs state is shown: a credential encrypted with the machine's key
+//! (`LoadCredentialEncrypted=`) fails a user unit on systemd 252".
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::env::{fresh_canary, wait_for, Env, Lab, Ran, PATIENCE};
+use crate::runner::{Recorder, Verdict};
+
+/// The units are installed exactly as docs/usage.md shows them, with the
+/// binary where the lab keeps it.
+const USAGE: &str = include_str!("../../../docs/usage.md");
+
+/// The executor the units start looks for a tools file in the user's home.
+const TOOLS: &str =
+    "[[tool]]\nname = \"version\"\ndescription = \"a fixed text\"\nkind = \"static\"\nvalue = \"1\"\n";
+
+/// The row's scenario.
+pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
+    let env = lab.env("systemd-unit").systemd().start()?;
+    let state = wait_until_booted(&env)?;
+    let uid = env
+        .exec("root", &["id", "-u", "lab"])?
+        .stdout
+        .trim()
+        .to_owned();
+    let canary = fresh_canary();
+    install_for_lab(&env, &canary)?;
+    let user_unit = Unit::of_lab(&env, &uid, "dazai");
+    wait_for("lab's systemd user manager", PATIENCE, || {
+        let manager = format!("user@{uid}.service");
+        let active = env
+            .exec("root", &["systemctl", "is-active", &manager])
+            .ok()?;
+        (active.stdout.trim() == "active").then_some(())
+    })?;
+
+    rec.check(
+        "the documented user unit (LoadCredential=) starts under systemd as PID 1, and a heartbeat arms it",
+        |v| {
+            v.note(format!("systemd is {state}; lab's user manager runs"));
+            starts_armed(&env, &user_unit, &canary, v)
+        },
+    );
+    rec.check(
+        "`systemctl --user stop dazai` ends it by its clean shutdown: exit 0, wiped, socket removed",
+        |v| stops_cleanly(&env, &user_unit, v),
+    );
+    rec.check(
+        "LoadCredentialEncrypted= with the machine's key fails a user unit on this systemd (the documented limit)",
+        |v| encrypted_credential_is_refused(&env, &uid, &canary, v),
+    );
+    Ok(())
+}
+
+/// Waits for `systemctl is-system-running --wait` to answer (until systemd
+/// has made its socket, systemctl cannot reach it at all); returns its state.
+fn wait_until_booted(env: &Env) -> Result<String> {
+    let state = wait_for("systemd (PID 1) to finish booting", PATIENCE, || {
+        let booted = env
+            .exec("root", &["systemctl", "is-system-running", "--wait"])
+            .ok()?;
+        let state = booted.stdout.trim().to_owned();
+        (!state.is_empty() && state != "starting").then_some(state)
+    })?;
+    if !matches!(state.as_str(), "running" | "degraded") {
+        let failed = env.exec("root", &["systemctl", "--failed", "--no-legend"])?;
+        bail!(
+            "systemd came up {state:?}; failed units: {}",
+            failed.stdout.trim()
+        );
+    }
+    Ok(state)
+}
+
+/// One of the documented units, and the manager that runs it.
+struct Unit<'env> {
+    env: &'env Env,
+    /// The unit's name in lab's user manager.
+    name: String,
+    /// The user manager's `XDG_RUNTIME_DIR`.
+    runtime_dir: String,
+    socket: String,
+}
+
+impl<'env> Unit<'env> {
+    /// The unit `name` of lab (uid `uid`).
+    fn of_lab(env: &'env Env, uid: &str, name: &str) -> Self {
+        let runtime_dir = format!("/run/user/{uid}");
+        Self {
+            env,
+            name: name.to_owned(),
+            socket: format!("{runtime_dir}/dazai/dazai.sock"),
+            runtime_dir,
+        }
+    }
+
+    /// `systemctl --user VERB… UNIT` as lab.
+    fn systemctl(&self, verb: &[&str]) -> Result<Ran> {
+        let mut argv = vec!["systemctl", "--user"];
+        argv.extend_from_slice(verb);
+        argv.push(&self.name);
+        let runtime_dir = [("XDG_RUNTIME_DIR", self.runtime_dir.as_str())];
+        self.env.exec_with_env("lab", &argv, &runtime_dir, PATIENCE)
+    }
+
+    /// `KEY=value …` of `systemctl --user show` for `properties`.
+    fn show(&self, properties: &str) -> Result<String> {
+        let shown = self.systemctl(&["show", "--property", properties])?;
+        Ok(shown
+            .stdout
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    fn status(&self) -> Result<Value> {
+        let argv = [
+            "/lab/bin/dazai",
+            "status",
+            "--json",
+            "--socket",
+            &self.socket,
+        ];
+        let ran = self.env.exec("lab", &argv)?;
+        serde_json::from_str(ran.stdout.trim())
+            .with_context(|| format!("dazai status: {} {}", ran.stdout, ran.stderr))
+    }
+
+    fn main_pid(&self) -> Result<i32> {
+        let shown = self.systemctl(&["show", "--property", "MainPID", "--value"])?;
+        shown.stdout.trim().parse().context("the unit's MainPID")
+    }
+}
+
+/// Starts `unit`: it must hold the canary's length from its credential,
+/// sealed, with no copy in its environment, and be armed by a heartbeat.
+fn starts_armed(env: &Env, unit: &Unit<'_>, canary: &[u8], v: &mut Verdict) -> Result<()> {
+    let started = unit.systemctl(&["start"])?;
+    v.require(
+        started.code == Some(0),
+        format!(
+            "`systemctl --user start {}`: exit {:?} {}",
+            unit.name,
+            started.code,
+            started.stderr.trim()
+        ),
+    );
+    // Type=exec: `start` returns once the daemon runs, maybe before it binds.
+    let status = wait_for("the daemon to answer on its socket", PATIENCE, || {
+        unit.status().ok()
+    })?;
+    let secret = &status["secrets"][0];
+    v.require(
+        secret["name"] == "api" && secret["bytes"] == canary.len(),
+        format!(
+            "the daemon holds {} ({} bytes) from the credential; the canary has {}",
+            secret["name"],
+            secret["bytes"],
+            canary.len()
+        ),
+    );
+    v.require(
+        status["seccomp"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("on")),
+        format!("seccomp: {}", status["seccomp"]),
+    );
+    let pid = unit.main_pid()?;
+    let environ = env.exec("root", &["cat", &format!("/proc/{pid}/environ")])?;
+    v.require(
+        !contains(environ.stdout.as_bytes(), canary),
+        format!("the daemon (pid {pid}) has no copy of the secret in its environment"),
+    );
+    let client = ["/lab/bin/dazai", "client", "--socket", &unit.socket];
+    let _client = env.launch("lab", &format!("client-{}", unit.name), None, &client)?;
+    let armed = wait_for("the heartbeat to arm the daemon", PATIENCE, || {
+        let status = unit.status().ok()?;
+        (status["liveness"] == "attached").then_some(status)
+    })?;
+    v.require(
+        armed["armed"] == true,
+        format!(
+            "with `dazai client` attached: {}, armed {}",
+            armed["liveness"], armed["armed"]
+        ),
+    );
+    v.figure(format!(
+        "{} bytes from the credential, armed",
+        secret["bytes"]
+    ));
+    Ok(())
+}
+
+/// Stops `unit`: systemd must see the daemon exit 0 (its clean shutdown, not
+/// a death by SIGTERM), its socket and pidfile gone and its last line the wipe.
+fn stops_cleanly(env: &Env, unit: &Unit<'_>, v: &mut Verdict) -> Result<()> {
+    let pid = unit.main_pid()?;
+    let stopped = unit.systemctl(&["stop"])?;
+    v.require(
+        stopped.code == Some(0),
+        format!(
+            "`systemctl --user stop {}`: exit {:?} {}",
+            unit.name,
+            stopped.code,
+            stopped.stderr.trim()
+        ),
+    );
+    let shown = unit.systemctl(&["show", "--property", "ActiveState,Result,ExecMainStatus"])?;
+    let shown = shown
+        .stdout
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    v.require(
+        ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"]
+            .iter()
+            .all(|property| shown.contains(property)),
+        format!("systemd: {shown}"),
+    );
+    let directory = unit.socket.trim_end_matches("/dazai.sock");
+    let leftover = env.sh(
+        "root",
+        &format!("ls {directory}/dazai.sock {directory}/dazai.pid 2>/dev/null"),
+    )?;
+    v.require(
+        leftover.stdout.trim().is_empty(),
+        format!("socket and pidfile left: {:?}", leftover.stdout.trim()),
+    );
+    let journal = env.exec(
+        "root",
+        &[
+            "journalctl",
+            "--no-pager",
+            "--output",
+            "cat",
+            &format!("_PID={pid}"),
+        ],
+    )?;
+    let last = journal.stdout.lines().last().unwrap_or_default().to_owned();
+    v.require(
+        last.contains("SIGTERM: clean shutdown; wiped 1 secrets"),
+        format!("the daemon's last journal line: {last}"),
+    );
+    v.note("the wipe of a clean shutdown is observed at its exit_group by the wipe row; this row shows that systemd's stop takes that path");
+    v.figure("exit 0, wiped");
+    Ok(())
+}
+
+/// The documented unit in the docs block `name`, with the lab's binary.
+fn documented_unit(name: &str) -> Result<String> {
+    let start = USAGE
+        .find(&format!("<!-- {name}:"))
+        .with_context(|| format!("docs/usage.md has no {name} block"))?;
+    let body = USAGE[start..]
+        .split_once("```ini\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(unit, _)| unit)
+        .with_context(|| format!("the {name} block has no ini fence"))?;
+    Ok(body.replace("/usr/local/bin/dazai", "/lab/bin/dazai"))
+}
+
+/// As `lab`: the user unit, the credential it loads (the canary) and the
+/// executor's tools file; then lingering, which starts lab's user manager.
+fn install_for_lab(env: &Env, canary: &[u8]) -> Result<()> {
+    let unit = env.put("dazai.service", documented_unit("systemd-unit")?.as_bytes())?;
+    let key = env.put("api.key", canary)?;
+    let tools = env.put("tools.toml", TOOLS.as_bytes())?;
+    let config = "/home/lab/.config";
+    as_root(
+        env,
+        &format!(
+            "install -d -o lab -g lab {config} {config}/systemd {config}/systemd/user {config}/dazai
+install -o lab -g lab -m 644 {unit} {config}/systemd/user/dazai.service
+install -o lab -g lab -m 600 {key} {config}/dazai/api.key
+install -o lab -g lab -m 644 {tools} {config}/dazai/tools.toml
+rm {key}
+loginctl enable-linger lab"
+        ),
+    )
+}
+
+/// The documented unit with the key encrypted by `systemd-creds encrypt`
+/// (the machine's key) and loaded by `LoadCredentialEncrypted=`: lab's user
+/// manager cannot decrypt it, so the unit must fail before the daemon runs,
+/// with systemd's `243/CREDENTIALS`.
+fn encrypted_credential_is_refused(
+    env: &Env,
+    uid: &str,
+    canary: &[u8],
+    v: &mut Verdict,
+) -> Result<()> {
+    let unit = documented_unit("systemd-unit")?.replace(
+        "LoadCredential=api:%h/.config/dazai/api.key",
+        "LoadCredentialEncrypted=api:%h/.config/dazai/api.cred",
+    );
+    if !unit.contains("LoadCredentialEncrypted=") {
+        bail!("the documented unit no longer loads api.key with LoadCredential=");
+    }
+    let unit = env.put("dazai-encrypted.service", unit.as_bytes())?;
+    let plain = env.put("api.plain", canary)?;
+    let config = "/home/lab/.config";
+    as_root(
+        env,
+        &format!(
+            "systemd-creds encrypt --name=api {plain} {config}/dazai/api.cred
+rm {plain}
+chown lab:lab {config}/dazai/api.cred
+install -o lab -g lab -m 644 {unit} {config}/systemd/user/dazai-encrypted.service"
+        ),
+    )?;
+    let encrypted = Unit::of_lab(env, uid, "dazai-encrypted");
+    encrypted.systemctl(&["daemon-reload"])?;
+    let started = encrypted.systemctl(&["start"])?;
+    let shown = encrypted.show("Result,ExecMainStatus")?;
+    v.require(
+        started.code != Some(0) && shown.contains("ExecMainStatus=243"),
+        format!(
+            "`systemctl --user start dazai-encrypted`: exit {:?}; systemd: {shown} (243: CREDENTIALS)",
+            started.code
+        ),
+    );
+    v.as_limit();
+    v.figure("243/CREDENTIALS");
+    Ok(())
+}
+
+/// Runs `script` as root with `set -e`.
+fn as_root(env: &Env, script: &str) -> Result<()> {
+    let ran = env.sh("root", &format!("set -e\n{script}"))?;
+    if ran.code != Some(0) {
+        bail!("as root: {}", ran.stderr.trim());
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
