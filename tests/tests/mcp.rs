@@ -272,6 +272,31 @@ fn when_the_daemon_ends_dazai_mcp_kills_its_programs_wipes_and_exits_at_once() {
     );
 }
 
+/// systemd's stop sends SIGTERM to every process of the unit: the executor
+/// removes its socket rather than leave it stale for the next start.
+#[test]
+fn sigterm_to_the_executor_removes_its_socket() {
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", SECRET)
+        .mcp_tools(LONG_JOB)
+        .start();
+    eventually("the executor to listen", || {
+        daemon.log().contains("to agents on")
+    });
+    let executor_socket = daemon.socket.with_extension("mcp.sock");
+    assert!(executor_socket.exists());
+    let executor = daemon.status()["supervised"]["pid"].as_i64().unwrap() as i32;
+
+    signal(executor, Signal::SIGTERM);
+
+    assert_eq!(daemon.wait_exit().code(), Some(143), "{}", daemon.log());
+    assert!(
+        !executor_socket.exists(),
+        "{} left behind",
+        executor_socket.display()
+    );
+}
+
 /// Prints the injected secret, says so in a file, and keeps running: the
 /// session holds the secret in the output it collects, unredacted as yet.
 const PRINTS_AND_WAITS: &str = r#"

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 
 use dazai_client::Capability;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getuid, Pid};
@@ -36,6 +38,14 @@ pub fn serve(tools: &Path, socket: &Path, max_calls: usize) -> Result<(), McpErr
     let capability = Capability::inherited()?;
     check_secrets_are_held(&file, &DaemonLink::new(socket))?;
     let path = executor_socket(socket);
+    // Blocked before the bind, so a stop (systemd's SIGTERM to the whole
+    // unit) is read here and the socket removed rather than left stale.
+    let stop_signals = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]);
+    stop_signals
+        .thread_block()
+        .map_err(|e| McpError::Serve(format!("cannot block SIGTERM/SIGINT/SIGHUP: {e}")))?;
+    let stops = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| McpError::Serve(format!("cannot read stop signals: {e}")))?;
     let listener = bind_private(&path, &file.path)?;
     log::line(format_args!(
         "serving {} tools from {} to agents on {} (pid {})",
@@ -48,12 +58,20 @@ pub fn serve(tools: &Path, socket: &Path, max_calls: usize) -> Result<(), McpErr
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(capability.as_fd(), PollFlags::empty()),
+            PollFd::new(stops.as_fd(), PollFlags::POLLIN),
         ];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
         let daemon_gone = fds[1].any().unwrap_or(false);
         let connection = fds[0].any().unwrap_or(false);
+        if fds[2].any().unwrap_or(false) {
+            if let Ok(Some(info)) = stops.read_signal() {
+                let _ = fs::remove_file(&path);
+                log::line(format_args!("signal {}: no more sessions", info.ssi_signo));
+                std::process::exit(128 + info.ssi_signo as i32);
+            }
+        }
         if daemon_gone {
             // The daemon's end of the capability closed: it ended.
             let _ = fs::remove_file(&path);
