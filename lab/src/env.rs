@@ -775,13 +775,14 @@ impl Daemon {
     }
 }
 
-/// A random canary: printable, long enough never to occur by chance.
+/// A random canary: printable, long enough never to occur by chance, and
+/// with 8-byte pieces of 48 random bits each, so a scan can look for pieces.
 pub fn fresh_canary() -> Vec<u8> {
-    let mut bytes = [0u8; 16];
-    if let Ok(mut urandom) = fs::File::open("/dev/urandom") {
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    format!("LAB-CANARY-{}", crate::images::hex(&bytes)).into_bytes()
+    let mut random = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut random))
+        .expect("read /dev/urandom for a canary");
+    lab_guest::procfs::canary_from(&random)
 }
 
 /// An SSH session being configured.

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lab::env::{Lab, Machines};
 use lab::report::{Check, Leg, Outcome, Report};
-use lab::runner::{human_ms, Recorder};
+use lab::runner::{human_ms, Recorder, Scenario};
 use lab::vm::Vm;
 use lab::vm_assets::VmArch;
 
@@ -75,7 +75,31 @@ fn parse() -> Result<Options> {
     for arch in &options.arches {
         vm_arch(arch)?;
     }
+    for asked in options.only.iter().flatten() {
+        if !lab::scenarios::ALL.iter().any(|s| names_row(asked, s.row)) {
+            let rows: Vec<&str> = lab::scenarios::ALL.iter().map(|s| s.row).collect();
+            bail!(
+                "--only {asked}: no such row; the rows are: {}",
+                rows.join(", ")
+            );
+        }
+    }
     Ok(options)
+}
+
+/// The scenarios `--only` selects (all of them without it).
+fn selected(options: &Options) -> impl Iterator<Item = &'static Scenario> + '_ {
+    lab::scenarios::ALL.iter().filter(|scenario| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|asked| names_row(asked, scenario.row)))
+    })
+}
+
+/// Whether `asked` (`session-loss`, `session_loss`, `Session Loss`) names `row`.
+fn names_row(asked: &str, row: &str) -> bool {
+    asked.replace(['-', '_'], " ").eq_ignore_ascii_case(row)
 }
 
 fn vm_arch(arch: &str) -> Result<VmArch> {
@@ -115,6 +139,10 @@ fn run(options: &Options) -> Result<bool> {
             let (leg, leg_checks) = run_leg(&lab, options)?;
             legs.push(leg);
             checks.extend(leg_checks);
+        }
+        if !selected(options).any(|scenario| scenario.in_vm) {
+            println!("lab: no selected row runs in a VM; the {arch} VM is not booted");
+            continue;
         }
         let (leg, leg_checks) = run_vm_leg(arch, &bin_dir, &work, options)?;
         legs.push(leg);
@@ -200,17 +228,9 @@ fn run_leg(lab: &Lab, options: &Options) -> Result<(Leg, Vec<Check>)> {
     let name = lab.leg();
     println!("lab: leg {name}: kernel {}", lab.kernel());
     let mut checks = Vec::new();
-    for scenario in lab::scenarios::ALL {
+    for scenario in selected(options) {
         if lab.in_vm() && !scenario.in_vm {
             continue;
-        }
-        if let Some(only) = &options.only {
-            if !only.iter().any(|row| {
-                row.replace(['-', '_'], " ")
-                    .eq_ignore_ascii_case(scenario.row)
-            }) {
-                continue;
-            }
         }
         let mut rec = Recorder::new(scenario.row, &name, options.verbose);
         if let Err(error) = (scenario.run)(lab, &mut rec) {

@@ -90,9 +90,15 @@ pub struct ImageBuild {
 }
 
 impl Report {
-    /// Whether every check passed or showed its limit.
+    /// Whether every leg ran checks and every check passed or showed its
+    /// limit: a run with nothing in it (or a leg with nothing) is never green.
     pub fn is_green(&self) -> bool {
-        self.checks.iter().all(|c| c.outcome != Outcome::Fail)
+        !self.legs.is_empty()
+            && self
+                .legs
+                .iter()
+                .all(|leg| self.checks.iter().any(|c| c.leg == leg.name))
+            && self.checks.iter().all(|c| c.outcome != Outcome::Fail)
     }
 
     /// The Markdown tables for `docs/threat-model.md`.

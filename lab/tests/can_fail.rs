@@ -137,6 +137,35 @@ fn assert_wipe_check_tells_broken_from_correct(env: &Env) {
     );
 }
 
+/// A whole-canary scan cannot see half a canary: the scans look for pieces.
+#[test]
+fn the_wipe_scenario_turns_red_against_a_probe_whose_wipe_leaves_half_the_secret() {
+    let lab = lab("can-fail-half");
+    let env = lab
+        .env("can-fail-half")
+        .cap_add("SYS_PTRACE")
+        .start()
+        .expect("container");
+    let (pid, canary) = hold(&env, "leaves-half", &["--leave-half"]);
+    let mut verdict = Verdict::new();
+    wiped_at_self_kill(&env, pid, &canary, &mut verdict).expect("observer ran");
+    assert_eq!(
+        verdict.outcome(),
+        Outcome::Fail,
+        "half a secret left behind must turn the wipe row red: {:?}",
+        verdict.evidence()
+    );
+    assert!(
+        verdict
+            .evidence()
+            .iter()
+            .any(|e| e.contains("FAILED: 1 canary hits")),
+        "red for the right reason (a piece of the canary at the self-SIGKILL): {:?}",
+        verdict.evidence()
+    );
+    let _ = std::fs::remove_dir_all(&lab.work);
+}
+
 #[test]
 fn the_live_scan_turns_red_against_a_probe_that_leaves_a_heap_copy() {
     let lab = lab("can-fail-heap");

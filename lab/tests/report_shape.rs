@@ -86,3 +86,36 @@ fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
     insta::assert_snapshot!(report.markdown());
     assert!(!report.is_green(), "one FAIL makes the report red");
 }
+
+/// A misspelled `--only`, or a leg whose scenarios all stayed out, must not
+/// say "lab green".
+#[test]
+fn a_run_with_no_checks_or_a_leg_without_any_is_not_green() {
+    let empty = Report {
+        legs: vec![],
+        images: vec![],
+        checks: vec![],
+        total_ms: 0,
+    };
+    assert!(!empty.is_green(), "no legs, no checks");
+    let leg_alone = Report {
+        legs: vec![leg("x86_64 containers", "x86_64", "6.18.0", "0123")],
+        ..empty
+    };
+    assert!(!leg_alone.is_green(), "a leg with no checks");
+    let one_of_two = Report {
+        legs: vec![
+            leg("x86_64 containers", "x86_64", "6.18.0", "0123"),
+            leg("x86_64 VM", "x86_64", "6.1.0", "0123"),
+        ],
+        checks: vec![check(
+            "x86_64 containers",
+            "wipe",
+            "the daemon wipes",
+            Outcome::Pass,
+            "0 hits",
+        )],
+        ..leg_alone
+    };
+    assert!(!one_of_two.is_green(), "the VM leg ran nothing");
+}

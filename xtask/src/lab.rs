@@ -99,6 +99,9 @@ const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
 
 pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     let started = Instant::now();
+    if options.update_docs && (options.only.is_some() || options.arch.is_some()) {
+        bail!("--update-docs copies the evidence of a full run (every row on every leg) into docs/threat-model.md; drop --only and --arch");
+    }
     step("prerequisites");
     ensure_prerequisites(sh)?;
     step("dockerd");

@@ -1,11 +1,122 @@
 //! Reading a process from the outside: its mappings (`/proc/PID/smaps`) and
-//! its memory (`/proc/PID/mem`), and where a canary lies in it.
+//! its memory (`/proc/PID/mem`), and where a canary lies in it: whole, in
+//! part, or encoded.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+
+/// The fixed start of every lab canary; what follows it is random.
+pub const CANARY_PREFIX: &str = "LAB-CANARY-";
+
+/// A lab canary from 24 random bytes: the prefix, then 32 base64url characters.
+pub fn canary_from(random: &[u8; 24]) -> Vec<u8> {
+    format!("{CANARY_PREFIX}{}", URL_SAFE_NO_PAD.encode(random)).into_bytes()
+}
+
+/// The shortest piece of a canary's random part a scan reports: 8 base64url
+/// characters, 48 random bits, which no unrelated memory holds by chance.
+pub const FRAGMENT: usize = 8;
+
+/// What a scan looks for: every [`FRAGMENT`]-byte window of the canary's
+/// random part (so a partial wipe, or a copy whose head the allocator
+/// overwrote, is found), and the canary's hex and base64 forms.
+pub struct Traces {
+    windows: HashSet<[u8; FRAGMENT]>,
+    /// The windows' first two bytes: most offsets are ruled out by this alone.
+    starts: Vec<bool>,
+    encoded: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// One trace of a canary in a run of bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// Where it starts.
+    pub offset: usize,
+    /// How many bytes it spans (a whole raw canary: its length).
+    pub length: usize,
+    /// `raw` (the canary or a piece of it), `hex`, `base64` or `base64url`.
+    pub form: &'static str,
+}
+
+impl Traces {
+    /// The traces of `canary` (a lab canary, or any secret of 8 bytes or more).
+    pub fn of(canary: &[u8]) -> Self {
+        let random = canary
+            .strip_prefix(CANARY_PREFIX.as_bytes())
+            .unwrap_or(canary);
+        let windows: HashSet<[u8; FRAGMENT]> = random
+            .windows(FRAGMENT)
+            .filter_map(|window| window.try_into().ok())
+            .collect();
+        let mut starts = vec![false; 1 << 16];
+        for window in &windows {
+            starts[usize::from(u16::from_le_bytes([window[0], window[1]]))] = true;
+        }
+        let hex: String = canary.iter().map(|b| format!("{b:02x}")).collect();
+        let encoded = vec![
+            ("hex", hex.into_bytes()),
+            ("base64", STANDARD.encode(canary).into_bytes()),
+            ("base64url", URL_SAFE_NO_PAD.encode(canary).into_bytes()),
+        ];
+        Self {
+            windows,
+            starts,
+            encoded,
+        }
+    }
+
+    /// Every trace in `bytes`; overlapping raw pieces merge into one.
+    pub fn find(&self, bytes: &[u8]) -> Vec<Trace> {
+        let mut traces = Vec::new();
+        let mut run: Option<(usize, usize)> = None;
+        for at in 0..bytes.len().saturating_sub(FRAGMENT - 1) {
+            let start = usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+            if !self.starts[start] {
+                continue;
+            }
+            let Ok(window) = <[u8; FRAGMENT]>::try_from(&bytes[at..at + FRAGMENT]) else {
+                continue;
+            };
+            if !self.windows.contains(&window) {
+                continue;
+            }
+            run = match run {
+                Some((first, end)) if at <= end => Some((first, at + FRAGMENT)),
+                Some((first, end)) => {
+                    traces.push(raw_trace(first, end));
+                    Some((at, at + FRAGMENT))
+                }
+                None => Some((at, at + FRAGMENT)),
+            };
+        }
+        if let Some((first, end)) = run {
+            traces.push(raw_trace(first, end));
+        }
+        for (form, needle) in &self.encoded {
+            traces.extend(find_all(bytes, needle).into_iter().map(|offset| Trace {
+                offset,
+                length: needle.len(),
+                form,
+            }));
+        }
+        traces
+    }
+}
+
+/// A run of raw pieces; a whole canary's run starts at its prefix.
+fn raw_trace(first: usize, end: usize) -> Trace {
+    Trace {
+        offset: first,
+        length: end - first,
+        form: "raw",
+    }
+}
 
 /// One mapping of `/proc/PID/smaps`, with the fields the lab judges by.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,11 +239,15 @@ pub fn mappings(pid: i32) -> io::Result<Vec<Mapping>> {
     ))?))
 }
 
-/// Where a canary was found.
+/// Where a trace of a canary was found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hit {
     /// Its address.
     pub address: u64,
+    /// How many bytes of the canary's random part (or of an encoded form) it spans.
+    pub length: usize,
+    /// `raw`, `hex`, `base64` or `base64url` (see [`Traces`]).
+    pub form: String,
     /// The mapping it lies in.
     pub mapping: Mapping,
 }
@@ -150,8 +265,10 @@ pub struct Scan {
     pub unreadable: Vec<String>,
 }
 
-/// Reads every readable mapping of `pid` through `/proc/PID/mem` and finds `canary`.
+/// Reads every readable mapping of `pid` through `/proc/PID/mem` and finds
+/// every trace of `canary` (whole, in pieces, encoded).
 pub fn scan_memory(pid: i32, canary: &[u8]) -> io::Result<Scan> {
+    let traces = Traces::of(canary);
     let mem = File::open(format!("/proc/{pid}/mem"))?;
     let mut scan = Scan::default();
     for mapping in mappings(pid)? {
@@ -162,9 +279,11 @@ pub fn scan_memory(pid: i32, canary: &[u8]) -> io::Result<Scan> {
             Ok(bytes) => {
                 scan.mappings_read += 1;
                 scan.bytes_read += bytes.len() as u64;
-                for offset in find_all(&bytes, canary) {
+                for trace in traces.find(&bytes) {
                     scan.hits.push(Hit {
-                        address: mapping.start + offset as u64,
+                        address: mapping.start + trace.offset as u64,
+                        length: trace.length,
+                        form: trace.form.to_owned(),
                         mapping: mapping.clone(),
                     });
                 }
@@ -221,6 +340,52 @@ pub fn status_field(status: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CANARY: &[u8] = b"LAB-CANARY-q3Jx_0bW9fKZ2LmN7pRt4vYs8aCe1dGh";
+
+    #[test]
+    fn a_whole_canary_is_one_raw_trace_and_half_of_one_is_still_found() {
+        let traces = Traces::of(CANARY);
+        let mut memory = vec![0u8; 100];
+        memory.extend_from_slice(CANARY);
+        memory.extend_from_slice(&[0u8; 50]);
+        let found = traces.find(&memory);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].offset, 100 + CANARY_PREFIX.len());
+        assert_eq!(found[0].length, CANARY.len() - CANARY_PREFIX.len());
+
+        // A wipe that stopped half-way: the tail is a trace.
+        let tail = &CANARY[CANARY.len() - 12..];
+        let mut wiped_half = vec![0u8; 64];
+        wiped_half.extend_from_slice(tail);
+        let found = traces.find(&wiped_half);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].offset, found[0].length), (64, 12));
+
+        // Seven bytes are below the fragment: not a trace.
+        assert!(traces.find(&CANARY[CANARY.len() - 7..]).is_empty());
+        // The fixed prefix alone is no trace either.
+        assert!(traces.find(CANARY_PREFIX.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn the_hex_and_base64_forms_are_traces() {
+        let traces = Traces::of(CANARY);
+        let hex: String = CANARY.iter().map(|b| format!("{b:02x}")).collect();
+        for (form, text) in [
+            ("hex", hex),
+            ("base64", STANDARD.encode(CANARY)),
+            ("base64url", URL_SAFE_NO_PAD.encode(CANARY)),
+        ] {
+            let mut memory = b"xx".to_vec();
+            memory.extend_from_slice(text.as_bytes());
+            let found = traces.find(&memory);
+            assert!(
+                found.iter().any(|t| t.form == form && t.offset == 2),
+                "{form}: {found:?}"
+            );
+        }
+    }
 
     const SMAPS: &str = "\
 7f0000000000-7f0000001000 rw-p 00000000 00:00 0 

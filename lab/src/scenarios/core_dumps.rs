@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::env::{fresh_canary, Env, Lab, PATIENCE, RUN};
 use crate::runner::Recorder;
-use lab_guest::procfs::{find_all, status_field, Mapping};
+use lab_guest::procfs::{find_all, status_field, Mapping, Traces};
 
 /// Cores land here inside the container (the pattern is resolved in the
 /// crashing process's mount namespace), i.e. in the run directory on the host.
@@ -158,15 +158,19 @@ fn dumpable_probe(env: &Env, cores: &Path, v: &mut crate::runner::Verdict) -> Re
             bytes.len() / 1024
         ),
     );
+    // The control must find the heap canary whole; the secret must leave no
+    // trace at all, not even a piece or an encoded form.
     let heap_hits = find_all(&bytes, &heap).len();
-    let secret_hits = find_all(&bytes, &secret).len();
+    let secret_hits = Traces::of(&secret).find(&bytes).len();
     v.require(
         heap_hits > 0,
         format!("heap canary in the core: {heap_hits} time(s) (control)"),
     );
     v.require(
         secret_hits == 0,
-        format!("SecretBuffer canary in the core: {secret_hits} time(s)"),
+        format!(
+            "traces of the SecretBuffer canary in the core (whole, pieces, encoded): {secret_hits}"
+        ),
     );
     v.figure(format!(
         "secret {secret_hits}, heap {heap_hits} in {} KiB",

@@ -51,6 +51,33 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     Ok(())
 }
 
+/// The descendant of `pid` running `program`, found through the kernel's
+/// `/proc/PID/task/PID/children` and `/proc/PID/cmdline`, not the daemon's word.
+fn descendant_running(env: &Env, pid: i32, program: &str) -> Result<i64> {
+    let mut generation = vec![i64::from(pid)];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for parent in &generation {
+            let listed = format!("/proc/{parent}/task/{parent}/children");
+            let children = env.exec("root", &["cat", &listed])?;
+            next.extend(
+                children
+                    .stdout
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i64>().ok()),
+            );
+        }
+        for child in &next {
+            let cmdline = env.exec("root", &["cat", &format!("/proc/{child}/cmdline")])?;
+            if cmdline.stdout.split('\0').next() == Some(program) {
+                return Ok(*child);
+            }
+        }
+        generation = next;
+    }
+    anyhow::bail!("no descendant of pid {pid} runs {program}")
+}
+
 fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     let env = lab.env("hard-crash").start()?;
     rec.check(
@@ -61,12 +88,8 @@ fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("hard-crash")
                 .exec(&["/bin/sleep", "600"])
                 .start()?;
-            let status = daemon.dazai(&env, &["status", "--json"])?;
-            let status: serde_json::Value =
-                serde_json::from_str(status.stdout.trim()).context("dazai status --json")?;
-            let child = status["supervised"]["pid"]
-                .as_i64()
-                .context("supervised pid")?;
+            // The child's pid from the kernel, not from the daemon's word.
+            let child = descendant_running(&env, daemon.pid(), "/bin/sleep")?;
             let watcher = env.launch(
                 "root",
                 "watch-child",
@@ -74,26 +97,34 @@ fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 &["/lab/bin/lab-probe", "watch-gone", &child.to_string()],
             )?;
             watcher.wait_output("watching", PATIENCE)?;
+            v.require(
+                daemon.process.ending().is_none() && watcher.ending().is_none(),
+                format!("before the kill, the daemon and its child (pid {child}) are alive"),
+            );
+            let killed_at = crate::env::unix_ms();
             env.exec("lab", &["kill", "-9", &daemon.pid_arg()])?;
             let ending = daemon.process.wait_end(PATIENCE)?;
             watcher.wait_end(PATIENCE)?;
-            let gone_ms: u128 = watcher
+            let gone_ms: Option<u128> = watcher
                 .out()
                 .lines()
                 .find_map(|line| line.strip_prefix("gone unix_ms="))
-                .and_then(|ms| ms.trim().parse().ok())
-                .unwrap_or(0);
-            let latency = gone_ms.saturating_sub(ending.unix_ms);
+                .and_then(|ms| ms.trim().parse().ok());
             v.require(
                 ending.signal() == Some(9),
                 format!("the daemon ended: {}", ending.how),
             );
+            let latency = gone_ms.and_then(|gone| gone.checked_sub(killed_at));
             v.require(
-                gone_ms > 0,
+                latency.is_some(),
                 format!(
-                    "its supervised child (pid {child}) was gone {latency} ms later (PDEATHSIG)"
+                    "its supervised child (pid {child}) was gone {} after the kill (PDEATHSIG)",
+                    latency.map_or("— not seen going after the kill".to_owned(), |ms| format!(
+                        "{ms} ms"
+                    ))
                 ),
             );
+            let latency = latency.unwrap_or_default();
             v.require(
                 daemon.panic_line().is_none(),
                 "no PANIC line: the wipe did not run (the documented limit)",

@@ -80,6 +80,7 @@ fn session_dropped(env: &Env, index: usize, pty: bool, drop: Drop, v: &mut Verdi
         stop(&mut session);
     }
     attached?;
+    alive_before_the_drop(&daemon, &registered, v);
     let dropped_at = unix_ms();
     match drop {
         Drop::KillClient => stop(&mut session),
@@ -89,7 +90,13 @@ fn session_dropped(env: &Env, index: usize, pty: bool, drop: Drop, v: &mut Verdi
         }
         Drop::CutNetwork => env.cut_network()?,
     }
-    let outcome = evidence_of_panic(&daemon, &registered, dropped_at, v);
+    let outcome = evidence_of_panic(
+        &daemon,
+        &registered,
+        dropped_at,
+        "PANIC: heartbeat connection closed",
+        v,
+    );
     stop(&mut session);
     if let Drop::CutNetwork = drop {
         env.restore_network()?;
@@ -97,37 +104,61 @@ fn session_dropped(env: &Env, index: usize, pty: bool, drop: Drop, v: &mut Verdi
     outcome
 }
 
-/// The daemon and the registered process must both be gone; the latency
-/// runs from the drop to the daemon's end as its launcher saw it.
+/// Just before the drop, the daemon and the registered process both live:
+/// an end that came earlier is no evidence of what the drop did.
+fn alive_before_the_drop(daemon: &Daemon, registered: &crate::env::Launched, v: &mut Verdict) {
+    v.require(
+        daemon.process.ending().is_none() && registered.ending().is_none(),
+        format!(
+            "just before the drop the daemon (pid {}) and registered pid {} are alive",
+            daemon.pid(),
+            registered.pid
+        ),
+    );
+}
+
+/// After the drop: the daemon and the registered process must both be gone,
+/// each after the drop (a negative latency is an end that came first), the
+/// daemon by its panic for `reason`.
 fn evidence_of_panic(
     daemon: &Daemon,
     registered: &crate::env::Launched,
     dropped_at: u128,
+    reason: &str,
     v: &mut Verdict,
 ) -> Result<()> {
     let ending = daemon.process.wait_end(PATIENCE)?;
-    let latency = ending.unix_ms.saturating_sub(dropped_at);
+    let latency = ending.unix_ms.checked_sub(dropped_at);
     v.require(
-        ending.signal() == Some(9),
-        format!("daemon gone ({}) {latency} ms after the drop", ending.how),
-    );
-    let line = daemon.panic_line().unwrap_or_default();
-    v.require(
-        line.contains("PANIC:"),
-        format!("the daemon logged: {line}"),
-    );
-    let killed = registered.wait_end(PATIENCE)?;
-    v.require(
-        killed.signal() == Some(9),
+        ending.signal() == Some(9) && latency.is_some(),
         format!(
-            "registered process {} gone ({}) {} ms after the drop",
-            registered.pid,
-            killed.how,
-            killed.unix_ms.saturating_sub(dropped_at)
+            "daemon gone ({}) {} after the drop",
+            ending.how,
+            since_the_drop(ending.unix_ms, dropped_at)
         ),
     );
-    v.figure(format!("{latency} ms"));
+    let line = daemon.panic_line().unwrap_or_default();
+    v.require(line.contains(reason), format!("the daemon logged: {line}"));
+    let killed = registered.wait_end(PATIENCE)?;
+    v.require(
+        killed.signal() == Some(9) && killed.unix_ms >= dropped_at,
+        format!(
+            "registered process {} gone ({}) {} after the drop",
+            registered.pid,
+            killed.how,
+            since_the_drop(killed.unix_ms, dropped_at)
+        ),
+    );
+    v.figure(format!("{} ms", latency.unwrap_or_default()));
     Ok(())
+}
+
+/// `N ms`, or how long *before* the drop an end came.
+fn since_the_drop(ended_at: u128, dropped_at: u128) -> String {
+    match ended_at.checked_sub(dropped_at) {
+        Some(ms) => format!("{ms} ms"),
+        None => format!("-{} ms (it ended before the drop)", dropped_at - ended_at),
+    }
 }
 
 fn forwarded_heartbeat_cut(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> {
@@ -175,15 +206,11 @@ fn forwarded_heartbeat_cut(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> 
             daemon.process.ending().is_none(),
             "the daemon lives 2 s into a working forwarded heartbeat",
         );
+        alive_before_the_drop(&daemon, &registered, v);
         let cut_at = unix_ms();
         env.cut_network()?;
-        evidence_of_panic(&daemon, &registered, cut_at, v)?;
-        let line = daemon.panic_line().unwrap_or_default();
-        v.require(
-            line.contains("no PING for 2s"),
-            "the panic's reason is the ping timeout (no FIN ever arrived)",
-        );
-        Ok(())
+        // The ping timeout, not a closed connection: no FIN ever arrives.
+        evidence_of_panic(&daemon, &registered, cut_at, "PANIC: no PING for 2s", v)
     })();
     stop(&mut client);
     stop(&mut tunnel);

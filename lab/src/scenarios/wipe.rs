@@ -434,14 +434,19 @@ pub fn wiped_at_last_call(
     );
     for hit in &scan.hits {
         v.note(format!(
-            "hit at {:#x} in {}",
+            "{} bytes ({}) at {:#x} in {}",
+            hit.length,
+            hit.form,
             hit.address,
             hit.mapping.describe()
         ));
     }
     v.require(
         scan.hits.is_empty(),
-        format!("{} canary hits at {where_}", scan.hits.len()),
+        format!(
+            "{} canary hits at {where_} (whole, pieces of 8 bytes or more, hex, base64)",
+            scan.hits.len()
+        ),
     );
     let end = result["end"].as_str().unwrap_or_default();
     v.require(

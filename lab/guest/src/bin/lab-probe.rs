@@ -6,7 +6,7 @@
 //!     write DIR/NAME.pid, and when it ends DIR/NAME.exit: `signal=N unix_ms=T` or `exit=N unix_ms=T`
 //! lab-probe dumpable-crash SECRET_FILE HEAP_FILE
 //!     hold SECRET_FILE in a SecretBuffer and HEAP_FILE in a Vec, stay dumpable, abort
-//! lab-probe hold [--skip-wipe] [--heap-copy]
+//! lab-probe hold [--skip-wipe] [--heap-copy] [--leave-half]
 //!     a daemon stand-in: non-dumpable, the secret from stdin in a SecretBuffer;
 //!     SIGUSR2 runs its panic (wipe, then kill(self, SIGKILL)); the flags break it on purpose
 //! lab-probe snoop PID       a same-UID attacker: ptrace, /proc/PID/mem, process_vm_readv
@@ -177,6 +177,7 @@ fn locked_secret_buffer() -> Option<SecretBuffer> {
 fn hold(flags: &[&str]) -> i32 {
     let skip_wipe = flags.contains(&"--skip-wipe");
     let heap_copy = flags.contains(&"--heap-copy");
+    let leave_half = flags.contains(&"--leave-half");
     let _ = goodnight::forbid_core_dumps_and_tracing();
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGUSR2);
@@ -195,10 +196,16 @@ fn hold(flags: &[&str]) -> i32 {
     println!("lab-probe hold ready: pid={}", std::process::id());
     let _ = std::io::stdout().flush();
     let _ = signals.wait();
+    // The deliberate bug: a wipe that stops half-way leaves the second half.
+    let tail = leave_half.then(|| {
+        let bytes = secret.expose();
+        std::hint::black_box(bytes[bytes.len() / 2..].to_vec())
+    });
     if !skip_wipe {
         secret.wipe();
     }
     let _ = std::hint::black_box(&stray);
+    let _ = std::hint::black_box(&tail);
     let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
     1
 }
