@@ -124,6 +124,7 @@ impl Lab {
             ssh: false,
             core_ulimit: false,
             systemd: false,
+            unconfined: false,
         }
     }
 }
@@ -137,6 +138,7 @@ pub struct EnvBuilder<'lab> {
     ssh: bool,
     core_ulimit: bool,
     systemd: bool,
+    unconfined: bool,
 }
 
 impl<'lab> EnvBuilder<'lab> {
@@ -162,6 +164,13 @@ impl<'lab> EnvBuilder<'lab> {
     /// private cgroup namespace, no seccomp profile and `/run` on tmpfs.
     pub fn systemd(mut self) -> Self {
         self.systemd = true;
+        self
+    }
+
+    /// No seccomp profile of Docker's: the only filter a process in it can
+    /// carry is its own (the confinement row's `Seccomp: 2` is the daemon's).
+    pub fn unconfined(mut self) -> Self {
+        self.unconfined = true;
         self
     }
 
@@ -253,9 +262,10 @@ impl<'lab> EnvBuilder<'lab> {
             request = request.with_ulimit("core", -1, Some(-1));
         }
         if self.systemd {
-            request = request
-                .with_cap_add("SYS_ADMIN")
-                .with_security_opt("seccomp=unconfined");
+            request = request.with_cap_add("SYS_ADMIN");
+        }
+        if self.systemd || self.unconfined {
+            request = request.with_security_opt("seccomp=unconfined");
         }
         let memory = self.memory;
         let ssh = self.ssh;
@@ -764,9 +774,10 @@ impl Daemon {
     /// Starts `dazai client` as `lab` and waits until its heartbeat arms the
     /// switch (a `GET` is answered only then).
     pub fn attach_client(&self, env: &Env) -> Result<Launched> {
+        // Named after the daemon: two daemons' clients never share files.
         let client = env.launch(
             "lab",
-            "client",
+            &format!("{}-client", self.process.name),
             None,
             &["/lab/bin/dazai", "client", "--socket", &self.socket],
         )?;

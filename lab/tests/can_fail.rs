@@ -1,6 +1,6 @@
-//! The lab can fail: its wipe scenario, pointed at deliberately broken
-//! stand-ins for the daemon, turns red, and pointed at a correct one stays
-//! green, in a container and in a VM. Runs inside `cargo xtask lab` (root,
+//! The lab can fail: its checks, pointed at deliberately broken stand-ins
+//! for the daemon, turn red, and pointed at a correct one stay green, in a
+//! container and (the wipe) in a VM. Runs inside `cargo xtask lab` (root,
 //! docker, the lab image, `LAB_BIN_DIR` with the binaries, `LAB_VM_CACHE`
 //! with the VM's kernel); anywhere else it fails and says why.
 
@@ -10,6 +10,8 @@ use std::sync::Arc;
 use lab::env::{fresh_canary, Env, Lab, Machines, PATIENCE};
 use lab::report::Outcome;
 use lab::runner::Verdict;
+use lab::scenarios::core_dumps::{cores_in_run_dir, dumpable_probe};
+use lab::scenarios::root_reads_memory::{root_finds_no_copy, root_scans};
 use lab::scenarios::wipe::{every_copy_is_locked, wiped_at_self_kill};
 use lab::vm::Vm;
 use lab::vm_assets::VmArch;
@@ -189,6 +191,67 @@ fn the_live_scan_turns_red_against_a_probe_that_leaves_a_heap_copy() {
             .iter()
             .any(|e| e.contains("FAILED: 1 of 2 hits lie outside")),
         "red for the right reason (one hit outside locked, dd memory): {:?}",
+        verdict.evidence()
+    );
+    let _ = std::fs::remove_dir_all(&lab.work);
+}
+
+/// The core row's forced-core check, on a probe that also keeps its secret
+/// in ordinary memory: the secret is in the core, and the check is red.
+#[test]
+fn the_core_check_turns_red_against_a_probe_that_keeps_its_secret_in_dumped_memory() {
+    let lab = lab("can-fail-core");
+    let env = lab
+        .env("can-fail-core")
+        .core_dumps()
+        .start()
+        .expect("container");
+    let (cores, _pattern) = cores_in_run_dir(&env).expect("core_pattern");
+    let mut verdict = Verdict::new();
+    dumpable_probe(&env, &cores, &["--secret-on-heap"], &mut verdict).expect("the probe ran");
+    assert_eq!(
+        verdict.outcome(),
+        Outcome::Fail,
+        "a secret in dumped memory must turn the core row red: {:?}",
+        verdict.evidence()
+    );
+    assert!(
+        verdict
+            .evidence()
+            .iter()
+            .any(|e| e.starts_with("FAILED: traces of the SecretBuffer canary in the core")),
+        "red for the right reason (the secret in the core): {:?}",
+        verdict.evidence()
+    );
+    let _ = std::fs::remove_dir_all(&lab.work);
+}
+
+/// The secretmem claim, checked against a daemon of the locked backend: the
+/// kernel's EIO on a `/secretmem` mapping is missing and root finds the
+/// secret, so the check is red whatever the daemon says of its backend.
+#[test]
+fn the_secretmem_check_turns_red_against_a_daemon_of_the_locked_backend() {
+    let lab = lab("can-fail-root");
+    let env = lab
+        .env("can-fail-root")
+        .cap_add("SYS_PTRACE")
+        .start()
+        .expect("container");
+    let locked = root_scans(&env, "locked").expect("root scanned a locked daemon");
+    let mut verdict = Verdict::new();
+    root_finds_no_copy(&locked, &mut verdict).expect("the check ran");
+    assert_eq!(
+        verdict.outcome(),
+        Outcome::Fail,
+        "a locked daemon must fail the secretmem claim: {:?}",
+        verdict.evidence()
+    );
+    assert!(
+        verdict
+            .evidence()
+            .iter()
+            .any(|e| e.starts_with("FAILED: reading the /secretmem mapping itself gives EIO")),
+        "red for the right reason (no /secretmem mapping refused): {:?}",
         verdict.evidence()
     );
     let _ = std::fs::remove_dir_all(&lab.work);

@@ -161,6 +161,11 @@ impl Traced {
         Ok(())
     }
 
+    /// Lets the tracee go on untraced.
+    pub fn detach(&self) -> Result<()> {
+        ptrace::detach(self.pid, None).context("PTRACE_DETACH")
+    }
+
     /// Lets the tracee run on (no more stops) and waits for its end.
     pub fn continue_to_end(&self) -> Result<End> {
         ptrace::syscall(self.pid, None).context("PTRACE_SYSCALL")?;
@@ -202,9 +207,12 @@ impl Traced {
     }
 }
 
-/// The syscall numbers the confinement row denies, on this architecture.
-pub fn denied_syscall(name: &str) -> Option<u64> {
+/// The numbers, on this architecture, of the syscalls the confinement row
+/// rewrites a live daemon's into: the ones its filter denies, and `getpid`,
+/// which it allows (the control: that rewrite must leave the daemon alive).
+pub fn syscall_number(name: &str) -> Option<u64> {
     let nr = match name {
+        "getpid" => libc::SYS_getpid,
         "execve" => libc::SYS_execve,
         "openat" => libc::SYS_openat,
         "connect" => libc::SYS_connect,

@@ -26,7 +26,54 @@ const DENIED: &[&str] = &["execve", "openat", "connect", "ptrace", "socket"];
 
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    let env = lab.env("confinement").cap_add("SYS_PTRACE").start()?;
+    let env = lab
+        .env("confinement")
+        .cap_add("SYS_PTRACE")
+        .unconfined()
+        .start()?;
+    rec.check(
+        "with no seccomp profile around it, a process that is not the daemon has Seccomp: 0",
+        |v| {
+            let control = env.launch("lab", "control", None, &["/bin/sleep", "600"])?;
+            let threads = env.observe(&["seccomp", &control.pid.to_string()])?;
+            let modes: Vec<(i64, String)> =
+                serde_json::from_value(threads["threads"].clone()).unwrap_or_default();
+            v.require(
+                !modes.is_empty() && modes.iter().all(|(_, mode)| mode == "0"),
+                format!("a sleep beside the daemons (tid, mode): {modes:?}, so a daemon's 2 is its own filter"),
+            );
+            v.figure("Seccomp: 0");
+            Ok(())
+        },
+    );
+    rec.check(
+        "a live daemon made to call getpid, which its filter allows, lives on and answers",
+        |v| {
+            let daemon = env.daemon().named("allowed").start()?;
+            let found = env.observe(&["rewrite", &daemon.pid_arg(), "getpid"])?;
+            v.require(
+                found["detached"] == true,
+                format!(
+                    "the observer rewrote syscall {} into getpid ({}) and let it go on",
+                    found["rewrote"], found["nr"]
+                ),
+            );
+            let status = daemon.dazai(&env, &["status", "--json"])?;
+            v.require(
+                status.code == Some(0) && daemon.process.ending().is_none(),
+                format!(
+                    "afterwards `dazai status` exits {:?} and the daemon lives: {}",
+                    status.code,
+                    daemon
+                        .process
+                        .ending()
+                        .map_or("alive".to_owned(), |e| e.how)
+                ),
+            );
+            v.figure("alive");
+            Ok(())
+        },
+    );
     for syscall in DENIED {
         rec.check(
             &format!("a live daemon made to call {syscall} dies by SIGSYS"),

@@ -5,11 +5,12 @@
 //! canary is NOT in it, while a heap canary IS (control)".
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::env::{fresh_canary, Env, Lab, PATIENCE, RUN};
+use crate::host::Sysctl;
 use crate::runner::Recorder;
 use lab_guest::procfs::{find_all, status_field, Mapping, Traces};
 
@@ -24,11 +25,8 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         .cap_add("SYS_PTRACE")
         .core_dumps()
         .start()?;
-    let cores = env.run_dir.join("cores");
-    fs::create_dir_all(&cores)?;
-    fs::set_permissions(&cores, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-    // Restored when this function returns, however it returns.
-    let _pattern = env.set_kernel_setting("/proc/sys/kernel/core_pattern", PATTERN)?;
+    // The pattern is restored when this function returns, however it returns.
+    let (cores, _pattern) = cores_in_run_dir(&env)?;
 
     for signal in ["SEGV", "ABRT"] {
         rec.check(
@@ -101,12 +99,30 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
 
     rec.check(
         "a dumpable SecretBuffer probe's core holds the heap canary but not the secret",
-        |v| dumpable_probe(&env, &cores, v),
+        |v| dumpable_probe(&env, &cores, &[], v),
     );
     Ok(())
 }
 
-fn dumpable_probe(env: &Env, cores: &Path, v: &mut crate::runner::Verdict) -> Result<()> {
+/// Points `core_pattern` into the run directory's `cores` (the guard puts
+/// the host's pattern back); returns the directory on the host.
+pub fn cores_in_run_dir(env: &Env) -> Result<(PathBuf, Option<Sysctl>)> {
+    let cores = env.run_dir.join("cores");
+    fs::create_dir_all(&cores)?;
+    fs::set_permissions(&cores, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let pattern = env.set_kernel_setting("/proc/sys/kernel/core_pattern", PATTERN)?;
+    Ok((cores, pattern))
+}
+
+/// `lab-probe dumpable-crash` (with `flags`, which the can-fail tests use to
+/// break it) crashes; its core must hold the heap canary and no trace of
+/// the secret.
+pub fn dumpable_probe(
+    env: &Env,
+    cores: &Path,
+    flags: &[&str],
+    v: &mut crate::runner::Verdict,
+) -> Result<()> {
     let secret = fresh_canary();
     let heap = fresh_canary();
     let secret_file = env.put("probe-secret.canary", &secret)?;
@@ -117,11 +133,15 @@ fn dumpable_probe(env: &Env, cores: &Path, v: &mut crate::runner::Verdict) -> Re
         "dumpable-probe",
         None,
         &[
-            "/lab/bin/lab-probe",
-            "dumpable-crash",
-            &secret_file,
-            &heap_file,
-        ],
+            &[
+                "/lab/bin/lab-probe",
+                "dumpable-crash",
+                &secret_file,
+                &heap_file,
+            ],
+            flags,
+        ]
+        .concat(),
     )?;
     let ending = probe.wait_end(PATIENCE)?;
     v.note(format!("probe said: {}", probe.out().trim()));

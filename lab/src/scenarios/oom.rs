@@ -101,7 +101,6 @@ fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 daemon.process.ending().is_none() && watcher.ending().is_none(),
                 format!("before the kill, the daemon and its child (pid {child}) are alive"),
             );
-            let killed_at = crate::env::unix_ms();
             env.exec("lab", &["kill", "-9", &daemon.pid_arg()])?;
             let ending = daemon.process.wait_end(PATIENCE)?;
             watcher.wait_end(PATIENCE)?;
@@ -114,17 +113,18 @@ fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 ending.signal() == Some(9),
                 format!("the daemon ended: {}", ending.how),
             );
-            let latency = gone_ms.and_then(|gone| gone.checked_sub(killed_at));
+            // Both times are the guest's clock (the host's may differ in a
+            // VM); the child's going may be seen a moment before the
+            // daemon's launcher reaps it, so this is a figure, not a test.
+            let after_daemon_ms = gone_ms.map(|gone| gone as i128 - ending.unix_ms as i128);
             v.require(
-                latency.is_some(),
+                gone_ms.is_some(),
                 format!(
-                    "its supervised child (pid {child}) was gone {} after the kill (PDEATHSIG)",
-                    latency.map_or("— not seen going after the kill".to_owned(), |ms| format!(
-                        "{ms} ms"
-                    ))
+                    "its supervised child (pid {child}), alive before the kill, was gone {} ms after the daemon (PDEATHSIG)",
+                    after_daemon_ms.unwrap_or_default()
                 ),
             );
-            let latency = latency.unwrap_or_default();
+            let latency = after_daemon_ms.unwrap_or_default();
             v.require(
                 daemon.panic_line().is_none(),
                 "no PANIC line: the wipe did not run (the documented limit)",

@@ -9,6 +9,7 @@
 //! lab-observer wipe-at-exit PID CANARY_FILE  stop at exit_group entry (a clean end), scan, let it exit
 //! lab-observer hand-out PID CANARY_FILE   `dazai get`: scan at its write to stdout (the control), then at exit_group
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
+//! lab-observer rewrite PID SYSCALL        rewrite the next syscall to SYSCALL, then let it go on
 //! lab-observer seccomp PID                Seccomp: of every thread
 //! lab-observer syscall-nr SYSCALL         its number on this architecture
 //! ```
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lab_guest::procfs;
-use lab_guest::tracer::{denied_syscall, Traced};
+use lab_guest::tracer::{syscall_number, Entry, Traced};
 use serde_json::json;
 
 fn main() {
@@ -30,6 +31,7 @@ fn main() {
         ["wipe-at-exit", pid, canary] => wipe(parse_pid(pid), canary, End::ExitGroup),
         ["hand-out", pid, canary] => hand_out(parse_pid(pid), canary),
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
+        ["rewrite", pid, syscall] => rewrite(parse_pid(pid), syscall),
         ["seccomp", pid] => seccomp(parse_pid(pid)),
         ["syscall-nr", syscall] => syscall_nr(syscall),
         _ => Err(anyhow::anyhow!(
@@ -155,16 +157,9 @@ fn hand_out(pid: i32, canary: &str) -> Result<()> {
 }
 
 /// The host reads the VM's kernel log by number, and numbers differ by architecture.
-fn syscall_nr(syscall: &str) -> Result<()> {
-    let nr = denied_syscall(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
-    println!("{}", json!({ "syscall": syscall, "nr": nr }));
-    Ok(())
-}
-
-/// Rewrites the next syscall the daemon enters into `syscall`, which the
-/// filter denies; Linux re-checks seccomp after the tracer's change.
-fn deny(pid: i32, syscall: &str) -> Result<()> {
-    let nr = denied_syscall(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
+/// Stops `pid` at its next syscall entry and rewrites it into `syscall`.
+fn rewrite_next_syscall(pid: i32, syscall: &str) -> Result<(Traced, Entry, u64)> {
+    let nr = syscall_number(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
     let traced = Traced::seize(pid)?;
     traced.interrupt()?;
     // SIGCHLD is in the daemon's signalfd set: it wakes the loop, harmlessly.
@@ -179,6 +174,31 @@ fn deny(pid: i32, syscall: &str) -> Result<()> {
         Err(end) => bail!("the daemon ended before a syscall entry: {end}"),
     };
     traced.rewrite_syscall(nr)?;
+    Ok((traced, entry, nr))
+}
+
+/// Rewrites the next syscall into `syscall`, which the filter allows, and
+/// lets the daemon go on: the control for `deny`.
+fn rewrite(pid: i32, syscall: &str) -> Result<()> {
+    let (traced, entry, nr) = rewrite_next_syscall(pid, syscall)?;
+    traced.detach()?;
+    println!(
+        "{}",
+        json!({ "rewrote": entry.nr, "into": syscall, "nr": nr, "detached": true })
+    );
+    Ok(())
+}
+
+fn syscall_nr(syscall: &str) -> Result<()> {
+    let nr = syscall_number(syscall).with_context(|| format!("unknown syscall {syscall}"))?;
+    println!("{}", json!({ "syscall": syscall, "nr": nr }));
+    Ok(())
+}
+
+/// Rewrites the next syscall the daemon enters into `syscall`, which the
+/// filter denies; Linux re-checks seccomp after the tracer's change.
+fn deny(pid: i32, syscall: &str) -> Result<()> {
+    let (traced, entry, nr) = rewrite_next_syscall(pid, syscall)?;
     let end = traced.continue_to_end()?;
     println!(
         "{}",

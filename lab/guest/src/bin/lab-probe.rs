@@ -4,7 +4,7 @@
 //! lab-probe launch DIR NAME [--stdin FILE] -- PROGRAM ARGS...
 //!     start PROGRAM in a new session (stdin a pipe fed with FILE, stdout DIR/NAME.out, stderr DIR/NAME.log),
 //!     write DIR/NAME.pid, and when it ends DIR/NAME.exit: `signal=N unix_ms=T` or `exit=N unix_ms=T`
-//! lab-probe dumpable-crash SECRET_FILE HEAP_FILE
+//! lab-probe dumpable-crash SECRET_FILE HEAP_FILE [--secret-on-heap]
 //!     hold SECRET_FILE in a SecretBuffer and HEAP_FILE in a Vec, stay dumpable, abort
 //! lab-probe hold [--skip-wipe] [--heap-copy] [--leave-half]
 //!     a daemon stand-in: non-dumpable, the secret from stdin in a SecretBuffer;
@@ -35,7 +35,8 @@ fn main() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let code = match argv[..] {
         ["launch", dir, name, ref rest @ ..] => launch(dir, name, rest),
-        ["dumpable-crash", secret, heap] => dumpable_crash(secret, heap),
+        ["dumpable-crash", secret, heap] => dumpable_crash(secret, heap, false),
+        ["dumpable-crash", secret, heap, "--secret-on-heap"] => dumpable_crash(secret, heap, true),
         ["hold", ref flags @ ..] => hold(flags),
         ["snoop", pid] => snoop(pid.parse().unwrap_or(-1)),
         ["steal", socket, pid, fd, canary] => steal(
@@ -137,7 +138,7 @@ fn launch(dir: &str, name: &str, rest: &[&str]) -> i32 {
 /// A dumpable process holding the same `SecretBuffer` the daemon uses and a
 /// heap copy of another canary (the control): it aborts, and its core shows
 /// what `MADV_DONTDUMP` kept out.
-fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
+fn dumpable_crash(secret_file: &str, heap_file: &str, secret_on_heap: bool) -> i32 {
     let (Ok(secret_src), Ok(mut heap_src)) = (File::open(secret_file), File::open(heap_file))
     else {
         eprintln!("cannot open the canary files");
@@ -153,6 +154,8 @@ fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
     let mut heap = Vec::new();
     let _ = heap_src.read_to_end(&mut heap);
     let heap = std::hint::black_box(heap);
+    // The deliberate bug: the secret also kept in ordinary, dumped memory.
+    let stray = std::hint::black_box(secret_on_heap.then(|| secret.expose().to_vec()));
     println!(
         "holding {} secret bytes (dumpable={}) and {} heap bytes; aborting",
         secret.len(),
@@ -160,6 +163,7 @@ fn dumpable_crash(secret_file: &str, heap_file: &str) -> i32 {
         heap.len()
     );
     let _ = std::io::stdout().flush();
+    let _ = std::hint::black_box(&stray);
     std::process::abort()
 }
 
