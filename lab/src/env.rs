@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -76,6 +76,9 @@ pub struct Lab {
     pub arch: String,
     /// Where the environments run.
     pub machines: Machines,
+    /// SHA-256 of `/proc/PID/exe` of every daemon the leg started, taken
+    /// inside its environment: the binary that ran, not a file named after it.
+    pub daemons_seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// Where a leg's environments run.
@@ -218,6 +221,7 @@ impl<'lab> EnvBuilder<'lab> {
             run_dir,
             ssh_port: None,
             ssh_dir: PathBuf::new(),
+            daemons_seen: Arc::clone(&self.lab.daemons_seen),
         })
     }
 
@@ -313,6 +317,7 @@ impl<'lab> EnvBuilder<'lab> {
             run_dir,
             ssh_port,
             ssh_dir: ssh_dir.to_path_buf(),
+            daemons_seen: Arc::clone(&self.lab.daemons_seen),
         })
     }
 }
@@ -324,6 +329,7 @@ pub struct Env {
     pub run_dir: PathBuf,
     ssh_port: Option<u16>,
     ssh_dir: PathBuf,
+    daemons_seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// What a `docker exec` printed.
@@ -429,6 +435,21 @@ impl Env {
                 Ok(None)
             }
         }
+    }
+
+    /// Records the SHA-256 of the binary daemon `pid` runs, read by root
+    /// inside through `/proc/PID/exe` (see [`Lab::daemons_seen`]).
+    pub fn note_daemon(&self, pid: i32) -> Result<()> {
+        let summed = self.exec("root", &["sha256sum", &format!("/proc/{pid}/exe")])?;
+        let sha = summed.stdout.split_whitespace().next().unwrap_or_default();
+        if summed.code != Some(0) || sha.len() != 64 {
+            bail!("sha256sum /proc/{pid}/exe: {}", summed.stderr.trim());
+        }
+        self.daemons_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(sha.to_owned());
+        Ok(())
     }
 
     /// `sh -c SCRIPT` as `user`.
@@ -679,6 +700,7 @@ impl<'env> DaemonBuilder<'env> {
             .env
             .launch("lab", &self.name, Some(&canary_file), &argv)?;
         process.wait_output("dazai daemon ready:", PATIENCE)?;
+        self.env.note_daemon(process.pid)?;
         Ok(Daemon {
             process,
             canary,

@@ -135,6 +135,7 @@ fn run(options: &Options) -> Result<bool> {
                 bin_dir: bin_dir.clone(),
                 work: leg_work,
                 arch: arch.clone(),
+                daemons_seen: Default::default(),
             };
             let (leg, leg_checks) = run_leg(&lab, options)?;
             legs.push(leg);
@@ -209,13 +210,14 @@ fn run_vm_leg(
                 bin_dir: bin_dir.to_path_buf(),
                 work: leg_work,
                 arch: arch.to_owned(),
+                daemons_seen: Default::default(),
             }
         }
         Err(error) => {
             let name = format!("{arch} VM");
             let mut rec = Recorder::new("VM", &name, options.verbose);
             rec.row_failed(&format!("the {arch} VM boots"), &error);
-            let leg = leg_of(&name, arch, "did not boot", bin_dir, started)?;
+            let leg = leg_of(&name, arch, "did not boot", bin_dir, Vec::new(), started)?;
             return Ok((leg, rec.checks));
         }
     };
@@ -242,15 +244,39 @@ fn run_leg(lab: &Lab, options: &Options) -> Result<(Leg, Vec<Check>)> {
         Machines::Vm(vm) => format!("{} ({})", vm.kernel, vm.kernel_package),
         Machines::Containers { .. } => lab.kernel(),
     };
-    Ok((
-        leg_of(&name, &lab.arch, &kernel, &lab.bin_dir, started)?,
-        checks,
-    ))
+    let daemons_seen = lab
+        .daemons_seen
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let leg = leg_of(
+        &name,
+        &lab.arch,
+        &kernel,
+        &lab.bin_dir,
+        daemons_seen,
+        started,
+    )?;
+    if !leg.ran_what_it_names() {
+        println!(
+            "lab: RED {name}: the daemons ran {:?}, not the leg's dazai {}",
+            leg.daemons_seen, leg.dazai_sha256
+        );
+    }
+    Ok((leg, checks))
 }
 
-fn leg_of(name: &str, arch: &str, kernel: &str, bin_dir: &Path, started: Instant) -> Result<Leg> {
+fn leg_of(
+    name: &str,
+    arch: &str,
+    kernel: &str,
+    bin_dir: &Path,
+    daemons_seen: Vec<String>,
+    started: Instant,
+) -> Result<Leg> {
     let dazai = bin_dir.join("dazai");
     Ok(Leg {
+        daemons_seen,
         name: name.to_owned(),
         arch: arch.to_owned(),
         kernel: kernel.to_owned(),

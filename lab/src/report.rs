@@ -74,8 +74,32 @@ pub struct Leg {
     pub dazai_sha256: String,
     /// Its path when tested.
     pub dazai_path: String,
+    /// SHA-256 of `/proc/PID/exe` of every daemon the leg started, taken
+    /// inside its machine: each must be `dazai_sha256`.
+    pub daemons_seen: Vec<String>,
     /// Wall time of the leg, in ms (a VM's boot included).
     pub took_ms: u64,
+}
+
+impl Leg {
+    /// Whether it started daemons and each ran the binary the leg names.
+    pub fn ran_what_it_names(&self) -> bool {
+        !self.daemons_seen.is_empty()
+            && self
+                .daemons_seen
+                .iter()
+                .all(|sha| *sha == self.dazai_sha256)
+    }
+
+    /// `31 of 31`: daemons whose `/proc/PID/exe` had the leg's SHA-256.
+    fn daemons_summary(&self) -> String {
+        let same = self
+            .daemons_seen
+            .iter()
+            .filter(|sha| **sha == self.dazai_sha256)
+            .count();
+        format!("{same} of {}", self.daemons_seen.len())
+    }
 }
 
 /// One image the lab needed.
@@ -97,7 +121,7 @@ impl Report {
             && self
                 .legs
                 .iter()
-                .all(|leg| self.checks.iter().any(|c| c.leg == leg.name))
+                .all(|leg| self.checks.iter().any(|c| c.leg == leg.name) && leg.ran_what_it_names())
             && self.checks.iter().all(|c| c.outcome != Outcome::Fail)
     }
 
@@ -109,15 +133,16 @@ impl Report {
             self.legs.len(),
             self.total_ms as f64 / 1000.0
         );
-        out.push_str("| leg | kernel | dazai SHA-256 | checks | time |\n|---|---|---|---|---|\n");
+        out.push_str("| leg | kernel | dazai SHA-256 | daemons that ran it (`/proc/PID/exe`) | checks | time |\n|---|---|---|---|---|---|\n");
         for leg in &self.legs {
             let checks: Vec<&Check> = self.checks.iter().filter(|c| c.leg == leg.name).collect();
             let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
             out.push_str(&format!(
-                "| {} | {} | `{}` | {} ({}) | {:.1} s |\n",
+                "| {} | {} | `{}` | {} | {} ({}) | {:.1} s |\n",
                 leg.name,
                 leg.kernel,
                 leg.dazai_sha256,
+                leg.daemons_summary(),
                 checks.len(),
                 if failed == 0 {
                     "green".to_owned()

@@ -47,6 +47,7 @@ fn lab(test: &str) -> Lab {
         bin_dir: bin_dir(),
         work,
         arch: std::env::consts::ARCH.to_owned(),
+        daemons_seen: Default::default(),
     }
 }
 
@@ -96,6 +97,7 @@ fn inside_the_x86_64_vm_the_wipe_scenario_turns_red_against_a_probe_that_skips_t
         bin_dir,
         work: work.clone(),
         arch: "x86_64".to_owned(),
+        daemons_seen: Default::default(),
     };
     let env = lab
         .env("can-fail-vm")

@@ -11,6 +11,7 @@ fn leg(name: &str, arch: &str, kernel: &str, sha: &str) -> Leg {
         kernel: kernel.into(),
         dazai_sha256: sha.repeat(16),
         dazai_path: format!("target/lab/{arch}/bin/dazai"),
+        daemons_seen: vec![sha.repeat(16); 3],
         took_ms: 30_000,
     }
 }
@@ -118,4 +119,32 @@ fn a_run_with_no_checks_or_a_leg_without_any_is_not_green() {
         ..leg_alone
     };
     assert!(!one_of_two.is_green(), "the VM leg ran nothing");
+}
+
+/// The hash of the file the leg names is not enough: every daemon's
+/// `/proc/PID/exe` must have it, or the run is red.
+#[test]
+fn a_leg_whose_daemons_ran_another_binary_is_not_green() {
+    let mut leg = leg("x86_64 containers", "x86_64", "6.18.0", "0123");
+    let checks = vec![check(
+        "x86_64 containers",
+        "wipe",
+        "the daemon wipes",
+        Outcome::Pass,
+        "0 hits",
+    )];
+    let report = |leg: Leg| Report {
+        legs: vec![leg],
+        images: vec![],
+        checks: checks.clone(),
+        total_ms: 0,
+    };
+    assert!(report(leg.clone()).is_green());
+    leg.daemons_seen.push("f".repeat(64));
+    assert!(
+        !report(leg.clone()).is_green(),
+        "one daemon ran another binary"
+    );
+    leg.daemons_seen.clear();
+    assert!(!report(leg).is_green(), "no daemon seen at all");
 }

@@ -102,6 +102,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     if options.update_docs && (options.only.is_some() || options.arch.is_some()) {
         bail!("--update-docs copies the evidence of a full run (every row on every leg) into docs/threat-model.md; drop --only and --arch");
     }
+    let _one_lab_at_a_time = lock_lab_dir(&sh.current_dir().join("target/lab"))?;
     step("prerequisites");
     ensure_prerequisites(sh)?;
     step("dockerd");
@@ -162,6 +163,21 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Holds `target/lab/.lock` for the whole run: two labs at once would share
+/// its binaries and report, the host's `core_pattern` and its swap.
+fn lock_lab_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(".lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::anyhow!(
+            "another `cargo xtask lab` holds {} ({errno}); one lab runs at a time (they would share target/lab, core_pattern and swap)",
+            path.display()
+        )
+    })
 }
 
 /// Builds one architecture's binaries with cross and copies them into

@@ -172,6 +172,7 @@ fn starts_armed(env: &Env, unit: &Unit<'_>, canary: &[u8], v: &mut Verdict) -> R
         format!("seccomp: {}", status["seccomp"]),
     );
     let pid = unit.main_pid()?;
+    env.note_daemon(pid)?;
     let environ = env.exec("root", &["cat", &format!("/proc/{pid}/environ")])?;
     v.require(
         !contains(environ.stdout.as_bytes(), canary),
