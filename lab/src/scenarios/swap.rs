@@ -1,16 +1,17 @@
-//! Row **swap** — "`mlock` holds under real memory pressure: daemon's secret
-//! mapping: `Locked` = `Size`, VmFlags `lo`; under a cgroup memory limit with
-//! a real swapfile, other pages of a pressure process go to swap while the
-//! locked mapping stays `Swap: 0`".
+//! Row **swap** — "`mlock` holds under real memory pressure: under a cgroup
+//! memory limit with a real swapfile, a pressure process's pages go to swap,
+//! and so do the daemon's own other pages when the kernel is asked to page
+//! them out (`MADV_PAGEOUT` through `process_madvise`), while every mapping
+//! the canary lies in stays `Locked` = `Size`, `Swap: 0`".
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::env::{Lab, PATIENCE};
 use crate::host::Swapfile;
 use crate::runner::Recorder;
-use lab_guest::procfs::{status_field, Mapping};
+use lab_guest::procfs::{status_field, Mapping, Scan};
 
 /// The container's RAM limit and the pressure put on it (MiB).
 const LIMIT_MIB: i64 = 128;
@@ -23,6 +24,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     let env = lab
         .env("swap")
         .cap_add("SYS_PTRACE")
+        .cap_add("SYS_NICE")
         .memory(LIMIT_MIB, 1024)
         .start()?;
     // The locked backend: root can read it, so the scan can see the wipe
@@ -56,24 +58,40 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 swapped_kib > 0,
                 format!("the pressure process touched {PRESSURE_MIB} MiB and has VmSwap {swapped}"),
             );
+            // Pressure on the daemon's own pages too: the kernel is asked to
+            // page out every private mapping of it, which it does to all but
+            // the locked ones.
+            let advised = env.observe(&["pageout", &daemon.pid_arg()])?;
             let maps: Vec<Mapping> = serde_json::from_value(
                 env.observe(&["maps", &daemon.pid_arg()])?["mappings"].clone(),
             )?;
-            let secret: Vec<&Mapping> = maps.iter().filter(|m| m.is_secret_shaped()).collect();
+            let daemon_swap: u64 = maps.iter().map(|m| m.swap_kib).sum();
             v.require(
-                !secret.is_empty(),
-                "the daemon has a secret mapping (VmFlags lo dd, Locked = Size)",
+                daemon_swap > 0,
+                format!(
+                    "asked to page out the daemon's private memory ({} bytes advised), the kernel put {daemon_swap} KiB of it in swap",
+                    advised["advised_bytes"]
+                ),
             );
-            for mapping in &secret {
+            // The mappings that hold the secret, found by the canary itself.
+            let found = env.observe(&["scan", &daemon.pid_arg(), &daemon.canary_file])?;
+            let scan: Scan = serde_json::from_value(found["scan"].clone())
+                .with_context(|| format!("observer said: {found}"))?;
+            v.require(
+                !scan.hits.is_empty(),
+                format!("the scan finds the secret {} time(s) in the daemon", scan.hits.len()),
+            );
+            for hit in &scan.hits {
+                let now = maps.iter().find(|m| m.start == hit.mapping.start);
                 v.require(
-                    mapping.swap_kib == 0 && mapping.locked_kib == mapping.size_kib,
-                    format!("secret mapping under pressure: {}", mapping.describe()),
+                    now.is_some_and(|m| m.swap_kib == 0 && m.locked_kib == m.size_kib),
+                    format!(
+                        "the mapping holding the secret at {:#x}, after the page-out: {}",
+                        hit.address,
+                        now.map_or("gone".to_owned(), Mapping::describe)
+                    ),
                 );
             }
-            let daemon_swap: u64 = maps.iter().map(|m| m.swap_kib).sum();
-            v.note(format!(
-                "the daemon's other pages in swap: {daemon_swap} KiB"
-            ));
             v.figure(format!("pressure swapped {swapped}; secret Swap 0 kB"));
             Ok(())
         },

@@ -10,6 +10,7 @@
 //! lab-observer hand-out PID CANARY_FILE   `dazai get`: scan at its write to stdout (the control), then at exit_group
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
 //! lab-observer rewrite PID SYSCALL        rewrite the next syscall to SYSCALL, then let it go on
+//! lab-observer pageout PID                page out PID's own private pages now (MADV_PAGEOUT)
 //! lab-observer seccomp PID                Seccomp: of every thread
 //! lab-observer syscall-nr SYSCALL         its number on this architecture
 //! ```
@@ -33,6 +34,7 @@ fn main() {
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
         ["rewrite", pid, syscall] => rewrite(parse_pid(pid), syscall),
         ["seccomp", pid] => seccomp(parse_pid(pid)),
+        ["pageout", pid] => pageout(parse_pid(pid)),
         ["syscall-nr", syscall] => syscall_nr(syscall),
         _ => Err(anyhow::anyhow!(
             "usage: lab-observer maps|scan|wipe|deny|seccomp PID [CANARY_FILE|SYSCALL] | syscall-nr SYSCALL"
@@ -69,6 +71,12 @@ fn scan(pid: i32, canary: &str) -> Result<()> {
     let canary = read_canary(canary)?;
     let scan = procfs::scan_memory(pid, &canary).context("scan /proc/PID/mem")?;
     println!("{}", json!({ "scan": scan }));
+    Ok(())
+}
+
+fn pageout(pid: i32) -> Result<()> {
+    let advised = procfs::page_out(pid).context("process_madvise MADV_PAGEOUT")?;
+    println!("{}", json!({ "advised_bytes": advised }));
     Ok(())
 }
 
