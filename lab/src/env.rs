@@ -259,6 +259,10 @@ impl<'lab> EnvBuilder<'lab> {
                     .with_access_mode(testcontainers::core::AccessMode::ReadOnly),
             )
             .with_startup_timeout(PATIENCE);
+        // Root needs it in every container to read `/proc/PID/exe` of a
+        // non-dumpable daemon of another user (`Env::note_daemon`); it is
+        // root's alone, so it changes nothing a row claims of `lab`.
+        request = request.with_cap_add("SYS_PTRACE");
         for cap in &self.caps {
             request = request.with_cap_add(cap);
         }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::env::{unix_ms, wait_for, Daemon, Env, Lab, PATIENCE};
 use crate::runner::{Recorder, Verdict};
+use crate::scenarios::wipe::{every_copy_is_locked, wiped_at_last_call, LastCall};
 
 /// How the session is lost.
 #[derive(Clone, Copy)]
@@ -53,7 +54,52 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         "a heartbeat forwarded over SSH with --ping-timeout 2 panics when the link is cut",
         |v| forwarded_heartbeat_cut(lab, &env, v),
     );
+    rec.check(
+        "the panic of a dropped SSH session leaves no copy of the secret at its self-SIGKILL",
+        |v| drop_observed(&env, v),
+    );
     Ok(())
+}
+
+/// The drop of [`session_dropped`]'s first case, with a root observer on
+/// the daemon (locked memory, so the observer can see the secret): the
+/// canary in locked memory while alive, none at its final SIGKILL. Kept apart
+/// from the timed cases: the observer's stops would weigh on their latency.
+fn drop_observed(env: &Env, v: &mut Verdict) -> Result<()> {
+    let daemon = env
+        .daemon()
+        .named("session-observed")
+        .args(&["--memory", "locked"])
+        .start()?;
+    let mut session = env
+        .ssh_session()
+        .pty()
+        .command(&daemon.client_command())
+        .spawn()?;
+    let outcome = (|| {
+        daemon.wait_heartbeat(PATIENCE)?;
+        every_copy_is_locked(env, daemon.pid(), &daemon.canary_file, v)?;
+        let drop_it = || {
+            let _ = session.kill();
+            Ok(())
+        };
+        wiped_at_last_call(
+            env,
+            daemon.pid(),
+            &daemon.canary_file,
+            LastCall::SelfKill,
+            drop_it,
+            v,
+        )?;
+        let line = daemon.panic_line().unwrap_or_default();
+        v.require(
+            line.contains("PANIC: heartbeat connection closed"),
+            format!("the daemon logged: {line}"),
+        );
+        Ok(())
+    })();
+    stop(&mut session);
+    outcome
 }
 
 fn session_dropped(env: &Env, index: usize, pty: bool, drop: Drop, v: &mut Verdict) -> Result<()> {
