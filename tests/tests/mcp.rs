@@ -184,7 +184,9 @@ pass_env = ["PATH", "DIR"]
 timeout_secs = 600
 "#;
 
-fn start_long_job(mcp: &mut McpClient) {
+/// Initializes the session and starts a call of `tool` (request id 2),
+/// without waiting for its answer.
+fn start_call(mcp: &mut McpClient, tool: &str) {
     mcp.send(
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
@@ -192,7 +194,7 @@ fn start_long_job(mcp: &mut McpClient) {
     );
     mcp.receive();
     mcp.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "long_job", "arguments": {}}}));
+        "params": {"name": tool, "arguments": {}}}));
 }
 
 /// A daemon serving [`LONG_JOB`], and a session with the job running.
@@ -202,7 +204,7 @@ fn long_job_session() -> (Daemon, McpClient) {
         .mcp_tools(LONG_JOB)
         .start();
     let mut mcp = McpClient::start(&daemon);
-    start_long_job(&mut mcp);
+    start_call(&mut mcp, "long_job");
     (daemon, mcp)
 }
 
@@ -320,13 +322,7 @@ fn a_call_running_when_the_daemon_ends_answers_without_its_output() {
         .mcp_tools(PRINTS_AND_WAITS)
         .start();
     let mut mcp = McpClient::start(&daemon);
-    mcp.request(
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "scripted-client", "version": "1"}}}),
-    );
-    mcp.send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "prints_and_waits", "arguments": {}}}));
+    start_call(&mut mcp, "prints_and_waits");
     eventually("the program to print the secret", || {
         daemon.path("printed").exists()
     });
@@ -755,7 +751,7 @@ fn exec_calls_beyond_the_limit_are_refused_busy_and_run_nothing() {
         ])
         .start();
     let mut mcp = McpClient::start(&daemon);
-    start_long_job(&mut mcp);
+    start_call(&mut mcp, "long_job");
     let leader = daemon.read_pid_file("leader.pid");
 
     let busy = mcp.request(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
