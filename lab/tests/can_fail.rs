@@ -51,6 +51,24 @@ fn lab(test: &str) -> Lab {
     }
 }
 
+/// The check is red, and for `reason`: an evidence line starts `FAILED: reason`.
+fn assert_red(verdict: &Verdict, what: &str, reason: &str) {
+    assert_eq!(
+        verdict.outcome(),
+        Outcome::Fail,
+        "{what}: {:?}",
+        verdict.evidence()
+    );
+    assert!(
+        verdict
+            .evidence()
+            .iter()
+            .any(|e| e.starts_with(&format!("FAILED: {reason}"))),
+        "red, but not for {reason:?}: {:?}",
+        verdict.evidence()
+    );
+}
+
 /// Starts `lab-probe hold FLAGS` as `lab` with a fresh canary on stdin.
 fn hold(env: &Env, name: &str, flags: &[&str]) -> (i32, String) {
     let canary = env
@@ -115,19 +133,10 @@ fn assert_wipe_check_tells_broken_from_correct(env: &Env) {
     let (pid, canary) = hold(env, "broken", &["--skip-wipe"]);
     let mut broken = Verdict::new();
     wiped_at_self_kill(env, pid, &canary, &mut broken).expect("observer ran");
-    assert_eq!(
-        broken.outcome(),
-        Outcome::Fail,
-        "a probe that never wipes must turn the wipe row red: {:?}",
-        broken.evidence()
-    );
-    assert!(
-        broken
-            .evidence()
-            .iter()
-            .any(|e| e.contains("FAILED: 1 canary hits")),
-        "red for the right reason (the canary found at the self-SIGKILL): {:?}",
-        broken.evidence()
+    assert_red(
+        &broken,
+        "a probe that never wipes must turn the wipe row red",
+        "1 canary hits",
     );
 
     let (pid, canary) = hold(env, "correct", &[]);
@@ -153,19 +162,10 @@ fn the_wipe_scenario_turns_red_against_a_probe_whose_wipe_leaves_half_the_secret
     let (pid, canary) = hold(&env, "leaves-half", &["--leave-half"]);
     let mut verdict = Verdict::new();
     wiped_at_self_kill(&env, pid, &canary, &mut verdict).expect("observer ran");
-    assert_eq!(
-        verdict.outcome(),
-        Outcome::Fail,
-        "half a secret left behind must turn the wipe row red: {:?}",
-        verdict.evidence()
-    );
-    assert!(
-        verdict
-            .evidence()
-            .iter()
-            .any(|e| e.contains("FAILED: 1 canary hits")),
-        "red for the right reason (a piece of the canary at the self-SIGKILL): {:?}",
-        verdict.evidence()
+    assert_red(
+        &verdict,
+        "half a secret left behind must turn the wipe row red",
+        "1 canary hits",
     );
     let _ = std::fs::remove_dir_all(&lab.work);
 }
@@ -181,19 +181,10 @@ fn the_live_scan_turns_red_against_a_probe_that_leaves_a_heap_copy() {
     let (pid, canary) = hold(&env, "heap-copy", &["--heap-copy"]);
     let mut verdict = Verdict::new();
     every_copy_is_locked(&env, pid, &canary, &mut verdict).expect("observer ran");
-    assert_eq!(
-        verdict.outcome(),
-        Outcome::Fail,
-        "a stray heap copy must turn the live scan red: {:?}",
-        verdict.evidence()
-    );
-    assert!(
-        verdict
-            .evidence()
-            .iter()
-            .any(|e| e.contains("FAILED: 1 of 2 hits lie outside")),
-        "red for the right reason (one hit outside locked, dd memory): {:?}",
-        verdict.evidence()
+    assert_red(
+        &verdict,
+        "a stray heap copy must turn the live scan red",
+        "1 of 2 hits lie outside",
     );
     let _ = std::fs::remove_dir_all(&lab.work);
 }
@@ -211,19 +202,10 @@ fn the_core_check_turns_red_against_a_probe_that_keeps_its_secret_in_dumped_memo
     let (cores, _pattern) = cores_in_run_dir(&env).expect("core_pattern");
     let mut verdict = Verdict::new();
     dumpable_probe(&env, &cores, &["--secret-on-heap"], &mut verdict).expect("the probe ran");
-    assert_eq!(
-        verdict.outcome(),
-        Outcome::Fail,
-        "a secret in dumped memory must turn the core row red: {:?}",
-        verdict.evidence()
-    );
-    assert!(
-        verdict
-            .evidence()
-            .iter()
-            .any(|e| e.starts_with("FAILED: traces of the SecretBuffer canary in the core")),
-        "red for the right reason (the secret in the core): {:?}",
-        verdict.evidence()
+    assert_red(
+        &verdict,
+        "a secret in dumped memory must turn the core row red",
+        "traces of the SecretBuffer canary in the core",
     );
     let _ = std::fs::remove_dir_all(&lab.work);
 }
@@ -242,19 +224,10 @@ fn the_secretmem_check_turns_red_against_a_daemon_of_the_locked_backend() {
     let locked = root_scans(&env, "locked").expect("root scanned a locked daemon");
     let mut verdict = Verdict::new();
     root_finds_no_copy(&locked, &mut verdict).expect("the check ran");
-    assert_eq!(
-        verdict.outcome(),
-        Outcome::Fail,
-        "a locked daemon must fail the secretmem claim: {:?}",
-        verdict.evidence()
-    );
-    assert!(
-        verdict
-            .evidence()
-            .iter()
-            .any(|e| e.starts_with("FAILED: reading the /secretmem mapping itself gives EIO")),
-        "red for the right reason (no /secretmem mapping refused): {:?}",
-        verdict.evidence()
+    assert_red(
+        &verdict,
+        "a locked daemon must fail the secretmem claim",
+        "reading the /secretmem mapping itself gives EIO",
     );
     let _ = std::fs::remove_dir_all(&lab.work);
 }
