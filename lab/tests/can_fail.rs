@@ -15,6 +15,7 @@ use lab::scenarios::root_reads_memory::{root_finds_no_copy, root_scans};
 use lab::scenarios::wipe::{every_copy_is_locked, wiped_at_self_kill};
 use lab::vm::Vm;
 use lab::vm_assets::VmArch;
+use lab_guest::procfs::Hit;
 
 /// The x86_64 binaries `cargo xtask lab` staged.
 fn bin_dir() -> PathBuf {
@@ -67,6 +68,18 @@ fn assert_red(verdict: &Verdict, what: &str, reason: &str) {
         "red, but not for {reason:?}: {:?}",
         verdict.evidence()
     );
+}
+
+/// Where the live scan finds the canary (asserting it is found at all).
+fn live_hits(env: &Env, pid: i32, canary: &str) -> Vec<Hit> {
+    let mut live = Verdict::new();
+    let hits = every_copy_is_locked(env, pid, canary, &mut live).expect("live scan");
+    assert!(
+        !hits.is_empty(),
+        "the live scan found nothing: {:?}",
+        live.evidence()
+    );
+    hits
 }
 
 /// Starts `lab-probe hold FLAGS` as `lab` with a fresh canary on stdin.
@@ -131,8 +144,9 @@ fn inside_the_x86_64_vm_the_wipe_scenario_turns_red_against_a_probe_that_skips_t
 /// reason, and green on the same probe with its wipe.
 fn assert_wipe_check_tells_broken_from_correct(env: &Env) {
     let (pid, canary) = hold(env, "broken", &["--skip-wipe"]);
+    let held = live_hits(env, pid, &canary);
     let mut broken = Verdict::new();
-    wiped_at_self_kill(env, pid, &canary, &mut broken).expect("observer ran");
+    wiped_at_self_kill(env, pid, &canary, &held, &mut broken).expect("observer ran");
     assert_red(
         &broken,
         "a probe that never wipes must turn the wipe row red",
@@ -140,8 +154,9 @@ fn assert_wipe_check_tells_broken_from_correct(env: &Env) {
     );
 
     let (pid, canary) = hold(env, "correct", &[]);
+    let held = live_hits(env, pid, &canary);
     let mut correct = Verdict::new();
-    wiped_at_self_kill(env, pid, &canary, &mut correct).expect("observer ran");
+    wiped_at_self_kill(env, pid, &canary, &held, &mut correct).expect("observer ran");
     assert_eq!(
         correct.outcome(),
         Outcome::Pass,
@@ -161,7 +176,7 @@ fn the_wipe_scenario_turns_red_against_a_probe_whose_wipe_leaves_half_the_secret
         .expect("container");
     let (pid, canary) = hold(&env, "leaves-half", &["--leave-half"]);
     let mut verdict = Verdict::new();
-    wiped_at_self_kill(&env, pid, &canary, &mut verdict).expect("observer ran");
+    wiped_at_self_kill(&env, pid, &canary, &[], &mut verdict).expect("observer ran");
     assert_red(
         &verdict,
         "half a secret left behind must turn the wipe row red",
@@ -228,6 +243,25 @@ fn the_secretmem_check_turns_red_against_a_daemon_of_the_locked_backend() {
         &verdict,
         "a locked daemon must fail the secretmem claim",
         "reading the /secretmem mapping itself gives EIO",
+    );
+    let _ = std::fs::remove_dir_all(&lab.work);
+}
+
+/// Unmapping is not wiping: a scan at the end cannot read pages that are
+/// gone, so the ranges that held the secret are looked at again.
+#[test]
+fn the_wipe_scenario_turns_red_against_a_probe_that_unmaps_a_copy_without_zeroing_it() {
+    let lab = lab("can-fail-unmap");
+    let env = lab.env("can-fail-unmap").start().expect("container");
+    let (pid, canary) = hold(&env, "unmaps", &["--unmap-unwiped"]);
+    let held = live_hits(&env, pid, &canary);
+    assert_eq!(held.len(), 2, "two locked copies while alive: {held:?}");
+    let mut verdict = Verdict::new();
+    wiped_at_self_kill(&env, pid, &canary, &held, &mut verdict).expect("observer ran");
+    assert_red(
+        &verdict,
+        "a copy unmapped without zeroing must turn the wipe row red",
+        "1 of the 2 range(s) that held the secret",
     );
     let _ = std::fs::remove_dir_all(&lab.work);
 }

@@ -296,6 +296,48 @@ pub fn scan_memory(pid: i32, canary: &[u8]) -> io::Result<Scan> {
     Ok(scan)
 }
 
+/// A range that held a trace of the canary while the process was alive, as
+/// found again at its end.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldRange {
+    /// Its address.
+    pub address: u64,
+    /// Its length.
+    pub length: usize,
+    /// Whether a mapping still covers it.
+    pub mapped: bool,
+    /// Whether reading it through `/proc/PID/mem` succeeded.
+    pub read: bool,
+    /// Whether every byte of it is zero.
+    pub zeroed: bool,
+    /// Where it was looked at: `the end` (the last system call) or `munmap`
+    /// (the entry of the call that unmapped it, the last moment it could be read).
+    pub at: String,
+}
+
+/// Looks again at `ranges` (address, length) of `pid`: a wipe must leave
+/// each mapped, readable and all zeros, not unmapped or unreadable.
+pub fn recheck(pid: i32, ranges: &[(u64, usize)]) -> io::Result<Vec<HeldRange>> {
+    let mem = File::open(format!("/proc/{pid}/mem"))?;
+    let maps = mappings(pid)?;
+    Ok(ranges
+        .iter()
+        .map(|&(address, length)| {
+            let end = address + length as u64;
+            let mapped = maps.iter().any(|m| m.start <= address && end <= m.end);
+            let bytes = read_range(&mem, address, end).ok();
+            HeldRange {
+                address,
+                length,
+                mapped,
+                read: bytes.is_some(),
+                zeroed: bytes.is_some_and(|b| b.iter().all(|&byte| byte == 0)),
+                at: "the end".into(),
+            }
+        })
+        .collect())
+}
+
 /// Reads `[start, end)` of a process's memory; a range that fails part way
 /// (a guard page) is an error, as is a short read.
 fn read_range(mem: &File, start: u64, end: u64) -> io::Result<Vec<u8>> {

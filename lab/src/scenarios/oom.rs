@@ -40,7 +40,7 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .args(&["--memory", "locked"])
                 .exec(&["/bin/sh", "-c", &hog])
                 .start()?;
-            every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)?;
+            let held = every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)?;
             let cue = || {
                 std::fs::write(env.run_dir.join("hog-now"), "")?;
                 Ok(())
@@ -49,6 +49,7 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 &env,
                 daemon.pid(),
                 &daemon.canary_file,
+                &held,
                 LastCall::SelfKill,
                 cue,
                 v,

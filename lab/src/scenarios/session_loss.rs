@@ -78,7 +78,7 @@ fn drop_observed(env: &Env, v: &mut Verdict) -> Result<()> {
         .spawn()?;
     let outcome = (|| {
         daemon.wait_heartbeat(PATIENCE)?;
-        every_copy_is_locked(env, daemon.pid(), &daemon.canary_file, v)?;
+        let held = every_copy_is_locked(env, daemon.pid(), &daemon.canary_file, v)?;
         let drop_it = || {
             let _ = session.kill();
             Ok(())
@@ -87,6 +87,7 @@ fn drop_observed(env: &Env, v: &mut Verdict) -> Result<()> {
             env,
             daemon.pid(),
             &daemon.canary_file,
+            &held,
             LastCall::SelfKill,
             drop_it,
             v,

@@ -5,7 +5,7 @@
 //! is locked and `dd` (no stray copies in heap/stack)".
 
 use anyhow::{bail, Context, Result};
-use lab_guest::procfs::Scan;
+use lab_guest::procfs::{HeldRange, Hit, Scan};
 
 use crate::env::{last_json, wait_for, Daemon, Env, Lab, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
@@ -23,18 +23,20 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         .args(&["--memory", "locked"])
         .exec(&["/bin/sh", "-c", &program])
         .start()?;
+    let mut held = Vec::new();
     rec.check(
         "while alive, every copy of the secret lies in locked, no-dump memory",
         |v| {
             hand_out_once(&env, &daemon)?;
             v.note("the secret was handed out once (`dazai get` in the supervised program) before the scan");
-            every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)
+            held = every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)?;
+            Ok(())
         },
     );
     rec.check(
         "the daemon wipes the secret before its final SIGKILL",
         |v| {
-            wiped_at_self_kill(&env, daemon.pid(), &daemon.canary_file, v)?;
+            wiped_at_self_kill(&env, daemon.pid(), &daemon.canary_file, &held, v)?;
             let line = daemon.panic_line().unwrap_or_default();
             v.require(
                 line.contains("wiped 1 secrets"),
@@ -51,7 +53,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("stopping")
                 .args(&["--memory", "locked"])
                 .start()?;
-            every_copy_is_locked(&env, stopping.pid(), &stopping.canary_file, v)?;
+            let held = every_copy_is_locked(&env, stopping.pid(), &stopping.canary_file, v)?;
             let pid = stopping.pid().to_string();
             let term = || {
                 env.exec("lab", &["kill", "-TERM", &pid])?;
@@ -61,6 +63,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 &env,
                 stopping.pid(),
                 &stopping.canary_file,
+                &held,
                 LastCall::ExitGroup,
                 term,
                 v,
@@ -80,7 +83,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                     &format!("while [ ! -e {RUN}/end-now ]; do sleep 0.05; done"),
                 ])
                 .start()?;
-            every_copy_is_locked(&env, ending.pid(), &ending.canary_file, v)?;
+            let held = every_copy_is_locked(&env, ending.pid(), &ending.canary_file, v)?;
             let end_now = || {
                 std::fs::write(env.run_dir.join("end-now"), "")?;
                 Ok(())
@@ -89,6 +92,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 &env,
                 ending.pid(),
                 &ending.canary_file,
+                &held,
                 LastCall::ExitGroup,
                 end_now,
                 v,
@@ -111,7 +115,15 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("crashing")
                 .args(&["--memory", "locked"])
                 .start()?;
-            wiped_at_self_kill_after(&env, crashing.pid(), &crashing.canary_file, "-SEGV", v)?;
+            let held = every_copy_is_locked(&env, crashing.pid(), &crashing.canary_file, v)?;
+            wiped_at_self_kill_after(
+                &env,
+                crashing.pid(),
+                &crashing.canary_file,
+                &held,
+                "-SEGV",
+                v,
+            )?;
             let log = crashing.log();
             v.require(
                 log.contains("PANIC: fatal error in the daemon itself"),
@@ -287,10 +299,13 @@ fn mcp_output_wiped_when_the_daemon_goes(env: &Env, v: &mut Verdict) -> Result<(
         }
         Ok(())
     };
+    // No ranges to look at again: the output lay in the heap, which the
+    // session reuses once the wiped buffers are freed.
     wiped_at_last_call(
         env,
         watch,
         &daemon.canary_file,
+        &[],
         LastCall::ExitGroup,
         stop,
         v,
@@ -312,7 +327,12 @@ fn hand_out_once(env: &Env, daemon: &Daemon) -> Result<()> {
 
 /// Scans the live process `pid`: the canary must be found (or the scan
 /// proves nothing) and every hit must be in a locked, `dd` mapping.
-pub fn every_copy_is_locked(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
+pub fn every_copy_is_locked(
+    env: &Env,
+    pid: i32,
+    canary_file: &str,
+    v: &mut Verdict,
+) -> Result<Vec<Hit>> {
     let found = env.observe(&["scan", &pid.to_string(), canary_file])?;
     let scan: Scan = serde_json::from_value(found["scan"].clone())
         .with_context(|| format!("observer said: {found}"))?;
@@ -346,13 +366,19 @@ pub fn every_copy_is_locked(env: &Env, pid: i32, canary_file: &str, v: &mut Verd
         ),
     );
     v.figure(format!("{} hit(s), {} stray", scan.hits.len(), stray.len()));
-    Ok(())
+    Ok(scan.hits)
 }
 
 /// Traces `pid`, makes it panic (SIGUSR2, as its own user), stops it at
 /// the entry of `kill(pid, SIGKILL)` and scans it there: 0 hits required.
-pub fn wiped_at_self_kill(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
-    wiped_at_self_kill_after(env, pid, canary_file, "-USR2", v)
+pub fn wiped_at_self_kill(
+    env: &Env,
+    pid: i32,
+    canary_file: &str,
+    held: &[Hit],
+    v: &mut Verdict,
+) -> Result<()> {
+    wiped_at_self_kill_after(env, pid, canary_file, held, "-USR2", v)
 }
 
 /// [`wiped_at_self_kill`], the daemon sent `signal` (`-USR2`: the panic;
@@ -361,6 +387,7 @@ pub fn wiped_at_self_kill_after(
     env: &Env,
     pid: i32,
     canary_file: &str,
+    held: &[Hit],
     signal: &str,
     v: &mut Verdict,
 ) -> Result<()> {
@@ -371,7 +398,7 @@ pub fn wiped_at_self_kill_after(
         }
         Ok(())
     };
-    wiped_at_last_call(env, pid, canary_file, LastCall::SelfKill, send, v)
+    wiped_at_last_call(env, pid, canary_file, held, LastCall::SelfKill, send, v)
 }
 
 /// The last system call of a daemon's end, where the observer stops it.
@@ -389,6 +416,7 @@ pub fn wiped_at_last_call(
     env: &Env,
     pid: i32,
     canary_file: &str,
+    held: &[Hit],
     last: LastCall,
     end_it: impl FnOnce() -> Result<()>,
     v: &mut Verdict,
@@ -398,11 +426,22 @@ pub fn wiped_at_last_call(
         LastCall::SelfKill => "wipe",
         LastCall::ExitGroup => "wipe-at-exit",
     };
+    let ranges: Vec<String> = held
+        .iter()
+        .map(|hit| format!("{:x}:{}", hit.address, hit.length))
+        .collect();
+    let ranges = ranges.join(",");
     let observer = env.launch(
         "root",
         "wipe-observer",
         None,
-        &["/lab/bin/lab-observer", mode, &pid_arg, canary_file],
+        &[
+            "/lab/bin/lab-observer",
+            mode,
+            &pid_arg,
+            canary_file,
+            &ranges,
+        ],
     )?;
     observer
         .wait_output("\"attached\"", PATIENCE)
@@ -448,6 +487,20 @@ pub fn wiped_at_last_call(
             scan.hits.len()
         ),
     );
+    let rechecked: Vec<HeldRange> = serde_json::from_value(result["held"].clone())?;
+    if !held.is_empty() {
+        let wiped = rechecked
+            .iter()
+            .filter(|r| r.mapped && r.read && r.zeroed)
+            .count();
+        v.require(
+            rechecked.len() == held.len() && wiped == held.len(),
+            format!(
+                "{wiped} of the {} range(s) that held the secret while alive are mapped, read and all zeros at the last moment they could be read (their munmap, or the end): {rechecked:?}",
+                held.len()
+            ),
+        );
+    }
     let end = result["end"].as_str().unwrap_or_default();
     v.require(
         end.contains(expected_end),

@@ -5,8 +5,10 @@
 //! ```text
 //! lab-observer maps PID                   every mapping with Size/Locked/Swap/VmFlags
 //! lab-observer scan PID CANARY_FILE       every canary hit in readable memory, with its mapping
-//! lab-observer wipe PID CANARY_FILE       stop at kill(PID, SIGKILL) entry, scan, let it die
-//! lab-observer wipe-at-exit PID CANARY_FILE  stop at exit_group entry (a clean end), scan, let it exit
+//! lab-observer wipe PID CANARY_FILE [HELD] stop at kill(PID, SIGKILL) entry, scan, let it die
+//! lab-observer wipe-at-exit PID CANARY_FILE [HELD]  stop at exit_group entry (a clean end), scan, let it exit
+//!     HELD: ADDR:LEN,… (hex address, decimal length) where the canary lay while alive:
+//!     each must still be mapped, be read and read all zeros
 //! lab-observer hand-out PID CANARY_FILE   `dazai get`: scan at its write to stdout (the control), then at exit_group
 //! lab-observer deny PID SYSCALL           rewrite the next syscall to SYSCALL, report the death
 //! lab-observer rewrite PID SYSCALL        rewrite the next syscall to SYSCALL, then let it go on
@@ -28,8 +30,10 @@ fn main() {
     let result = match argv[..] {
         ["maps", pid] => maps(parse_pid(pid)),
         ["scan", pid, canary] => scan(parse_pid(pid), canary),
-        ["wipe", pid, canary] => wipe(parse_pid(pid), canary, End::SelfKill),
-        ["wipe-at-exit", pid, canary] => wipe(parse_pid(pid), canary, End::ExitGroup),
+        ["wipe", pid, canary, ref held @ ..] => wipe(parse_pid(pid), canary, held, End::SelfKill),
+        ["wipe-at-exit", pid, canary, ref held @ ..] => {
+            wipe(parse_pid(pid), canary, held, End::ExitGroup)
+        }
         ["hand-out", pid, canary] => hand_out(parse_pid(pid), canary),
         ["deny", pid, syscall] => deny(parse_pid(pid), syscall),
         ["rewrite", pid, syscall] => rewrite(parse_pid(pid), syscall),
@@ -97,8 +101,35 @@ enum End {
     ExitGroup,
 }
 
-fn wipe(pid: i32, canary: &str, at: End) -> Result<()> {
+/// `ADDR:LEN,…` (hex address, decimal length) into ranges.
+fn parse_ranges(held: &[&str]) -> Result<Vec<(u64, usize)>> {
+    held.iter()
+        .flat_map(|list| list.split(','))
+        .filter(|range| !range.is_empty())
+        .map(|range| {
+            let (address, length) = range.split_once(':').context("a range is ADDR:LEN")?;
+            let address = u64::from_str_radix(address.trim_start_matches("0x"), 16)?;
+            Ok((address, length.parse()?))
+        })
+        .collect()
+}
+
+/// Whether `[address, address + length)` overlaps `[start, start + len)`.
+fn overlaps((address, length): (u64, usize), start: u64, len: u64) -> bool {
+    address < start.saturating_add(len) && start < address + length as u64
+}
+
+/// Whether the syscall at `entry` is a `munmap` of any of `ranges`.
+fn unmaps_any(entry: &Entry, ranges: &[(u64, usize)]) -> bool {
+    entry.nr == libc::SYS_munmap as u64
+        && ranges
+            .iter()
+            .any(|range| overlaps(*range, entry.args[0], entry.args[1]))
+}
+
+fn wipe(pid: i32, canary: &str, held: &[&str], at: End) -> Result<()> {
     let canary = read_canary(canary)?;
+    let held = parse_ranges(held)?;
     let traced = Traced::seize(pid)?;
     traced.interrupt()?;
     println!("{}", json!({ "attached": pid }));
@@ -108,19 +139,45 @@ fn wipe(pid: i32, canary: &str, at: End) -> Result<()> {
         }
         End::ExitGroup => nr == libc::SYS_exit_group as u64,
     };
-    let entry =
-        traced.run_to_entry(Duration::from_secs(30), || {}, |e| last_call(e.nr, &e.args))?;
-    let entry = match entry {
-        Ok(entry) => entry,
-        Err(end) => bail!("the daemon ended before its last system call: {end}"),
+    // A range that held the secret may be unmapped before the end (a buffer
+    // dropped): it is looked at again at the entry of that munmap, the last
+    // moment it can be read; the rest at the last system call.
+    let mut pending = held;
+    let mut rechecked = Vec::new();
+    let entry = loop {
+        let entry = traced.run_to_entry(
+            Duration::from_secs(30),
+            || {},
+            |e| last_call(e.nr, &e.args) || unmaps_any(e, &pending),
+        )?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(end) => bail!("the daemon ended before its last system call: {end}"),
+        };
+        if !last_call(entry.nr, &entry.args) {
+            let (unmapped, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|range| overlaps(*range, entry.args[0], entry.args[1]));
+            let mut seen = procfs::recheck(pid, &unmapped).context("look again before munmap")?;
+            for range in &mut seen {
+                range.at = "munmap".into();
+            }
+            rechecked.extend(seen);
+            pending = rest;
+            continue;
+        }
+        break entry;
     };
     let stopped_at = Instant::now();
     let scan = procfs::scan_memory(pid, &canary).context("scan at the last system call")?;
+    let mut held = rechecked;
+    held.extend(procfs::recheck(pid, &pending).context("look again where the canary lay")?);
     let scan_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
     let end = traced.continue_to_end()?;
     println!(
         "{}",
         json!({
+            "held": held,
             "stopped_at": match at {
                 End::SelfKill => format!("kill({}, {})", entry.args[0] as i32, entry.args[1]),
                 End::ExitGroup => format!("exit_group({})", entry.args[0] as i32),

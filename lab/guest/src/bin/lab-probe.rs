@@ -6,7 +6,7 @@
 //!     write DIR/NAME.pid, and when it ends DIR/NAME.exit: `signal=N unix_ms=T` or `exit=N unix_ms=T`
 //! lab-probe dumpable-crash SECRET_FILE HEAP_FILE [--secret-on-heap]
 //!     hold SECRET_FILE in a SecretBuffer and HEAP_FILE in a Vec, stay dumpable, abort
-//! lab-probe hold [--skip-wipe] [--heap-copy] [--leave-half]
+//! lab-probe hold [--skip-wipe] [--heap-copy] [--leave-half] [--unmap-unwiped]
 //!     a daemon stand-in: non-dumpable, the secret from stdin in a SecretBuffer;
 //!     SIGUSR2 runs its panic (wipe, then kill(self, SIGKILL)); the flags break it on purpose
 //! lab-probe snoop PID       a same-UID attacker: ptrace, /proc/PID/mem, process_vm_readv
@@ -182,6 +182,7 @@ fn hold(flags: &[&str]) -> i32 {
     let skip_wipe = flags.contains(&"--skip-wipe");
     let heap_copy = flags.contains(&"--heap-copy");
     let leave_half = flags.contains(&"--leave-half");
+    let unmap_unwiped = flags.contains(&"--unmap-unwiped");
     let _ = goodnight::forbid_core_dumps_and_tracing();
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGUSR2);
@@ -197,6 +198,16 @@ fn hold(flags: &[&str]) -> i32 {
     }
     // The deliberate bug: a stray copy of the secret on the heap.
     let stray = heap_copy.then(|| std::hint::black_box(secret.expose().to_vec()));
+    // The deliberate bug: a second locked, no-dump copy that the panic
+    // unmaps without zeroing (a scan at the end cannot see unmapped pages).
+    let second = if unmap_unwiped {
+        match LockedPage::holding(secret.expose()) {
+            Some(page) => Some(page),
+            None => return 1,
+        }
+    } else {
+        None
+    };
     println!("lab-probe hold ready: pid={}", std::process::id());
     let _ = std::io::stdout().flush();
     let _ = signals.wait();
@@ -208,10 +219,55 @@ fn hold(flags: &[&str]) -> i32 {
     if !skip_wipe {
         secret.wipe();
     }
+    if let Some(page) = second {
+        page.unmap_unwiped();
+    }
     let _ = std::hint::black_box(&stray);
     let _ = std::hint::black_box(&tail);
     let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
     1
+}
+
+/// A page of its own, locked and left out of core dumps: the shape of a
+/// secret buffer, for the probe's `--unmap-unwiped` bug.
+struct LockedPage {
+    address: *mut libc::c_void,
+}
+
+impl LockedPage {
+    const SIZE: usize = 4096;
+
+    /// A new locked, no-dump page holding `bytes` (at most a page).
+    fn holding(bytes: &[u8]) -> Option<Self> {
+        // SAFETY: an anonymous private mapping of one page; nothing aliases it.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED || bytes.len() > Self::SIZE {
+            return None;
+        }
+        // SAFETY: `address` is the page just mapped, `SIZE` bytes long, and
+        // `bytes` fits in it; the two do not overlap.
+        unsafe {
+            libc::mlock(address, Self::SIZE);
+            libc::madvise(address, Self::SIZE, libc::MADV_DONTDUMP);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), address.cast(), bytes.len());
+        }
+        Some(Self { address })
+    }
+
+    /// The bug itself: gives the page back to the kernel still holding the secret.
+    fn unmap_unwiped(self) {
+        // SAFETY: the page is ours and nothing refers to it after this.
+        unsafe { libc::munmap(self.address, Self::SIZE) };
+    }
 }
 
 /// What an attacker with the target's own UID gets: one JSON line.
