@@ -337,3 +337,34 @@ fn a_bug_in_the_daemon_itself_still_kills_the_tree_and_ends_in_sigkill() {
         stop(&mut client);
     }
 }
+
+/// A signal whose default action ends a process, which the daemon never
+/// uses (SIGQUIT from a stray Ctrl-\\, SIGALRM, SIGXCPU from a CPU limit):
+/// the full panic runs, registered processes included, instead of a silent
+/// death without a wipe.
+#[test]
+fn an_unexpected_terminating_signal_runs_the_panic() {
+    let tree = r#"echo $$ > "$DIR/program.pid"; sleep 600 & echo $! > "$DIR/child.pid"; wait"#;
+    for unexpected in [Signal::SIGQUIT, Signal::SIGALRM, Signal::SIGXCPU] {
+        let mut daemon = DaemonBuilder::new()
+            .secret("api", CANARY)
+            .exec_shell(tree)
+            .start();
+        let program = daemon.read_pid_file("program.pid");
+        let child = daemon.read_pid_file("child.pid");
+
+        signal(daemon.pid, unexpected);
+
+        assert_eq!(daemon.wait_exit().signal(), Some(9), "{unexpected}");
+        for pid in [program, child] {
+            eventually(&format!("{unexpected}: pid {pid} to be killed"), || {
+                !is_alive(pid)
+            });
+        }
+        let log = daemon.log();
+        assert!(
+            log.contains(&format!("PANIC: {unexpected}")) && log.contains("wiped 1 secrets"),
+            "{unexpected}: {log}"
+        );
+    }
+}

@@ -469,6 +469,9 @@ impl EventLoop {
                         return Some(code);
                     }
                 }
+                unexpected if super::UNEXPECTED_ENDINGS.contains(&unexpected) => {
+                    self.panic(PanicReason::Signal(unexpected))
+                }
                 _ => {}
             }
         }

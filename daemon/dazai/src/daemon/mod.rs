@@ -42,11 +42,30 @@ fn daemon_signals() -> SigSet {
         Signal::SIGUSR1,
         Signal::SIGUSR2,
         Signal::SIGCHLD,
-    ] {
+    ]
+    .into_iter()
+    .chain(UNEXPECTED_ENDINGS)
+    {
         set.add(signal);
     }
     set
 }
+
+/// The other signals whose default action ends a process (the faults have
+/// the last resort). The daemon uses none of them, so one that arrives is
+/// somebody ending it: it runs the panic rather than die without a wipe.
+/// Real-time signals are not caught (see docs/usage.md, "Signals").
+pub(crate) const UNEXPECTED_ENDINGS: [Signal; 9] = [
+    Signal::SIGQUIT,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGSTKFLT,
+];
 
 /// Runs the daemon; returns only on failure at start-up or on a clean exit
 /// (its exit code). The panic never returns.

@@ -22,7 +22,8 @@ pub enum PanicReason {
     PingTimeout(Duration),
     /// No heartbeat attached within `--arm-timeout`.
     ArmTimeout(Duration),
-    /// A panic signal (SIGUSR1, SIGUSR2, SIGHUP).
+    /// A panic signal (SIGUSR1, SIGUSR2, SIGHUP), or one that would end the
+    /// daemon and that it never uses (SIGQUIT, SIGALRM, …).
     Signal(Signal),
     /// A `PANIC` request from a client.
     Request {
