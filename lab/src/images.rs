@@ -91,6 +91,21 @@ pub fn cross_image() -> String {
     )
 }
 
+/// Docker's ID of the local `image`.
+fn image_id(image: &str) -> Result<String> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .with_context(|| format!("docker image inspect {image}"))?;
+    if !out.status.success() {
+        bail!(
+            "docker image inspect {image}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Whether `image` exists locally (never a registry lookup).
 pub fn exists(image: &str) -> bool {
     Command::new("docker")
@@ -144,6 +159,7 @@ fn timed(image: &str, make: impl FnOnce() -> Result<bool>) -> Result<ImageBuild>
     let started = Instant::now();
     let built = make()?;
     Ok(ImageBuild {
+        id: image_id(image)?,
         image: image.to_owned(),
         cached: !built,
         took_ms: started.elapsed().as_millis() as u64,

@@ -3,7 +3,7 @@
 //! binaries, installs what is missing and calls this; run by hand:
 //!
 //! ```text
-//! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--only wipe,swap] [--verbose]
+//! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--only wipe,swap] [--run-id ID] [--verbose]
 //! ```
 //!
 //! The legs, in order: x86_64 containers on this machine's kernel, an x86_64
@@ -27,11 +27,13 @@ struct Options {
     out: PathBuf,
     arches: Vec<String>,
     only: Option<Vec<String>>,
+    /// Written into the report, so whoever started the run knows it is its own.
+    run_id: String,
     verbose: bool,
 }
 
 const USAGE: &str =
-    "usage: lab --bin-root DIR --out DIR [--arch x86_64,aarch64] [--only ROWS] [--verbose]";
+    "usage: lab --bin-root DIR --out DIR [--arch x86_64,aarch64] [--only ROWS] [--run-id ID] [--verbose]";
 
 /// What every leg's bin directory must hold.
 const BINARIES: [&str; 4] = ["dazai", "lab-probe", "lab-observer", "lab-init"];
@@ -53,6 +55,7 @@ fn parse() -> Result<Options> {
         out: PathBuf::from("target/lab"),
         arches: vec!["x86_64".into(), "aarch64".into()],
         only: None,
+        run_id: String::new(),
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -68,6 +71,7 @@ fn parse() -> Result<Options> {
                 let rows = args.next().context("--only ROW,ROW")?;
                 options.only = Some(rows.split(',').map(str::to_owned).collect());
             }
+            "--run-id" => options.run_id = args.next().context("--run-id ID")?,
             "--verbose" => options.verbose = true,
             other => bail!("unknown argument {other}; {USAGE}"),
         }
@@ -150,6 +154,7 @@ fn run(options: &Options) -> Result<bool> {
         checks.extend(leg_checks);
     }
     let report = Report {
+        run_id: options.run_id.clone(),
         legs,
         images,
         checks,
@@ -275,8 +280,16 @@ fn leg_of(
     started: Instant,
 ) -> Result<Leg> {
     let dazai = bin_dir.join("dazai");
+    let mut tools_sha256 = std::collections::BTreeMap::new();
+    for tool in ["lab-probe", "lab-observer", "lab-init"] {
+        let path = bin_dir.join(tool);
+        if path.exists() {
+            tools_sha256.insert(tool.to_owned(), lab::images::sha256_file(&path)?);
+        }
+    }
     Ok(Leg {
         daemons_seen,
+        tools_sha256,
         name: name.to_owned(),
         arch: arch.to_owned(),
         kernel: kernel.to_owned(),

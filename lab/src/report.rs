@@ -51,6 +51,10 @@ pub struct Check {
 /// The whole lab run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
+    /// The id `cargo xtask lab` gave this run: a release checks that the
+    /// report it ships is its own run's.
+    #[serde(default)]
+    pub run_id: String,
     /// Every leg that ran, in run order.
     pub legs: Vec<Leg>,
     /// Image build time in ms (0 when cached) and whether each image was cached.
@@ -77,6 +81,10 @@ pub struct Leg {
     /// SHA-256 of `/proc/PID/exe` of every daemon the leg started, taken
     /// inside its machine: each must be `dazai_sha256`.
     pub daemons_seen: Vec<String>,
+    /// SHA-256 of each guest tool the leg ran (`lab-probe`, `lab-observer`,
+    /// `lab-init`): the evidence is only as good as its observer.
+    #[serde(default)]
+    pub tools_sha256: std::collections::BTreeMap<String, String>,
     /// Wall time of the leg, in ms (a VM's boot included).
     pub took_ms: u64,
 }
@@ -105,6 +113,9 @@ impl Leg {
 /// One image the lab needed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageBuild {
+    /// Docker's image ID (`sha256:…`), what actually ran.
+    #[serde(default)]
+    pub id: String,
     /// `name:tag` (the tag is the hash of its inputs).
     pub image: String,
     /// Whether it was already there.

@@ -12,6 +12,7 @@ fn leg(name: &str, arch: &str, kernel: &str, sha: &str) -> Leg {
         dazai_sha256: sha.repeat(16),
         dazai_path: format!("target/lab/{arch}/bin/dazai"),
         daemons_seen: vec![sha.repeat(16); 3],
+        tools_sha256: Default::default(),
         took_ms: 30_000,
     }
 }
@@ -31,6 +32,7 @@ fn check(leg: &str, row: &str, scenario: &str, outcome: Outcome, figure: &str) -
 #[test]
 fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
     let report = Report {
+        run_id: String::new(),
         legs: vec![
             leg("x86_64 containers", "x86_64", "6.18.0", "0123"),
             leg(
@@ -41,6 +43,7 @@ fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
             ),
         ],
         images: vec![ImageBuild {
+            id: "sha256:0000".into(),
             image: "ningen-lab:0000".into(),
             cached: true,
             took_ms: 20,
@@ -93,6 +96,7 @@ fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
 #[test]
 fn a_run_with_no_checks_or_a_leg_without_any_is_not_green() {
     let empty = Report {
+        run_id: String::new(),
         legs: vec![],
         images: vec![],
         checks: vec![],
@@ -134,6 +138,7 @@ fn a_leg_whose_daemons_ran_another_binary_is_not_green() {
         "0 hits",
     )];
     let report = |leg: Leg| Report {
+        run_id: String::new(),
         legs: vec![leg],
         images: vec![],
         checks: checks.clone(),

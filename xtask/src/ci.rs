@@ -91,6 +91,7 @@ pub(crate) fn run_cell(sh: &Shell, cell: &Cell) -> Result<()> {
                     ..crate::lab::Options::default()
                 },
             )
+            .map(drop)
         })?;
     }
     steps.print_summary();
@@ -152,7 +153,7 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     // Last: the lab attacks the shipped binaries in containers and in x86_64
     // and aarch64 VMs (docs/lab.md).
     steps.run("cargo xtask lab", || {
-        crate::lab::run(sh, &crate::lab::Options::default())
+        crate::lab::run(sh, &crate::lab::Options::default()).map(drop)
     })?;
     steps.print_summary();
     Ok(())

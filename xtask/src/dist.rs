@@ -61,8 +61,13 @@ pub(crate) struct Origin {
 }
 
 pub(crate) fn run(sh: &Shell) -> Result<()> {
+    // Read before anything is built: the commit is what the binaries come from.
+    let origin = origin(sh)?;
+    if origin.dirty {
+        bail!("refusing to make a release from a work tree with uncommitted changes: the provenance would name a commit the binaries do not come from; commit or stash them");
+    }
     step("the lab, every leg (it builds both targets with cross)");
-    crate::lab::run(sh, &crate::lab::Options::default())?;
+    let run_id = crate::lab::run(sh, &crate::lab::Options::default())?;
     let root = sh.current_dir();
     let report_dir = root.join("target/lab");
     let artifacts: Vec<Artifact> = crate::cross::TARGETS
@@ -73,9 +78,8 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
         })
         .collect();
     step("check every binary against the hashes the lab tested, and write target/dist");
-    let origin = origin(sh)?;
     let out = root.join("target/dist");
-    package(&report_dir, &artifacts, &origin, &out)?;
+    package(&report_dir, &run_id, &artifacts, &origin, &out)?;
     if let Some(key) = std::env::var_os("DAZAI_SIGNING_KEY") {
         step("sign SHA256SUMS (DAZAI_SIGNING_KEY)");
         sign(sh, Path::new(&key), &out)?;
@@ -96,6 +100,7 @@ fn step(title: &str) {
 /// all of them were verified, replaces `out` with the release directory.
 pub(crate) fn package(
     report_dir: &Path,
+    run_id: &str,
     artifacts: &[Artifact],
     origin: &Origin,
     out: &Path,
@@ -103,6 +108,12 @@ pub(crate) fn package(
     let report_json = std::fs::read_to_string(report_dir.join("report.json"))
         .context("read the lab's report.json (run the lab first)")?;
     let report: Value = serde_json::from_str(&report_json).context("parse report.json")?;
+    if report["run_id"] != run_id {
+        bail!(
+            "refusing to package: report.json is of lab run {}, not of this one ({run_id})",
+            report["run_id"]
+        );
+    }
     let scratch = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
@@ -141,6 +152,12 @@ pub(crate) fn package(
             .collect::<serde_json::Map<String, Value>>(),
         "toolchain_image": origin.toolchain_image,
         "lab_images": report["images"],
+        "lab_tools": report["legs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|leg| json!({ "leg": leg["name"], "sha256": leg["tools_sha256"] }))
+            .collect::<Vec<_>>(),
         "artifacts": provenance_artifacts,
         "lab_report": "lab-report.json",
     });
@@ -182,6 +199,20 @@ fn verifying_legs(report: &Value, artifact: &Artifact, sha256: &str) -> Result<V
             );
         }
         let of_leg: Vec<&Value> = checks.iter().filter(|c| c["leg"] == *name).collect();
+        let in_vm = name.ends_with("VM");
+        let missing: Vec<&str> = lab::scenarios::ALL
+            .iter()
+            .filter(|scenario| scenario.in_vm || !in_vm)
+            .map(|scenario| scenario.row)
+            .filter(|row| !of_leg.iter().any(|c| c["row"] == *row))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "refusing to package {}: the {name} leg has no check of {}",
+                artifact.file_name(),
+                missing.join(", ")
+            );
+        }
         let count = |outcome: &str| of_leg.iter().filter(|c| c["outcome"] == outcome).count();
         if of_leg.is_empty() || count("fail") > 0 {
             bail!(
@@ -250,6 +281,8 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    const RUN_ID: &str = "4242-1";
+
     /// Two built binaries and a lab report that tested exactly them, green.
     struct Fixture {
         dir: tempfile::TempDir,
@@ -274,15 +307,23 @@ mod tests {
                 legs.push(
                     json!({ "name": leg, "arch": arch, "kernel": "6.1.0", "dazai_sha256": sha }),
                 );
-                checks.push(json!({ "leg": leg, "row": "wipe", "outcome": "pass" }));
-                checks.push(json!({ "leg": leg, "row": "OOM", "outcome": "limit" }));
+                // Every row the leg runs, one of them a limit shown.
+                let in_vm = leg.ends_with("VM");
+                for scenario in lab::scenarios::ALL.iter().filter(|s| s.in_vm || !in_vm) {
+                    let outcome = if scenario.row == "OOM" {
+                        "limit"
+                    } else {
+                        "pass"
+                    };
+                    checks.push(json!({ "leg": leg, "row": scenario.row, "outcome": outcome }));
+                }
             }
             artifacts.push(Artifact {
                 target: target.to_owned(),
                 built,
             });
         }
-        let report = json!({ "legs": legs, "checks": checks, "images": [] });
+        let report = json!({ "run_id": RUN_ID, "legs": legs, "checks": checks, "images": [] });
         std::fs::write(dir.path().join("report.json"), report.to_string()).unwrap();
         std::fs::write(dir.path().join("report.md"), "| table |\n").unwrap();
         Fixture { dir, artifacts }
@@ -301,14 +342,15 @@ mod tests {
     fn a_binary_changed_by_one_byte_after_the_lab_ran_is_not_packaged() {
         let f = fixture();
         let out = f.dir.path().join("dist");
-        package(f.dir.path(), &f.artifacts, &origin(), &out).expect("verified binaries package");
+        package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out)
+            .expect("verified binaries package");
         assert!(out.join("dazai-aarch64-unknown-linux-musl").is_file());
 
         let mut bytes = std::fs::read(&f.artifacts[1].built).unwrap();
         bytes[5] ^= 1;
         std::fs::write(&f.artifacts[1].built, &bytes).unwrap();
         let _ = std::fs::remove_dir_all(&out);
-        let refused = package(f.dir.path(), &f.artifacts, &origin(), &out).unwrap_err();
+        let refused = package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap_err();
         assert!(
             format!("{refused:#}").contains("refusing to package dazai-aarch64-unknown-linux-musl"),
             "{refused:#}"
@@ -325,7 +367,7 @@ mod tests {
         report["checks"][0]["outcome"] = json!("fail");
         std::fs::write(&path, report.to_string()).unwrap();
         let out = f.dir.path().join("dist");
-        let refused = package(f.dir.path(), &f.artifacts, &origin(), &out).unwrap_err();
+        let refused = package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap_err();
         assert!(
             format!("{refused:#}").contains("1 of them red"),
             "{refused:#}"
@@ -334,10 +376,40 @@ mod tests {
     }
 
     #[test]
+    fn a_report_of_another_lab_run_is_refused() {
+        let f = fixture();
+        let out = f.dir.path().join("dist");
+        let refused = package(f.dir.path(), "4242-2", &f.artifacts, &origin(), &out).unwrap_err();
+        assert!(refused.to_string().contains("not of this one"), "{refused}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_leg_without_every_row_refuses_the_release() {
+        let f = fixture();
+        let path = f.dir.path().join("report.json");
+        let mut report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        report["checks"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| !(c["leg"] == "aarch64 VM" && c["row"] == "confinement"));
+        std::fs::write(&path, report.to_string()).unwrap();
+        let out = f.dir.path().join("dist");
+        let refused = package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("the aarch64 VM leg has no check of confinement"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn the_provenance_parses_and_names_every_artifact_with_its_checksum() {
         let f = fixture();
         let out = f.dir.path().join("dist");
-        package(f.dir.path(), &f.artifacts, &origin(), &out).unwrap();
+        package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap();
         let provenance: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
                 .unwrap();
@@ -360,7 +432,7 @@ mod tests {
     fn a_signed_sha256sums_verifies_with_the_documented_command() {
         let f = fixture();
         let out = f.dir.path().join("dist");
-        package(f.dir.path(), &f.artifacts, &origin(), &out).unwrap();
+        package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap();
         let sh = Shell::new().unwrap();
         let key = f.dir.path().join("release_key");
         cmd!(

@@ -97,7 +97,9 @@ const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/ningen-lab-backports.sou
 /// util-linux, systemd or the source tree).
 const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
 
-pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
+/// Runs the lab; returns the id written into its `target/lab/report.json`,
+/// checked there after the run, so a caller reads its own run's report.
+pub(crate) fn run(sh: &Shell, options: &Options) -> Result<String> {
     let started = Instant::now();
     if options.update_docs && (options.only.is_some() || options.arch.is_some()) {
         bail!("--update-docs copies the evidence of a full run (every row on every leg) into docs/threat-model.md; drop --only and --arch");
@@ -122,8 +124,17 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     cmd!(sh, "cargo build -p lab --bin lab").run()?;
 
     step("run the legs");
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
     let mut lab = Command::new(target.join("debug/lab"));
-    lab.arg("--bin-root")
+    lab.args(["--run-id", &run_id])
+        .arg("--bin-root")
         .arg(target.join("lab"))
         .arg("--out")
         .arg(target.join("lab"))
@@ -153,6 +164,15 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     if !scenarios.success() {
         bail!("the lab found a red row (see above and target/lab/report.md)");
     }
+    let written = std::fs::read_to_string(target.join("lab/report.json"))
+        .context("read target/lab/report.json")?;
+    let written: serde_json::Value = serde_json::from_str(&written)?;
+    if written["run_id"] != run_id.as_str() {
+        bail!(
+            "target/lab/report.json is not this run's (run id {run_id}, the file says {})",
+            written["run_id"]
+        );
+    }
     tests.context("the lab's own tests failed")?;
     if options.update_docs {
         step("copy the evidence into docs/threat-model.md");
@@ -162,7 +182,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
         "==> lab green in {:.1} s; report in target/lab/report.md",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(run_id)
 }
 
 /// Holds `target/lab/.lock` for the whole run: two labs at once would share

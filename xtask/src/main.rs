@@ -50,8 +50,9 @@ fn main() -> ExitCode {
                 None => ci::run(&sh),
             })
         }),
-        ["lab", ref rest @ ..] => lab::Options::parse(rest)
-            .and_then(|options| shell_at_repo_root().and_then(|sh| lab::run(&sh, &options))),
+        ["lab", ref rest @ ..] => lab::Options::parse(rest).and_then(|options| {
+            shell_at_repo_root().and_then(|sh| lab::run(&sh, &options).map(drop))
+        }),
         ["bench", ref rest @ ..] => bench::Options::parse(rest)
             .and_then(|options| shell_at_repo_root().and_then(|sh| bench::run(&sh, &options))),
         ["cross"] => shell_at_repo_root().and_then(|sh| cross::run(&sh)),
