@@ -27,7 +27,7 @@
 //! and the fix; the first one found stops the server from starting.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -187,11 +187,21 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
+        let mut text = self.path.display().to_string();
         if let Some(line) = self.line {
-            write!(f, ":{line}")?;
+            text.push_str(&format!(":{line}"));
         }
-        write!(f, ": {}; fix: {}", self.cause, self.fix)
+        text.push_str(&format!(": {}; fix: {}", self.cause, self.fix));
+        // One line whatever the file holds: a control character an error
+        // quotes from it (a `\r` written in a TOML string) is shown escaped.
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -667,7 +677,7 @@ impl Checker<'_> {
         if !is_valid_param_name(name) {
             return Err(self.at(
                 arg,
-                format!("{slot} is not a parameter name"),
+                format!("{slot:?} is not a parameter name"),
                 "name parameters with 1-64 lowercase letters, digits and _ (starting with a letter)",
             ));
         }
@@ -1010,6 +1020,12 @@ max = 500
         (
             "[[tool]\n",
             "tools.toml:1: invalid tools file: unclosed array table, expected `]`; fix: write TOML with one [[tool]] table per tool and only the keys `dazai mcp serve --help` lists",
+        ),
+        // Found by the tools_config fuzz target: a `\r` the file writes in a
+        // string, quoted by the error, once split its line in two.
+        (
+            "[[tool]]\nname = \"x\"\ndescription = \"d\"\nkind = \"exec\"\nprogram = \"/bin/echo\"\nargs = [\"{t\\rget(}\"]\n",
+            "tools.toml:6: \"{t\\rget(}\" is not a parameter name; fix: name parameters with 1-64 lowercase letters, digits and _ (starting with a letter)",
         ),
     ];
 
