@@ -32,6 +32,9 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         rec.check(
             &format!("the daemon killed by SIG{signal} leaves no core"),
             |v| {
+                // The control first, in this check: a dumpable process that
+                // crashes now does leave a core, so "no core" below is news.
+                dumpable_probe(&env, &cores, &[], v)?;
                 let daemon = env.daemon().named(&format!("sig{signal}")).start()?;
                 let pid = daemon.pid_arg();
                 let status = env
