@@ -82,18 +82,22 @@ impl Ledger {
         }
     }
 
+    /// How many calls still hold their secrets (and so their output).
+    pub fn calls_running(&self) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|call| call.strong_count() > 0)
+            .count()
+    }
+
     /// Waits until no call holds its secrets any more (so each has dropped
     /// the output it collected, which wipes it), at most `within`; returns
     /// the calls still running then.
     pub fn wait_for_calls_to_end(&self, within: Duration) -> usize {
         let started = Instant::now();
         loop {
-            let running = self
-                .lock()
-                .calls
-                .iter()
-                .filter(|call| call.strong_count() > 0)
-                .count();
+            let running = self.calls_running();
             if running == 0 || started.elapsed() >= within {
                 return running;
             }
@@ -255,9 +259,17 @@ mod tests {
 
         ledger.wipe_and_kill_everything();
         announced.join().expect("the end reached a call's task");
-        assert_eq!(ledger.wait_for_calls_to_end(Duration::from_millis(20)), 1);
-        drop(call);
-        assert_eq!(ledger.wait_for_calls_to_end(Duration::from_secs(5)), 0);
+        // The end keeps watching the call it wiped until the call lets go.
+        assert_eq!(ledger.calls_running(), 1);
+        let (let_go, told) = std::sync::mpsc::channel::<()>();
+        let running_call = std::thread::spawn(move || {
+            let _ = told.recv();
+            drop(call);
+        });
+        let_go.send(()).unwrap();
+        // The bound only keeps a broken ledger from hanging the test.
+        assert_eq!(ledger.wait_for_calls_to_end(Duration::from_secs(60)), 0);
+        running_call.join().unwrap();
         // A call that looks after the end learns of it at once.
         let late = tokio::runtime::Builder::new_current_thread()
             .build()
