@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::env::{Env, Lab, PATIENCE, RUN};
 use crate::runner::Recorder;
-use crate::scenarios::wipe::{every_copy_is_locked, wiped_at_last_call, LastCall};
+use crate::scenarios::wipe::{locked_then_wiped, LastCall};
 
 /// The row's scenario. The OOM kill needs a cgroup memory limit, which
 /// the container leg has; the hard crash runs in every leg.
@@ -40,20 +40,11 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .args(&["--memory", "locked"])
                 .exec(&["/bin/sh", "-c", &hog])
                 .start()?;
-            let held = every_copy_is_locked(&env, daemon.pid(), &daemon.canary_file, v)?;
             let cue = || {
                 std::fs::write(env.run_dir.join("hog-now"), "")?;
                 Ok(())
             };
-            wiped_at_last_call(
-                &env,
-                daemon.pid(),
-                &daemon.canary_file,
-                &held,
-                LastCall::SelfKill,
-                cue,
-                v,
-            )?;
+            locked_then_wiped(&env, &daemon, LastCall::SelfKill, cue, v)?;
             let line = daemon.panic_line().unwrap_or_default();
             v.require(
                 line.contains("supervised program killed by SIGKILL"),

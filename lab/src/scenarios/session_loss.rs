@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::env::{unix_ms, wait_for, Daemon, Env, Lab, PATIENCE};
 use crate::runner::{Recorder, Verdict};
-use crate::scenarios::wipe::{every_copy_is_locked, wiped_at_last_call, LastCall};
+use crate::scenarios::wipe::{locked_then_wiped, LastCall};
 
 /// How the session is lost.
 #[derive(Clone, Copy)]
@@ -78,20 +78,11 @@ fn drop_observed(env: &Env, v: &mut Verdict) -> Result<()> {
         .spawn()?;
     let outcome = (|| {
         daemon.wait_heartbeat(PATIENCE)?;
-        let held = every_copy_is_locked(env, daemon.pid(), &daemon.canary_file, v)?;
         let drop_it = || {
             let _ = session.kill();
             Ok(())
         };
-        wiped_at_last_call(
-            env,
-            daemon.pid(),
-            &daemon.canary_file,
-            &held,
-            LastCall::SelfKill,
-            drop_it,
-            v,
-        )?;
+        locked_then_wiped(env, &daemon, LastCall::SelfKill, drop_it, v)?;
         let line = daemon.panic_line().unwrap_or_default();
         v.require(
             line.contains("PANIC: heartbeat connection closed"),

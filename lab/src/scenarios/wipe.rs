@@ -53,21 +53,8 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("stopping")
                 .args(&["--memory", "locked"])
                 .start()?;
-            let held = every_copy_is_locked(&env, stopping.pid(), &stopping.canary_file, v)?;
-            let pid = stopping.pid().to_string();
-            let term = || {
-                env.exec("lab", &["kill", "-TERM", &pid])?;
-                Ok(())
-            };
-            wiped_at_last_call(
-                &env,
-                stopping.pid(),
-                &stopping.canary_file,
-                &held,
-                LastCall::ExitGroup,
-                term,
-                v,
-            )
+            let term = send_as_lab(&env, stopping.pid(), "-TERM");
+            locked_then_wiped(&env, &stopping, LastCall::ExitGroup, term, v)
         },
     );
     rec.check(
@@ -83,20 +70,11 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                     &format!("while [ ! -e {RUN}/end-now ]; do sleep 0.05; done"),
                 ])
                 .start()?;
-            let held = every_copy_is_locked(&env, ending.pid(), &ending.canary_file, v)?;
             let end_now = || {
                 std::fs::write(env.run_dir.join("end-now"), "")?;
                 Ok(())
             };
-            wiped_at_last_call(
-                &env,
-                ending.pid(),
-                &ending.canary_file,
-                &held,
-                LastCall::ExitGroup,
-                end_now,
-                v,
-            )
+            locked_then_wiped(&env, &ending, LastCall::ExitGroup, end_now, v)
         },
     );
     rec.check(
@@ -115,15 +93,8 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("crashing")
                 .args(&["--memory", "locked"])
                 .start()?;
-            let held = every_copy_is_locked(&env, crashing.pid(), &crashing.canary_file, v)?;
-            wiped_at_self_kill_after(
-                &env,
-                crashing.pid(),
-                &crashing.canary_file,
-                &held,
-                "-SEGV",
-                v,
-            )?;
+            let segv = send_as_lab(&env, crashing.pid(), "-SEGV");
+            locked_then_wiped(&env, &crashing, LastCall::SelfKill, segv, v)?;
             let log = crashing.log();
             v.require(
                 log.contains("PANIC: fatal error in the daemon itself"),
@@ -378,27 +349,40 @@ pub fn wiped_at_self_kill(
     held: &[Hit],
     v: &mut Verdict,
 ) -> Result<()> {
-    wiped_at_self_kill_after(env, pid, canary_file, held, "-USR2", v)
+    let panic = send_as_lab(env, pid, "-USR2");
+    wiped_at_last_call(env, pid, canary_file, held, LastCall::SelfKill, panic, v)
 }
 
-/// [`wiped_at_self_kill`], the daemon sent `signal` (`-USR2`: the panic;
-/// `-SEGV`: a crash, which the last resort turns into the same end).
-pub fn wiped_at_self_kill_after(
+/// The live scan of `daemon` (every copy locked: the control), then
+/// `end_it` with the observer waiting at its `last` system call.
+pub fn locked_then_wiped(
     env: &Env,
-    pid: i32,
-    canary_file: &str,
-    held: &[Hit],
-    signal: &str,
+    daemon: &Daemon,
+    last: LastCall,
+    end_it: impl FnOnce() -> Result<()>,
     v: &mut Verdict,
 ) -> Result<()> {
-    let send = || {
+    let held = every_copy_is_locked(env, daemon.pid(), &daemon.canary_file, v)?;
+    wiped_at_last_call(
+        env,
+        daemon.pid(),
+        &daemon.canary_file,
+        &held,
+        last,
+        end_it,
+        v,
+    )
+}
+
+/// Sends `signal` (`-USR2`, `-SEGV`, …) to `pid` as `lab`, its own user.
+fn send_as_lab<'a>(env: &'a Env, pid: i32, signal: &'a str) -> impl FnOnce() -> Result<()> + 'a {
+    move || {
         let ran = env.exec("lab", &["kill", signal, &pid.to_string()])?;
         if ran.code != Some(0) {
             bail!("kill {signal} {pid}: {}", ran.stderr);
         }
         Ok(())
-    };
-    wiped_at_last_call(env, pid, canary_file, held, LastCall::SelfKill, send, v)
+    }
 }
 
 /// The last system call of a daemon's end, where the observer stops it.
