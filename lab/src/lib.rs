@@ -3,6 +3,7 @@
 //!
 //! - [`env`](mod@env): the `Lab`/`Env` builder scenarios are written with;
 //! - [`scenarios`]: one module per threat-model row;
+//! - [`stand_in`]: broken stand-ins for the daemon, for each row's negative control;
 //! - `lab_guest`: what runs inside the machines (probes, observer, the VM init);
 //! - [`images`]: the locally built images, cached by input hash;
 //! - [`host`]: guards that restore every host setting a scenario changes;
@@ -16,5 +17,6 @@ pub mod images;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod stand_in;
 pub mod vm;
 pub mod vm_assets;

@@ -367,6 +367,11 @@ fn print_summary(report: &Report) {
             human_ms(image.took_ms)
         );
     }
+    for (leg, row) in report.rows_without_a_control() {
+        println!(
+            "lab: RED {leg} {row}: no negative control ran, so nothing shows this row can fail"
+        );
+    }
     for check in report.checks.iter().filter(|c| c.outcome == Outcome::Fail) {
         println!("lab: FAIL {} {}: {}", check.leg, check.row, check.scenario);
     }

@@ -38,6 +38,10 @@ pub struct Check {
     pub scenario: String,
     /// The leg it ran in: `x86_64 containers`, `x86_64 VM`, `aarch64 VM`.
     pub leg: String,
+    /// Whether it is a negative control: one of the row's checks pointed at
+    /// a broken stand-in, passing only if that check turned red.
+    #[serde(default)]
+    pub negative_control: bool,
     /// What it observed.
     pub outcome: Outcome,
     /// The measured figure (latency in ms, hits, bytes), for the table.
@@ -125,15 +129,34 @@ pub struct ImageBuild {
 }
 
 impl Report {
-    /// Whether every leg ran checks and every check passed or showed its
-    /// limit: a run with nothing in it (or a leg with nothing) is never green.
+    /// Whether every leg ran checks, every check passed or showed its limit,
+    /// and every row of every leg has a negative control: a run with nothing
+    /// in it (or a leg with nothing) is never green, nor is a row that was
+    /// never shown able to fail.
     pub fn is_green(&self) -> bool {
         !self.legs.is_empty()
             && self
                 .legs
                 .iter()
                 .all(|leg| self.checks.iter().any(|c| c.leg == leg.name) && leg.ran_what_it_names())
+            && self.rows_without_a_control().is_empty()
             && self.checks.iter().all(|c| c.outcome != Outcome::Fail)
+    }
+
+    /// `(leg, row)` pairs that ran checks but no negative control.
+    pub fn rows_without_a_control(&self) -> Vec<(&str, &str)> {
+        let mut missing: Vec<(&str, &str)> = Vec::new();
+        for check in &self.checks {
+            let pair = (check.leg.as_str(), check.row.as_str());
+            let controlled = self
+                .checks
+                .iter()
+                .any(|c| c.negative_control && c.leg == check.leg && c.row == check.row);
+            if !controlled && !missing.contains(&pair) {
+                missing.push(pair);
+            }
+        }
+        missing
     }
 
     /// The Markdown tables for `docs/threat-model.md`.
@@ -184,6 +207,9 @@ impl Report {
                     .iter()
                     .find(|c| c.leg == leg.name && c.row == row && c.scenario == scenario);
                 match found {
+                    Some(check) if check.negative_control && check.outcome == Outcome::Pass => {
+                        out.push_str(" turned red |");
+                    }
                     Some(check) if check.figure.is_empty() => {
                         out.push_str(&format!(" {} |", check.outcome));
                     }
@@ -196,6 +222,7 @@ impl Report {
             out.push('\n');
         }
         out.push_str("\n— : not part of that leg (SSH sessions, cgroup limits and the host's swap need the containers).\n");
+        out.push_str("can fail: a negative control, the row's own check pointed at a broken stand-in; \"turned red\" is the control passing.\n");
         out
     }
 }

@@ -113,6 +113,7 @@ impl Recorder {
             row: self.row.to_owned(),
             scenario: scenario.to_owned(),
             leg: self.leg.clone(),
+            negative_control: false,
             outcome: verdict.outcome,
             figure: verdict.figure,
             evidence: verdict.evidence,
@@ -133,6 +134,43 @@ impl Recorder {
             }
         }
         self.checks.push(check);
+    }
+
+    /// Runs a negative control: `body` points one of the row's own checks at
+    /// a deliberately broken `stand_in`, and the control passes only if that
+    /// check turns red for `reason` (an evidence line `FAILED: reason…`). A
+    /// check that stays green against a broken stand-in proves nothing, and
+    /// one that cannot gather its evidence is no control either.
+    pub fn control(
+        &mut self,
+        stand_in: &str,
+        reason: &str,
+        body: impl FnOnce(&mut Verdict) -> Result<()>,
+    ) {
+        self.check(&format!("can fail: {stand_in}"), |v| {
+            let mut broken = Verdict::new();
+            body(&mut broken)?;
+            let failed_for_reason = broken
+                .evidence()
+                .iter()
+                .any(|line| line.starts_with(&format!("FAILED: {reason}")));
+            for line in broken.evidence() {
+                v.note(format!("against the stand-in: {line}"));
+            }
+            v.require(
+                broken.failed() && failed_for_reason,
+                format!("the check turned red against the stand-in, for {reason:?}"),
+            );
+            v.figure(match (broken.failed(), failed_for_reason) {
+                (true, true) => "turned red",
+                (true, false) => "red for another reason",
+                (false, _) => "stayed green",
+            });
+            Ok(())
+        });
+        if let Some(control) = self.checks.last_mut() {
+            control.negative_control = true;
+        }
     }
 
     /// Records a whole-row failure (its container could not start, …).

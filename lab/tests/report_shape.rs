@@ -17,11 +17,26 @@ fn leg(name: &str, arch: &str, kernel: &str, sha: &str) -> Leg {
     }
 }
 
+/// A negative control of `row` in `leg` that turned its check red.
+fn control(leg: &str, row: &str) -> Check {
+    Check {
+        negative_control: true,
+        ..check(
+            leg,
+            row,
+            "can fail: a broken stand-in",
+            Outcome::Pass,
+            "red",
+        )
+    }
+}
+
 fn check(leg: &str, row: &str, scenario: &str, outcome: Outcome, figure: &str) -> Check {
     Check {
         row: row.into(),
         scenario: scenario.into(),
         leg: leg.into(),
+        negative_control: false,
         outcome,
         figure: figure.into(),
         evidence: vec!["observed".into()],
@@ -84,6 +99,12 @@ fn the_evidence_tables_name_each_legs_binary_and_give_each_leg_a_column() {
                 Outcome::Fail,
                 "1 hits in 3872 KiB",
             ),
+            control("x86_64 containers", "wipe"),
+            Check {
+                outcome: Outcome::Fail,
+                figure: "stayed green".into(),
+                ..control("aarch64 VM", "wipe")
+            },
         ],
         total_ms: 61_500,
     };
@@ -130,13 +151,16 @@ fn a_run_with_no_checks_or_a_leg_without_any_is_not_green() {
 #[test]
 fn a_leg_whose_daemons_ran_another_binary_is_not_green() {
     let mut leg = leg("x86_64 containers", "x86_64", "6.18.0", "0123");
-    let checks = vec![check(
-        "x86_64 containers",
-        "wipe",
-        "the daemon wipes",
-        Outcome::Pass,
-        "0 hits",
-    )];
+    let checks = vec![
+        check(
+            "x86_64 containers",
+            "wipe",
+            "the daemon wipes",
+            Outcome::Pass,
+            "0 hits",
+        ),
+        control("x86_64 containers", "wipe"),
+    ];
     let report = |leg: Leg| Report {
         run_id: String::new(),
         legs: vec![leg],
@@ -152,4 +176,39 @@ fn a_leg_whose_daemons_ran_another_binary_is_not_green() {
     );
     leg.daemons_seen.clear();
     assert!(!report(leg).is_green(), "no daemon seen at all");
+}
+
+/// A row whose checks were never shown able to fail is not evidence: the
+/// run is red until every row of every leg has a negative control.
+#[test]
+fn a_row_without_a_negative_control_in_a_leg_is_not_green() {
+    let legs = vec![
+        leg("x86_64 containers", "x86_64", "6.18.0", "0123"),
+        leg("x86_64 VM", "x86_64", "6.1.0", "0123"),
+    ];
+    let passed = |leg: &str, row: &str| check(leg, row, "it holds", Outcome::Pass, "");
+    let mut report = Report {
+        run_id: String::new(),
+        legs,
+        images: vec![],
+        checks: vec![
+            passed("x86_64 containers", "wipe"),
+            control("x86_64 containers", "wipe"),
+            passed("x86_64 VM", "wipe"),
+            control("x86_64 VM", "wipe"),
+            passed("x86_64 VM", "OOM"),
+        ],
+        total_ms: 0,
+    };
+    assert_eq!(report.rows_without_a_control(), [("x86_64 VM", "OOM")]);
+    assert!(!report.is_green(), "OOM ran in the VM with no control");
+    report.checks.push(control("x86_64 VM", "OOM"));
+    assert!(report.is_green(), "{:?}", report.rows_without_a_control());
+    // A control of another leg does not count.
+    report.checks.push(passed("x86_64 containers", "swap"));
+    report.checks.push(control("x86_64 VM", "swap"));
+    assert_eq!(
+        report.rows_without_a_control(),
+        [("x86_64 containers", "swap")]
+    );
 }

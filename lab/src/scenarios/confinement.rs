@@ -12,8 +12,9 @@
 
 use anyhow::{Context, Result};
 
-use crate::env::{Env, Lab, PATIENCE};
+use crate::env::{Env, Lab, Launched, PATIENCE};
 use crate::runner::{Recorder, Verdict};
+use crate::stand_in::hold_probe;
 
 /// A test binary under TCG is many times slower than on this machine.
 const SUITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -81,48 +82,63 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 let daemon = env.daemon().named(&format!("deny-{syscall}")).start()?;
                 let ready = daemon.ready_line();
                 v.require(ready.contains("seccomp=on"), format!("ready line: {ready}"));
-                let threads = env.observe(&["seccomp", &daemon.pid_arg()])?;
-                let modes: Vec<(i64, String)> =
-                    serde_json::from_value(threads["threads"].clone()).unwrap_or_default();
-                v.require(
-                    !modes.is_empty() && modes.iter().all(|(_, mode)| mode == "2"),
-                    format!("Seccomp: of every thread (tid, mode): {modes:?}"),
-                );
-                let audit_before = audit_records(&env, syscall_nr(syscall, &env)?);
-                let found = env.observe(&["deny", &daemon.pid_arg(), syscall])?;
-                v.require(
-                    found["signal"].as_i64() == Some(i64::from(SIGSYS)),
-                    format!(
-                        "the observer rewrote syscall {} into {syscall} ({}); the daemon was {}",
-                        found["rewrote"], found["nr"], found["end"]
-                    ),
-                );
-                let ending = daemon.process.wait_end(PATIENCE)?;
-                v.require(
-                    ending.signal() == Some(SIGSYS),
-                    format!("its launcher saw {}", ending.how),
-                );
-                let audit_after = audit_records(&env, found["nr"].as_u64().unwrap_or(u64::MAX));
-                if audit_after > audit_before {
-                    v.note(format!(
-                        "kernel log: {} new audit type=1326 record(s) for syscall {}",
-                        audit_after - audit_before,
-                        found["nr"]
-                    ));
-                } else {
-                    v.note("kernel log: no audit type=1326 record (audit not available here)");
-                }
-                v.figure(format!("SIGSYS ({SIGSYS})"));
-                Ok(())
+                dies_by_sigsys(&env, &daemon.process, syscall, v)
             },
         );
     }
+    rec.control(
+        "a holder with no filter (`lab-probe hold`, as an unsealed build): the same rewrite into execve",
+        "the observer rewrote syscall",
+        |v| {
+            let (unsealed, _) = hold_probe(&env, "unsealed", &[])?;
+            dies_by_sigsys(&env, &unsealed, "execve", v)
+        },
+    );
     if lab.in_vm() {
         rec.check(
             "the daemon's integration suite passes against the live filter",
             |v| integration_suite(lab, &env, v),
         );
     }
+    Ok(())
+}
+
+/// `process` has its filter on every thread, and the observer's rewrite of
+/// its next system call into `syscall` kills it by SIGSYS.
+fn dies_by_sigsys(env: &Env, process: &Launched, syscall: &str, v: &mut Verdict) -> Result<()> {
+    let pid = process.pid.to_string();
+    let threads = env.observe(&["seccomp", &pid])?;
+    let modes: Vec<(i64, String)> =
+        serde_json::from_value(threads["threads"].clone()).unwrap_or_default();
+    v.require(
+        !modes.is_empty() && modes.iter().all(|(_, mode)| mode == "2"),
+        format!("Seccomp: of every thread (tid, mode): {modes:?}"),
+    );
+    let audit_before = audit_records(env, syscall_nr(syscall, env)?);
+    let found = env.observe(&["deny", &pid, syscall])?;
+    v.require(
+        found["signal"].as_i64() == Some(i64::from(SIGSYS)),
+        format!(
+            "the observer rewrote syscall {} into {syscall} ({}); pid {pid} was {}",
+            found["rewrote"], found["nr"], found["end"]
+        ),
+    );
+    let ending = process.wait_end(PATIENCE)?;
+    v.require(
+        ending.signal() == Some(SIGSYS),
+        format!("its launcher saw {}", ending.how),
+    );
+    let audit_after = audit_records(env, found["nr"].as_u64().unwrap_or(u64::MAX));
+    if audit_after > audit_before {
+        v.note(format!(
+            "kernel log: {} new audit type=1326 record(s) for syscall {}",
+            audit_after - audit_before,
+            found["nr"]
+        ));
+    } else {
+        v.note("kernel log: no audit type=1326 record (audit not available here)");
+    }
+    v.figure(format!("SIGSYS ({SIGSYS})"));
     Ok(())
 }
 

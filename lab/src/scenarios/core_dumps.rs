@@ -104,6 +104,11 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         "a dumpable SecretBuffer probe's core holds the heap canary but not the secret",
         |v| dumpable_probe(&env, &cores, &[], v),
     );
+    rec.control(
+        "the same probe keeping its secret in memory a core includes, as a buffer without MADV_DONTDUMP would (`--secret-on-heap`)",
+        "traces of the SecretBuffer canary in the core",
+        |v| dumpable_probe(&env, &cores, &["--secret-on-heap"], v),
+    );
     Ok(())
 }
 
@@ -117,8 +122,8 @@ pub fn cores_in_run_dir(env: &Env) -> Result<(PathBuf, Option<Sysctl>)> {
     Ok((cores, pattern))
 }
 
-/// `lab-probe dumpable-crash` (with `flags`, which the can-fail tests use to
-/// break it) crashes; its core must hold the heap canary and no trace of
+/// `lab-probe dumpable-crash` (with `flags`, which the row's negative
+/// control uses to break it) crashes; its core must hold the heap canary and no trace of
 /// the secret.
 pub fn dumpable_probe(
     env: &Env,

@@ -6,8 +6,8 @@
 
 use anyhow::{Context, Result};
 
-use crate::env::{Env, Lab, PATIENCE, RUN};
-use crate::runner::Recorder;
+use crate::env::{Env, Lab, Launched, PATIENCE, RUN};
+use crate::runner::{Recorder, Verdict};
 use crate::scenarios::wipe::{locked_then_wiped, LastCall};
 
 /// The row's scenario. The OOM kill needs a cgroup memory limit, which
@@ -27,38 +27,63 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         .start()?;
     rec.check(
         "an OOM-killed supervised child makes the daemon panic and wipe",
-        |v| {
-            let kills_before = oom_kills_in(&env)?;
-            // The hog waits for its cue, so the observer is on the daemon
-            // before the OOM killer is.
-            let hog = format!(
-                "while [ ! -e {RUN}/hog-now ]; do sleep 0.05; done; exec /lab/bin/lab-probe hog"
-            );
-            let daemon = env
-                .daemon()
-                .named("oom")
-                .args(&["--memory", "locked"])
-                .exec(&["/bin/sh", "-c", &hog])
-                .start()?;
-            let cue = || {
-                std::fs::write(env.run_dir.join("hog-now"), "")?;
-                Ok(())
-            };
-            locked_then_wiped(&env, &daemon, LastCall::SelfKill, cue, v)?;
-            let line = daemon.panic_line().unwrap_or_default();
-            v.require(
-                line.contains("supervised program killed by SIGKILL"),
-                format!("the daemon logged: {line}"),
-            );
-            let kills = oom_kills_in(&env)?.saturating_sub(kills_before);
-            v.require(
-                kills >= 1,
-                format!("the container's memory cgroup counted {kills} new OOM kill(s)"),
-            );
-            v.figure("panic on OOM kill, 0 hits at its SIGKILL");
-            Ok(())
-        },
+        |v| panics_and_wipes(&env, ProgramEnd::OomKiller, v),
     );
+    rec.control(
+        "the same daemon, its program killed by `kill -9` from outside instead of the OOM killer",
+        "the container's memory cgroup counted 0 new OOM kill(s)",
+        |v| panics_and_wipes(&env, ProgramEnd::KilledFromOutside, v),
+    );
+    Ok(())
+}
+
+/// How the supervised program is made to end.
+#[derive(Clone, Copy)]
+enum ProgramEnd {
+    /// It allocates until the OOM killer takes it.
+    OomKiller,
+    /// `kill -9` by its own user: the same signal, no OOM.
+    KilledFromOutside,
+}
+
+/// The supervised program ends as `end` says: the daemon must panic for
+/// its end and wipe (the observer at its self-SIGKILL), and the kernel must
+/// have counted an OOM kill in the container's memory cgroup.
+fn panics_and_wipes(env: &Env, end: ProgramEnd, v: &mut Verdict) -> Result<()> {
+    let kills_before = oom_kills_in(env)?;
+    // The hog waits for its cue, so the observer is on the daemon before
+    // the OOM killer is.
+    let hog =
+        format!("while [ ! -e {RUN}/hog-now ]; do sleep 0.05; done; exec /lab/bin/lab-probe hog");
+    let _ = std::fs::remove_file(env.run_dir.join("hog-now"));
+    let daemon = env
+        .daemon()
+        .named("oom")
+        .args(&["--memory", "locked"])
+        .exec(&["/bin/sh", "-c", &hog])
+        .start()?;
+    let program = descendant_running(env, daemon.pid(), "/bin/sh")?;
+    let cue = || {
+        match end {
+            ProgramEnd::OomKiller => std::fs::write(env.run_dir.join("hog-now"), "")?,
+            ProgramEnd::KilledFromOutside => {
+                env.exec("lab", &["kill", "-9", &program.to_string()])?;
+            }
+        }
+        Ok(())
+    };
+    locked_then_wiped(env, &daemon, LastCall::SelfKill, cue, v)?;
+    let line = daemon.panic_line().unwrap_or_default();
+    v.require(
+        line.contains("supervised program killed by SIGKILL"),
+        format!("the daemon logged: {line}"),
+    );
+    let kills = oom_kills_in(env)?.saturating_sub(kills_before);
+    v.require(
+        kills >= 1,
+        format!("the container's memory cgroup counted {kills} new OOM kill(s)"),
+    );
+    v.figure("panic on OOM kill, 0 hits at its SIGKILL");
     Ok(())
 }
 
@@ -99,52 +124,74 @@ fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 .named("hard-crash")
                 .exec(&["/bin/sleep", "600"])
                 .start()?;
-            // The child's pid from the kernel, not from the daemon's word.
-            let child = descendant_running(&env, daemon.pid(), "/bin/sleep")?;
-            let watcher = env.launch(
-                "root",
-                "watch-child",
-                None,
-                &["/lab/bin/lab-probe", "watch-gone", &child.to_string()],
-            )?;
-            watcher.wait_output("watching", PATIENCE)?;
-            v.require(
-                daemon.process.ending().is_none() && watcher.ending().is_none(),
-                format!("before the kill, the daemon and its child (pid {child}) are alive"),
-            );
-            env.exec("lab", &["kill", "-9", &daemon.pid_arg()])?;
-            let ending = daemon.process.wait_end(PATIENCE)?;
-            watcher.wait_end(PATIENCE)?;
-            let gone_ms: Option<u128> = watcher
-                .out()
-                .lines()
-                .find_map(|line| line.strip_prefix("gone unix_ms="))
-                .and_then(|ms| ms.trim().parse().ok());
-            v.require(
-                ending.signal() == Some(9),
-                format!("the daemon ended: {}", ending.how),
-            );
-            // Both times are the guest's clock (the host's may differ in a
-            // VM); the child's going may be seen a moment before the
-            // daemon's launcher reaps it, so this is a figure, not a test.
-            let after_daemon_ms = gone_ms.map(|gone| gone as i128 - ending.unix_ms as i128);
-            v.require(
-                gone_ms.is_some(),
-                format!(
-                    "its supervised child (pid {child}), alive before the kill, was gone {} ms after the daemon (PDEATHSIG)",
-                    after_daemon_ms.unwrap_or_default()
-                ),
-            );
-            let latency = after_daemon_ms.unwrap_or_default();
+            child_dies_with(&env, &daemon.process, v)?;
             v.require(
                 daemon.panic_line().is_none(),
                 "no PANIC line: the wipe did not run (the documented limit)",
             );
-            v.figure(format!("child gone in {latency} ms; no wipe"));
             v.as_limit();
             Ok(())
         },
     );
+    rec.control(
+        "a supervisor whose child does not die with it (`sh -c 'sleep 600; :'`, no PDEATHSIG)",
+        "its supervised child",
+        |v| {
+            let script = "/bin/sleep 600; :";
+            let shell = env.launch("lab", "no-pdeathsig", None, &["/bin/sh", "-c", script])?;
+            child_dies_with(&env, &shell, v)
+        },
+    );
+    Ok(())
+}
+
+/// `supervisor`, killed with `kill -9` by its own user, must die by SIGKILL
+/// and take its `sleep` child with it.
+fn child_dies_with(env: &Env, supervisor: &Launched, v: &mut Verdict) -> Result<()> {
+    // The child's pid from the kernel, not from the supervisor's word.
+    let child = descendant_running(env, supervisor.pid, "/bin/sleep")?;
+    let watcher = env.launch(
+        "root",
+        "watch-child",
+        None,
+        &["/lab/bin/lab-probe", "watch-gone", &child.to_string()],
+    )?;
+    watcher.wait_output("watching", PATIENCE)?;
+    v.require(
+        supervisor.ending().is_none() && watcher.ending().is_none(),
+        format!(
+            "before the kill, pid {} and its child (pid {child}) are alive",
+            supervisor.pid
+        ),
+    );
+    env.exec("lab", &["kill", "-9", &supervisor.pid.to_string()])?;
+    let ending = supervisor.wait_end(PATIENCE)?;
+    v.require(
+        ending.signal() == Some(9),
+        format!("pid {} ended: {}", supervisor.pid, ending.how),
+    );
+    let gone_ms: Option<u128> = watcher.wait_end(PATIENCE).ok().and_then(|_| {
+        watcher
+            .out()
+            .lines()
+            .find_map(|line| line.strip_prefix("gone unix_ms="))
+            .and_then(|ms| ms.trim().parse().ok())
+    });
+    // Both times are the guest's clock (the host's may differ in a VM); the
+    // child's going may be seen a moment before the launcher reaps the
+    // supervisor, so this is a figure, not a test.
+    let after_ms = gone_ms.map(|gone| gone as i128 - ending.unix_ms as i128);
+    v.require(
+        gone_ms.is_some(),
+        match after_ms {
+            Some(ms) => format!("its supervised child (pid {child}), alive before the kill, was gone {ms} ms after it (PDEATHSIG)"),
+            None => format!("its supervised child (pid {child}) was still alive {} s after the kill", PATIENCE.as_secs()),
+        },
+    );
+    v.figure(format!(
+        "child gone in {} ms; no wipe",
+        after_ms.unwrap_or_default()
+    ));
     Ok(())
 }
 

@@ -42,6 +42,12 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
             Ok(())
         },
     );
+    // Whatever the daemon reports of its backend, the kernel's EIO decides.
+    rec.control(
+        "a daemon of the locked backend put to the secretmem claim",
+        "reading the /secretmem mapping itself gives EIO",
+        |v| root_finds_no_copy(&locked, v),
+    );
     Ok(())
 }
 

@@ -47,9 +47,17 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     for (index, (how, pty, drop)) in cases.into_iter().enumerate() {
         rec.check(
             &format!("a dropped SSH session ({how}) runs the panic"),
-            |v| session_dropped(&env, index, pty, drop, v),
+            |v| session_dropped(&env, &format!("session-{index}"), &[], pty, drop, v),
         );
     }
+    rec.control(
+        "a daemon that outlives the end of its heartbeat (`--grace 600`), its ssh client killed",
+        "daemon gone after the drop",
+        |v| {
+            let outlives = ["--grace", "600"];
+            session_dropped(&env, "outlives", &outlives, true, Drop::KillClient, v)
+        },
+    );
     rec.check(
         "a heartbeat forwarded over SSH with --ping-timeout 2 panics when the link is cut",
         |v| forwarded_heartbeat_cut(lab, &env, v),
@@ -94,9 +102,18 @@ fn drop_observed(env: &Env, v: &mut Verdict) -> Result<()> {
     outcome
 }
 
-fn session_dropped(env: &Env, index: usize, pty: bool, drop: Drop, v: &mut Verdict) -> Result<()> {
-    let daemon = env.daemon().named(&format!("session-{index}")).start()?;
-    let registered = daemon.register_sleeper(env, &format!("registered-{index}"))?;
+/// A daemon started with `daemon_args`, its heartbeat held by a `dazai
+/// client` in an SSH session (with a pty or not) that `drop` ends.
+fn session_dropped(
+    env: &Env,
+    name: &str,
+    daemon_args: &[&str],
+    pty: bool,
+    drop: Drop,
+    v: &mut Verdict,
+) -> Result<()> {
+    let daemon = env.daemon().named(name).args(daemon_args).start()?;
+    let registered = daemon.register_sleeper(env, &format!("registered-{name}"))?;
     let mut session = match drop {
         Drop::Exit => env.ssh_session().pty().spawn()?,
         _ if pty => env
@@ -165,12 +182,21 @@ fn evidence_of_panic(
     reason: &str,
     v: &mut Verdict,
 ) -> Result<()> {
-    let ending = daemon.process.wait_end(PATIENCE)?;
+    let Ok(ending) = daemon.process.wait_end(PATIENCE) else {
+        v.require(
+            false,
+            format!(
+                "daemon gone after the drop: still alive {} s after it",
+                PATIENCE.as_secs()
+            ),
+        );
+        return Ok(());
+    };
     let latency = ending.unix_ms.checked_sub(dropped_at);
     v.require(
         ending.signal() == Some(9) && latency.is_some(),
         format!(
-            "daemon gone ({}) {} after the drop",
+            "daemon gone after the drop ({}): {}",
             ending.how,
             since_the_drop(ending.unix_ms, dropped_at)
         ),

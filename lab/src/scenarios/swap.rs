@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::env::{Lab, PATIENCE};
+use crate::env::{Env, Lab, PATIENCE};
 use crate::host::Swapfile;
-use crate::runner::Recorder;
+use crate::runner::{Recorder, Verdict};
+use crate::stand_in::hold_probe;
 use lab_guest::procfs::{status_field, Mapping, Scan};
 
 /// The container's RAM limit and the pressure put on it (MiB).
@@ -58,43 +59,59 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 swapped_kib > 0,
                 format!("the pressure process touched {PRESSURE_MIB} MiB and has VmSwap {swapped}"),
             );
-            // Pressure on the daemon's own pages too: the kernel is asked to
-            // page out every private mapping of it, which it does to all but
-            // the locked ones.
-            let advised = env.observe(&["pageout", &daemon.pid_arg()])?;
-            let maps: Vec<Mapping> = serde_json::from_value(
-                env.observe(&["maps", &daemon.pid_arg()])?["mappings"].clone(),
-            )?;
-            let daemon_swap: u64 = maps.iter().map(|m| m.swap_kib).sum();
-            v.require(
-                daemon_swap > 0,
-                format!(
-                    "asked to page out the daemon's private memory ({} bytes advised), the kernel put {daemon_swap} KiB of it in swap",
-                    advised["advised_bytes"]
-                ),
-            );
-            // The mappings that hold the secret, found by the canary itself.
-            let found = env.observe(&["scan", &daemon.pid_arg(), &daemon.canary_file])?;
-            let scan: Scan = serde_json::from_value(found["scan"].clone())
-                .with_context(|| format!("observer said: {found}"))?;
-            v.require(
-                !scan.hits.is_empty(),
-                format!("the scan finds the secret {} time(s) in the daemon", scan.hits.len()),
-            );
-            for hit in &scan.hits {
-                let now = maps.iter().find(|m| m.start == hit.mapping.start);
-                v.require(
-                    now.is_some_and(|m| m.swap_kib == 0 && m.locked_kib == m.size_kib),
-                    format!(
-                        "the mapping holding the secret at {:#x}, after the page-out: {}",
-                        hit.address,
-                        now.map_or("gone".to_owned(), Mapping::describe)
-                    ),
-                );
-            }
+            stays_in_ram(&env, daemon.pid(), &daemon.canary_file, v)?;
             v.figure(format!("pressure swapped {swapped}; secret Swap 0 kB"));
             Ok(())
         },
     );
+    rec.control(
+        "a holder that keeps a copy of its secret in ordinary heap (`lab-probe hold --heap-copy`)",
+        "the mapping holding the secret",
+        |v| {
+            let (probe, canary) = hold_probe(&env, "heap-copy", &["--heap-copy"])?;
+            stays_in_ram(&env, probe.pid, &canary, v)
+        },
+    );
+    Ok(())
+}
+
+/// Asked to page out every private mapping of `pid`, the kernel swaps some
+/// of it, and none of the mappings where the canary lies.
+fn stays_in_ram(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Result<()> {
+    // Pressure on the holder's own pages too: the kernel is asked to page
+    // out every private mapping of it, which it does to all but the locked ones.
+    let advised = env.observe(&["pageout", &pid.to_string()])?;
+    let maps: Vec<Mapping> =
+        serde_json::from_value(env.observe(&["maps", &pid.to_string()])?["mappings"].clone())?;
+    let swapped_kib: u64 = maps.iter().map(|m| m.swap_kib).sum();
+    v.require(
+        swapped_kib > 0,
+        format!(
+            "asked to page out the private memory of pid {pid} ({} bytes advised), the kernel put {swapped_kib} KiB of it in swap",
+            advised["advised_bytes"]
+        ),
+    );
+    // The mappings that hold the secret, found by the canary itself.
+    let found = env.observe(&["scan", &pid.to_string(), canary_file])?;
+    let scan: Scan = serde_json::from_value(found["scan"].clone())
+        .with_context(|| format!("observer said: {found}"))?;
+    v.require(
+        !scan.hits.is_empty(),
+        format!(
+            "the scan finds the secret {} time(s) in pid {pid}",
+            scan.hits.len()
+        ),
+    );
+    for hit in &scan.hits {
+        let now = maps.iter().find(|m| m.start == hit.mapping.start);
+        v.require(
+            now.is_some_and(|m| m.swap_kib == 0 && m.locked_kib == m.size_kib),
+            format!(
+                "the mapping holding the secret at {:#x}, after the page-out: {}",
+                hit.address,
+                now.map_or("gone".to_owned(), Mapping::describe)
+            ),
+        );
+    }
     Ok(())
 }

@@ -55,7 +55,39 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         "LoadCredentialEncrypted= with the machine's key fails a user unit on this systemd (the documented limit)",
         |v| encrypted_credential_is_refused(&env, &uid, &canary, v),
     );
+    rec.control(
+        "the documented unit with the secret also set in its environment (`Environment=API_KEY=…`)",
+        "no copy of the secret in the environment",
+        |v| {
+            let leaky = install_leaky_unit(&env, &uid, &canary)?;
+            let outcome = starts_armed(&env, &leaky, &canary, v);
+            leaky.systemctl(&["stop"])?;
+            outcome
+        },
+    );
     Ok(())
+}
+
+/// The documented unit as a careless edit would leave it: the key also in an
+/// `Environment=` line, which systemd hands to the daemon's environment.
+fn install_leaky_unit<'env>(env: &'env Env, uid: &str, canary: &[u8]) -> Result<Unit<'env>> {
+    let documented = documented_unit("systemd-unit")?;
+    let secret = String::from_utf8_lossy(canary);
+    let leaky = documented.replace(
+        "[Service]\n",
+        &format!("[Service]\nEnvironment=API_KEY={secret}\n"),
+    );
+    if leaky == documented {
+        bail!("the documented unit has no [Service] section");
+    }
+    let unit = env.put("dazai-leaky.service", leaky.as_bytes())?;
+    as_root(
+        env,
+        &format!("install -o lab -g lab -m 644 {unit} /home/lab/.config/systemd/user/dazai-leaky.service"),
+    )?;
+    let unit = Unit::of_lab(env, uid, "dazai-leaky");
+    unit.systemctl(&["daemon-reload"])?;
+    Ok(unit)
 }
 
 /// Waits for `systemctl is-system-running --wait` to answer (until systemd
@@ -176,7 +208,7 @@ fn starts_armed(env: &Env, unit: &Unit<'_>, canary: &[u8], v: &mut Verdict) -> R
     let environ = env.exec("root", &["cat", &format!("/proc/{pid}/environ")])?;
     v.require(
         !contains(environ.stdout.as_bytes(), canary),
-        format!("the daemon (pid {pid}) has no copy of the secret in its environment"),
+        format!("no copy of the secret in the environment of the daemon (pid {pid})"),
     );
     let client = ["/lab/bin/dazai", "client", "--socket", &unit.socket];
     let _client = env.launch("lab", &format!("client-{}", unit.name), None, &client)?;

@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::env::{wait_for, Daemon, Env, Lab, PATIENCE, RUN};
+use crate::env::{wait_for, Daemon, Env, Lab, Ran, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
 
 const YAMA: &str = "/proc/sys/kernel/yama/ptrace_scope";
@@ -61,22 +61,8 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     rec.check(
         "outside the tree, the socket gives 0 secret bytes: REGISTER + GET by the CLI and the raw protocol",
         |v| {
-            let cli = env.sh(
-                "lab",
-                &format!(
-                    "/lab/bin/dazai register $$ --socket {socket} >/dev/null && exec /lab/bin/dazai get api",
-                    socket = daemon.socket
-                ),
-            )?;
-            v.require(
-                cli.code == Some(4) && !contains_canary(cli.stdout.as_bytes(), &daemon),
-                format!(
-                    "`dazai register $$; dazai get api`: exit {:?}, {} stdout bytes, canary absent; {}",
-                    cli.code,
-                    cli.stdout.len(),
-                    cli.stderr.trim()
-                ),
-            );
+            let cli = env.sh("lab", &register_then_get(&daemon.socket))?;
+            obtained_nothing(&cli, &daemon, v);
             let seen = steal(&env, &daemon, holder_pid, capability_fd)?;
             v.require(
                 seen["register"].as_str().unwrap_or("").starts_with("OK registered"),
@@ -110,6 +96,15 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
                 ),
             );
             v.figure("ENXIO");
+            Ok(())
+        },
+    );
+    rec.control(
+        "the same `dazai register $$; dazai get api` by a process the daemon handed the capability (what a daemon without the capability rule gives everyone)",
+        "`dazai register $$; dazai get api`: exit",
+        |v| {
+            let (insider, attempt) = attempt_inside_the_tree(&env)?;
+            obtained_nothing(&attempt, &insider, v);
             Ok(())
         },
     );
@@ -158,6 +153,56 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// What a script with a shell types to take the secret: register itself, then get.
+fn register_then_get(socket: &str) -> String {
+    format!(
+        "/lab/bin/dazai register $$ --socket {socket} >/dev/null && exec /lab/bin/dazai get api"
+    )
+}
+
+/// The attempt was refused (exit 4) and its output holds no secret byte.
+fn obtained_nothing(attempt: &Ran, daemon: &Daemon, v: &mut Verdict) {
+    let leaked = contains_canary(attempt.stdout.as_bytes(), daemon);
+    v.require(
+        attempt.code == Some(4) && !leaked,
+        format!(
+            "`dazai register $$; dazai get api`: exit {:?}, {} stdout bytes, canary {}; {}",
+            attempt.code,
+            attempt.stdout.len(),
+            if leaked { "PRESENT" } else { "absent" },
+            attempt.stderr.trim()
+        ),
+    );
+}
+
+/// [`register_then_get`] run by the supervised program of a second daemon,
+/// which holds the capability; returns that daemon and what the attempt gave.
+fn attempt_inside_the_tree(env: &Env) -> Result<(Daemon, Ran)> {
+    // Not `insider.*`: the launcher keeps the daemon's own output there.
+    let done = format!("{RUN}/attempt.code");
+    let program = format!(
+        "( {} ) > {RUN}/attempt.out 2> {RUN}/attempt.err; echo $? > {done}.part && mv {done}.part {done}; exec sleep 600",
+        register_then_get("\"$DAZAI_SOCKET\"")
+    );
+    let insider = env
+        .daemon()
+        .named("insider")
+        .args(&["--memory", "locked"])
+        .exec(&["/bin/sh", "-c", &program])
+        .start()?;
+    let _client = insider.attach_client(env)?;
+    let code = wait_for("the insider's attempt", PATIENCE, || {
+        std::fs::read_to_string(env.run_dir.join("attempt.code")).ok()
+    })?;
+    let read = |name: &str| std::fs::read_to_string(env.run_dir.join(name)).unwrap_or_default();
+    let attempt = Ran {
+        code: code.trim().parse().ok(),
+        stdout: read("attempt.out"),
+        stderr: read("attempt.err"),
+    };
+    Ok((insider, attempt))
 }
 
 /// The supervised program's pid and its capability's descriptor number.

@@ -9,6 +9,7 @@ use lab_guest::procfs::{HeldRange, Hit, Scan};
 
 use crate::env::{last_json, wait_for, Daemon, Env, Lab, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
+use crate::stand_in::hold_probe;
 
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
@@ -106,7 +107,49 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
             Ok(())
         },
     );
+    broken_holders(&env, rec);
     Ok(())
+}
+
+/// The row's own checks against holders broken on purpose: each must turn red.
+fn broken_holders(env: &Env, rec: &mut Recorder) {
+    rec.control(
+        "a holder that skips its wipe (`lab-probe hold --skip-wipe`)",
+        "1 canary hits at the self-SIGKILL",
+        |v| {
+            let (probe, canary) = hold_probe(env, "skips-wipe", &["--skip-wipe"])?;
+            let held = every_copy_is_locked(env, probe.pid, &canary, v)?;
+            wiped_at_self_kill(env, probe.pid, &canary, &held, v)
+        },
+    );
+    // A scan for the whole canary alone would pass it.
+    rec.control(
+        "a holder whose wipe stops half-way (`--leave-half`)",
+        "1 canary hits at the self-SIGKILL",
+        |v| {
+            let (probe, canary) = hold_probe(env, "leaves-half", &["--leave-half"])?;
+            wiped_at_self_kill(env, probe.pid, &canary, &[], v)
+        },
+    );
+    // A scan at the end cannot see pages that are gone: the ranges that held
+    // the secret while alive are looked at again.
+    rec.control(
+        "a holder that unmaps a second locked copy without zeroing it (`--unmap-unwiped`)",
+        "1 of the 2 range(s) that held the secret",
+        |v| {
+            let (probe, canary) = hold_probe(env, "unmaps", &["--unmap-unwiped"])?;
+            let held = every_copy_is_locked(env, probe.pid, &canary, v)?;
+            wiped_at_self_kill(env, probe.pid, &canary, &held, v)
+        },
+    );
+    rec.control(
+        "a holder that keeps a stray copy on the heap (`--heap-copy`)",
+        "1 of 2 hits lie outside a locked, dd mapping",
+        |v| {
+            let (probe, canary) = hold_probe(env, "heap-copy", &["--heap-copy"])?;
+            every_copy_is_locked(env, probe.pid, &canary, v).map(drop)
+        },
+    );
 }
 
 /// A supervised `dazai get` (locked memory, so root can see it) waits for
