@@ -152,7 +152,16 @@ pub fn dumpable_probe(
         .concat(),
     )?;
     let ending = probe.wait_end(PATIENCE)?;
-    v.note(format!("probe said: {}", probe.out().trim()));
+    // The probe must have held the whole secret, or "not in the core" says nothing.
+    let said = probe.out();
+    v.require(
+        said.contains(&format!("holding {} secret bytes", secret.len())),
+        format!(
+            "the probe held all {} secret bytes before the crash: {}",
+            secret.len(),
+            said.trim()
+        ),
+    );
     v.require(
         ending.signal() == Some(6),
         format!("the probe ended: {}", ending.how),
