@@ -55,6 +55,67 @@ fn every_unsafe_block_has_a_safety_comment_within_three_lines() {
     );
 }
 
+/// A reader who holds a claim of docs/threat-model.md finds its proof by
+/// name: each lab scenario opens by quoting its row's "what is claimed" cell
+/// word for word, so the two cannot drift apart.
+#[test]
+fn every_lab_scenario_opens_with_its_rows_claim_word_for_word() {
+    let model = read(&repo_root().join("docs/threat-model.md"));
+    let claims = claims_of(&model);
+    assert!(
+        claims.len() >= 10,
+        "the claims table of docs/threat-model.md: {claims:?}"
+    );
+    let mut offenders = Vec::new();
+    for file in rust_files(&repo_root().join("lab/src/scenarios")) {
+        if file.ends_with("mod.rs") {
+            continue;
+        }
+        let text = read(&file);
+        let header: Vec<&str> = text
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .map(|line| line.trim_start_matches("//!").trim())
+            .collect();
+        let header = header.join(" ");
+        let quoted = header
+            .strip_prefix("Row **")
+            .and_then(|rest| rest.split_once("** — \""))
+            .and_then(|(row, rest)| Some((row, rest.split_once("\" (its")?.0)));
+        let matches = quoted.is_some_and(|(row, quote)| {
+            claims
+                .iter()
+                .any(|(name, claim)| name == row && *claim == quote)
+        });
+        if !matches {
+            offenders.push(format!(
+                "{}: opens with {:?}",
+                relative(&file).display(),
+                quoted
+            ));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "each scenario must open with `Row **<row>** — \"<what is claimed>\" (its …` quoting docs/threat-model.md:\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+/// `(row, what is claimed)` of the table that opens with `| row | what is claimed |`.
+fn claims_of(model: &str) -> Vec<(String, String)> {
+    model
+        .lines()
+        .skip_while(|line| !line.starts_with("| row | what is claimed |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let mut cells = line.trim_matches('|').split(" | ").map(str::trim);
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect()
+}
+
 #[test]
 fn no_test_is_ignored() {
     // Split so that this file does not find itself.

@@ -1,8 +1,11 @@
-//! Row **confinement** — "the live KillProcess filter: `Seccomp: 2` in the
-//! daemon's status; the observer rewrites a syscall of the live daemon at
+//! Row **confinement** — "the seccomp filter is live and kills" (its "what is
+//! claimed" in docs/threat-model.md).
+//!
+//! The scenario: the live KillProcess filter: `Seccomp: 2` in the daemon's
+//! status; the observer rewrites a syscall of the live daemon at
 //! syscall-entry (Linux re-checks seccomp after ptrace) to `execve`,
-//! `openat`, `connect`, `ptrace`, `socket` → the daemon dies by `SIGSYS`
-//! each time (audit record type 1326 where available)".
+//! `openat`, `connect`, `ptrace`, `socket` → the daemon dies by `SIGSYS` each
+//! time (audit record type 1326 where available).
 //!
 //! The row's last clause, "the whole integration suite passes against a
 //! `--features seccomp` build with no `SIGSYS`", is `cargo xtask ci`'s

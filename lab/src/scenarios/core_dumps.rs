@@ -1,8 +1,11 @@
-//! Row **core dumps** — "no core, and no secret in a forced core: daemon:
-//! `Seccomp`, `/proc/PID/coredump_filter`, VmFlags `dd`; SIGSEGV/SIGABRT sent
-//! to the daemon → no core file (non-dumpable); a probe that uses the same
+//! Row **core dumps** — "the secret never lands in a core dump" (its "what is
+//! claimed" in docs/threat-model.md).
+//!
+//! The scenario: no core, and no secret in a forced core: daemon: `Seccomp`,
+//! `/proc/PID/coredump_filter`, VmFlags `dd`; SIGSEGV/SIGABRT sent to the
+//! daemon → no core file (non-dumpable); a probe that uses the same
 //! `SecretBuffer` but stays dumpable crashes → a core IS written and the
-//! canary is NOT in it, while a heap canary IS (control)".
+//! canary is NOT in it, while a heap canary IS (control).
 
 use std::fs;
 use std::path::{Path, PathBuf};

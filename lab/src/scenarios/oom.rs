@@ -1,8 +1,11 @@
-//! Row **OOM** — "memory-limited container: the supervised child is
-//! OOM-killed → the daemon panics by policy and wipes (a root observer scans
-//! it at its final SIGKILL: 0 hits); the daemon itself
-//! killed hard (`kill -9`) → its children die anyway (`PDEATHSIG`) — the
-//! documented limitation 'no wipe on hard crash' shown as such".
+//! Row **OOM** — "memory pressure does not leave secrets behind" (its "what
+//! is claimed" in docs/threat-model.md).
+//!
+//! The scenario: memory-limited container: the supervised child is OOM-killed
+//! → the daemon panics by policy and wipes (a root observer scans it at its
+//! final SIGKILL: 0 hits); the daemon itself killed hard (`kill -9`) → its
+//! children die anyway (`PDEATHSIG`) — the documented limitation 'no wipe on
+//! hard crash' shown as such.
 
 use anyhow::{Context, Result};
 

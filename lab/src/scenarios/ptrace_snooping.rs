@@ -1,6 +1,9 @@
-//! Row **ptrace snooping** — "a same-UID attacker cannot read the daemon's memory: as the daemon's
-//! own non-root UID: `PTRACE_ATTACH` → EPERM, `/proc/PID/mem` → EACCES,
-//! `process_vm_readv` → EPERM; control: the same on a dumpable process succeeds".
+//! Row **ptrace snooping** — "a same-UID attacker cannot read the daemon's
+//! memory" (its "what is claimed" in docs/threat-model.md).
+//!
+//! The scenario: as the daemon's own non-root UID, `PTRACE_ATTACH` → EPERM,
+//! `/proc/PID/mem` → EACCES, `process_vm_readv` → EPERM; control: the same
+//! on a dumpable process succeeds.
 
 use anyhow::Result;
 use serde_json::Value;

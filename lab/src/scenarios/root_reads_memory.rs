@@ -1,8 +1,15 @@
-//! Row **root reads memory** — "closed where possible, demonstrated where
-//! not: with the `memfd_secret` backend, root with `CAP_SYS_PTRACE` finds 0
-//! copies (`/proc/PID/mem` read of the `/secretmem` mapping itself → EIO);
-//! with the locked backend root CAN read the secret before the wipe (shown,
-//! labelled as the documented limit)". In both, the supervised program's
+//! Row **root reads memory** — "what secretmem closes: with the
+//! `memfd_secret` backend (`--memory secretmem`, the automatic choice where
+//! the kernel offers it) root cannot read the secret through `/proc/PID/mem`,
+//! `ptrace(PTRACE_PEEKDATA)` or `process_vm_readv`: the pages are out of the
+//! kernel's direct map. With the locked backend root can read the secret (the
+//! documented limit)" (its "what is claimed" in docs/threat-model.md).
+//!
+//! The scenario: closed where possible, demonstrated where not: with the
+//! `memfd_secret` backend, root with `CAP_SYS_PTRACE` finds 0 copies
+//! (`/proc/PID/mem` read of the `/secretmem` mapping itself → EIO); with the
+//! locked backend root CAN read the secret before the wipe (shown, labelled
+//! as the documented limit). In both, the supervised program's
 //! `dazai get` first returns the secret, so a scan that finds nothing is a
 //! scan of a daemon that holds it.
 

@@ -1,9 +1,12 @@
-//! Row **session loss** — "real SSH session dropped: sshd in a container;
-//! `dazai client` inside the session; drops: client killed (`kill -9` of the
-//! host `ssh`), `exit`, network cut (iptables DROP in the container's netns +
-//! sshd ClientAlive), the heartbeat forwarded over SSH with `--ping-timeout`
-//! and the link cut; with a pty AND without one (`ssh host cmd`); evidence:
-//! daemon gone, registered processes gone, latency in ms".
+//! Row **session loss** — "losing the session runs the panic" (its "what is
+//! claimed" in docs/threat-model.md).
+//!
+//! The scenario: real SSH session dropped: sshd in a container; `dazai
+//! client` inside the session; drops: client killed (`kill -9` of the host
+//! `ssh`), `exit`, network cut (iptables DROP in the container's netns + sshd
+//! ClientAlive), the heartbeat forwarded over SSH with `--ping-timeout` and
+//! the link cut; with a pty AND without one (`ssh host cmd`); evidence:
+//! daemon gone, registered processes gone, latency in ms.
 
 use std::io::Write;
 use std::process::{Child, Stdio};

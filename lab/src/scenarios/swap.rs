@@ -1,8 +1,11 @@
-//! Row **swap** — "`mlock` holds under real memory pressure: under a cgroup
+//! Row **swap** — "the secret is never written to swap" (its "what is
+//! claimed" in docs/threat-model.md).
+//!
+//! The scenario: `mlock` holds under real memory pressure: under a cgroup
 //! memory limit with a real swapfile, a pressure process's pages go to swap,
-//! and so do the daemon's own other pages when the kernel is asked to page
+//! and so do the holder's own other pages when the kernel is asked to page
 //! them out (`MADV_PAGEOUT` through `process_madvise`), while every mapping
-//! the canary lies in stays `Locked` = `Size`, `Swap: 0`".
+//! the canary lies in stays `Locked` = `Size`, `Swap: 0`.
 
 use std::time::Duration;
 

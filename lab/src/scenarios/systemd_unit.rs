@@ -1,10 +1,15 @@
-//! Row **systemd unit** — "the user unit docs/usage.md documents runs as
-//! written under systemd as PID 1: the daemon takes its secret from a
-//! systemd credential (`LoadCredential=`), never from the unit or the
-//! environment; a heartbeat arms it; `systemctl --user stop` ends it by its
-//! clean shutdown (wipe, socket and pidfile removed, exit 0). The limit the
-//! docs state is shown: a credential encrypted with the machine's key
-//! (`LoadCredentialEncrypted=`) fails a user unit on systemd 252".
+//! Row **systemd unit** — "the documented user unit runs the daemon as
+//! written: its secret comes from a systemd credential, never the unit or the
+//! environment; `systemctl --user stop` is the clean shutdown" (its "what is
+//! claimed" in docs/threat-model.md).
+//!
+//! The scenario: the user unit docs/usage.md documents runs as written under
+//! systemd as PID 1: the daemon takes its secret from a systemd credential
+//! (`LoadCredential=`), never from the unit or the environment; a heartbeat
+//! arms it; `systemctl --user stop` ends it by its clean shutdown (wipe,
+//! socket and pidfile removed, exit 0). The limit the docs state is shown: a
+//! credential encrypted with the machine's key (`LoadCredentialEncrypted=`)
+//! fails a user unit on systemd 252.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! nothing, `REGISTER` only opts a process into the panic's kills, a tools
 //! file of its own obtains nothing, and the capability cannot be reopened
 //! through `/proc/PID/fd` nor taken with `pidfd_getfd` under Yama
-//! `ptrace_scope` 1".
+//! `ptrace_scope` 1" (its "what is claimed" in docs/threat-model.md).
 
 use anyhow::{Context, Result};
 use serde_json::Value;

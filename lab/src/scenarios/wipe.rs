@@ -1,8 +1,11 @@
-//! Row **wipe** — "the real binary wipes before it dies: a root observer
-//! with `CAP_SYS_PTRACE` traces the daemon, stops it at syscall entry of its
-//! own final `SIGKILL`, scans every readable mapping of `/proc/PID/mem` for
-//! the canary: 0 hits; and while alive: every hit lies inside a mapping that
-//! is locked and `dd` (no stray copies in heap/stack)".
+//! Row **wipe** — "the binary wipes before it dies" (its "what is claimed" in
+//! docs/threat-model.md).
+//!
+//! The scenario: the real binary wipes before it dies: a root observer with
+//! `CAP_SYS_PTRACE` traces the daemon, stops it at syscall entry of its own
+//! final `SIGKILL`, scans every readable mapping of `/proc/PID/mem` for the
+//! canary: 0 hits; and while alive: every hit lies inside a mapping that is
+//! locked and `dd` (no stray copies in heap/stack).
 
 use anyhow::{bail, Context, Result};
 use lab_guest::procfs::{HeldRange, Hit, Scan};
