@@ -35,6 +35,17 @@ pub struct CallSecrets {
     pub wiped: bool,
 }
 
+impl CallSecrets {
+    /// The value of the secret `name`; empty once the end has wiped them.
+    pub fn value_of(&self, name: &str) -> &[u8] {
+        self.secrets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.expose())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct Held {
     /// Secrets waiting for their response line to be written, by placeholder.

@@ -5,7 +5,10 @@
 //! (`server/discover`, the protocol version and client capabilities in each
 //! request's `_meta`). This module only answers `tools/list` and `tools/call`.
 
-use std::sync::Arc;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use goodnight::SecretBuffer;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -18,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::args::build_argv;
 use crate::config::{ExecTool, Kind, ParamKind, StaticTool, Tool, ToolsFile};
-use crate::exec::{self, End, Environment, Launch};
+use crate::exec::{self, End, Environment, Launch, Output, Running};
 use crate::ledger::{CallSecrets, Ledger};
 use crate::link::DaemonLink;
 use crate::log;
@@ -241,15 +244,9 @@ impl Motokano {
             }
             StaticTool::Secret(name) => name,
         };
-        let secret = match self.inner.daemon.fetch(name) {
+        let secret = match self.fetch_secret(tool, name) {
             Ok(secret) => secret,
-            Err(error) => {
-                log::line(format_args!(
-                    "call {}: secret {name} unavailable: {error}",
-                    tool.name
-                ));
-                return refusal(format!("the secret \"{name}\" is unavailable: {error}"));
-            }
+            Err(why) => return refusal(why),
         };
         if std::str::from_utf8(secret.expose()).is_err() {
             return refusal(format!(
@@ -276,106 +273,26 @@ impl Motokano {
         arguments: Option<&JsonObject>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResponse {
-        let argv = match build_argv(exec, arguments) {
-            Ok(argv) => argv,
-            Err(why) => {
-                log::line(format_args!("call {}: refused: {why}", tool.name));
-                return refusal(format!("refused: {why}; the program was not run"));
-            }
-        };
-        // Fetch every secret the program gets, and learn their forms for redaction.
-        let mut held = CallSecrets::default();
-        for name in exec.secret_names() {
-            match self.inner.daemon.fetch(name) {
-                Ok(secret) => held.secrets.push((name.to_owned(), secret)),
-                Err(error) => {
-                    log::line(format_args!(
-                        "call {}: secret {name} unavailable: {error}",
-                        tool.name
-                    ));
-                    return refusal(format!("the secret \"{name}\" is unavailable: {error}"));
-                }
-            }
-        }
-        let mut redactor = Redactor::new();
-        for (name, secret) in &held.secrets {
-            redactor.add_secret(name, secret.expose());
-        }
-        held.redactor = redactor;
-        let Some(held) = self.inner.ledger.hold_call(held) else {
-            return refusal("the server is shutting down");
-        };
-        let launch = {
-            let held = held.lock().unwrap_or_else(|p| p.into_inner());
-            let secret_of = |name: &str| {
-                held.secrets
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, s)| s.expose())
-                    .unwrap_or_default()
-            };
-            let passed: Vec<(String, String)> = exec
-                .pass_env
-                .iter()
-                .filter_map(|var| std::env::var(var).ok().map(|value| (var.clone(), value)))
-                .collect();
-            let mut entries: Vec<(&str, &[u8])> = passed
-                .iter()
-                .filter(|(var, _)| {
-                    !exec.env.iter().any(|(v, _)| v == var)
-                        && !exec.inject.iter().any(|(v, _)| v == var)
-                })
-                .map(|(var, value)| (var.as_str(), value.as_bytes()))
-                .collect();
-            entries.extend(
-                exec.env
-                    .iter()
-                    .map(|(var, value)| (var.as_str(), value.as_bytes())),
-            );
-            entries.extend(
-                exec.inject
-                    .iter()
-                    .map(|(var, secret)| (var.as_str(), secret_of(secret))),
-            );
-            let environment = match Environment::new(&entries) {
-                Ok(environment) => environment,
-                Err(error) => return refusal(error.to_string()),
-            };
-            Launch {
-                argv,
-                environment,
-                wants_stdin: exec.stdin_secret.is_some(),
-            }
-        };
-        let daemon = self.inner.daemon.clone();
-        let mut running = match exec::spawn(launch, self.inner.ledger.clone(), |pid| {
-            daemon.register_group(pid).map_err(|e| e.to_string())
-        }) {
-            Ok(running) => running,
-            Err(error) => {
-                log::line(format_args!("call {}: not started: {error}", tool.name));
-                return refusal(format!(
-                    "{} could not be started: {error}",
-                    exec.program.display()
-                ));
-            }
-        };
+        self.run_exec(tool, exec, arguments, context)
+            .await
+            .unwrap_or_else(refusal)
+    }
+
+    /// The steps of an exec call; an `Err` is the text of the refusal the agent reads.
+    async fn run_exec(
+        &self,
+        tool: &Tool,
+        exec: &ExecTool,
+        arguments: Option<&JsonObject>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, String> {
+        let argv = checked_argv(tool, exec, arguments)?;
+        let held = self.hold_secrets(tool, exec)?;
+        let launch = launch(exec, argv, &lock(&held))?;
+        let mut running = self.start(tool, exec, launch)?;
         if let Some(name) = &exec.stdin_secret {
-            let held = held.lock().unwrap_or_else(|p| p.into_inner());
-            let bytes = held
-                .secrets
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s.expose())
-                .unwrap_or_default();
-            if let Err(errno) = running.feed_stdin(bytes) {
-                log::line(format_args!(
-                    "call {}: stdin not written: {errno}",
-                    tool.name
-                ));
-            }
+            feed_stdin(tool, &mut running, lock(&held).value_of(name));
         }
-        let pid = running.pid();
         // One byte past the cap tells that there was more.
         let output = running
             .finish(
@@ -384,77 +301,204 @@ impl Motokano {
                 context.ct.cancelled(),
             )
             .await;
-        let stopped = !matches!(output.end, End::Exited(_));
-        let shown = {
-            // Checked under the call's lock, which the end takes to wipe it:
-            // either the redactor is whole here, or the output goes unread.
-            let held = held.lock().unwrap_or_else(|p| p.into_inner());
-            (!held.wiped).then(|| {
-                what_the_agent_sees(
-                    &held.redactor,
-                    output.stdout.as_slice(),
-                    output.stderr.as_slice(),
-                    exec.max_output_bytes,
-                    stopped,
-                )
-            })
-        };
-        drop(output.stdout);
-        drop(output.stderr);
-        drop(held);
-        let Some(shown) = shown else {
+        let (end, pid) = (output.end, output.pid);
+        let Some(shown) = redacted(held, output, exec.max_output_bytes) else {
             log::line(format_args!(
                 "call {}: pid {pid} ended with the daemon; its output was wiped unread",
                 tool.name
             ));
-            return refusal("the daemon went away during the call; its output was wiped unread");
+            return Err("the daemon went away during the call; its output was wiped unread".into());
         };
-        let Shown {
-            stdout,
-            stderr,
-            truncated,
-            replaced,
-        } = shown;
         log::line(format_args!(
-            "call {}: pid {pid} {}; {} bytes of output, {replaced} redactions",
+            "call {}: pid {pid} {}; {} bytes of output, {} redactions",
             tool.name,
-            describe_end(output.end),
-            stdout.len() + stderr.len()
+            describe_end(end),
+            shown.stdout.len() + shown.stderr.len(),
+            shown.replaced
         ));
-        let mut content = vec![ContentBlock::text(stdout)];
-        if !stderr.is_empty() {
-            content.push(ContentBlock::text(format!("stderr:\n{stderr}")));
+        Ok(exec_answer(exec, end, shown))
+    }
+
+    /// Fetches `name` from the daemon for `tool`'s call.
+    fn fetch_secret(&self, tool: &Tool, name: &str) -> Result<SecretBuffer, String> {
+        self.inner.daemon.fetch(name).map_err(|error| {
+            log::line(format_args!(
+                "call {}: secret {name} unavailable: {error}",
+                tool.name
+            ));
+            format!("the secret \"{name}\" is unavailable: {error}")
+        })
+    }
+
+    /// Fetches every secret the program gets and learns their forms for
+    /// redaction, held in the ledger so that the end can wipe them mid-call.
+    fn hold_secrets(
+        &self,
+        tool: &Tool,
+        exec: &ExecTool,
+    ) -> Result<Arc<Mutex<CallSecrets>>, String> {
+        let mut held = CallSecrets::default();
+        for name in exec.secret_names() {
+            held.secrets
+                .push((name.to_owned(), self.fetch_secret(tool, name)?));
         }
-        let status = match output.end {
-            End::Exited(0) if !truncated => None,
-            End::Exited(0) => Some(format!(
-                "[dazai: output cut at {} bytes]",
-                exec.max_output_bytes
-            )),
-            End::Exited(code) => Some(format!("[dazai: the program exited with status {code}]")),
-            End::Signaled(signal) => Some(format!("[dazai: the program was killed by signal {signal}]")),
-            End::TimedOut => Some(format!(
-                "[dazai: stopped at the {} s time limit; the program's process group was killed]",
-                exec.timeout.as_secs()
-            )),
-            End::CapReached => Some(format!(
-                "[dazai: stopped at the output cap of {} bytes; the program's process group was killed]",
-                exec.max_output_bytes
-            )),
-            End::Cancelled => Some("[dazai: cancelled; the program's process group was killed]".into()),
-        };
-        match status {
-            None => CallToolResult::success(content).into(),
-            Some(status) => {
-                content.push(ContentBlock::text(status));
-                let failed = !matches!(output.end, End::Exited(0));
-                if failed {
-                    CallToolResult::error(content).into()
-                } else {
-                    CallToolResult::success(content).into()
-                }
-            }
+        for (name, secret) in &held.secrets {
+            held.redactor.add_secret(name, secret.expose());
         }
+        self.inner
+            .ledger
+            .hold_call(held)
+            .ok_or_else(|| "the server is shutting down".into())
+    }
+
+    fn start(&self, tool: &Tool, exec: &ExecTool, launch: Launch) -> Result<Running, String> {
+        let daemon = &self.inner.daemon;
+        exec::spawn(launch, self.inner.ledger.clone(), |pid| {
+            daemon.register_group(pid).map_err(|e| e.to_string())
+        })
+        .map_err(|error| {
+            log::line(format_args!("call {}: not started: {error}", tool.name));
+            format!("{} could not be started: {error}", exec.program.display())
+        })
+    }
+}
+
+fn lock(call: &Mutex<CallSecrets>) -> MutexGuard<'_, CallSecrets> {
+    // A panic elsewhere must not keep a call from reading its secrets.
+    call.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn checked_argv(
+    tool: &Tool,
+    exec: &ExecTool,
+    arguments: Option<&JsonObject>,
+) -> Result<Vec<CString>, String> {
+    build_argv(exec, arguments).map_err(|why| {
+        log::line(format_args!("call {}: refused: {why}", tool.name));
+        format!("refused: {why}; the program was not run")
+    })
+}
+
+/// The program's argv and environment: `pass_env` read from our own
+/// environment now, the secrets from the call's.
+fn launch(exec: &ExecTool, argv: Vec<CString>, held: &CallSecrets) -> Result<Launch, String> {
+    let inherited: Vec<(String, String)> = exec
+        .pass_env
+        .iter()
+        .filter_map(|var| std::env::var(var).ok().map(|value| (var.clone(), value)))
+        .collect();
+    let from_secrets: Vec<(&str, &[u8])> = exec
+        .inject
+        .iter()
+        .map(|(var, secret)| (var.as_str(), held.value_of(secret)))
+        .collect();
+    let entries = environment_entries(&inherited, &exec.env, &from_secrets);
+    let environment = Environment::new(&entries).map_err(|error| error.to_string())?;
+    Ok(Launch {
+        argv,
+        environment,
+        wants_stdin: exec.stdin_secret.is_some(),
+    })
+}
+
+/// The program's environment entries: the inherited variables the tool does
+/// not set itself, then its fixed values, then its secrets. What the tool
+/// sets, fixed or secret, hides the inherited value of the same name. A
+/// variable both fixed and secret is refused by the tools file; were one
+/// given, both entries would stay, the fixed one first.
+fn environment_entries<'a>(
+    inherited: &'a [(String, String)],
+    fixed: &'a [(String, String)],
+    from_secrets: &[(&'a str, &'a [u8])],
+) -> Vec<(&'a str, &'a [u8])> {
+    let set_by_tool = |var: &str| {
+        fixed.iter().any(|(v, _)| v == var) || from_secrets.iter().any(|(v, _)| *v == var)
+    };
+    inherited
+        .iter()
+        .filter(|(var, _)| !set_by_tool(var))
+        .map(|(var, value)| (var.as_str(), value.as_bytes()))
+        .chain(
+            fixed
+                .iter()
+                .map(|(var, value)| (var.as_str(), value.as_bytes())),
+        )
+        .chain(from_secrets.iter().copied())
+        .collect()
+}
+
+/// Writes the stdin secret; a failure is logged and the call goes on.
+fn feed_stdin(tool: &Tool, running: &mut Running, secret: &[u8]) {
+    if let Err(errno) = running.feed_stdin(secret) {
+        log::line(format_args!(
+            "call {}: stdin not written: {errno}",
+            tool.name
+        ));
+    }
+}
+
+/// What the agent sees of `output`, or `None` when the end wiped the call's
+/// secrets first. Takes the call and its output so that the raw output is
+/// dropped, and so wiped, before the call lets go of its secrets: the end
+/// waits for that.
+fn redacted(held: Arc<Mutex<CallSecrets>>, output: Output, max: usize) -> Option<Shown> {
+    let stopped = !matches!(output.end, End::Exited(_));
+    let shown = {
+        // Checked under the call's lock, which the end takes to wipe it:
+        // either the redactor is whole here, or the output goes unread.
+        let held = lock(&held);
+        (!held.wiped).then(|| {
+            what_the_agent_sees(
+                &held.redactor,
+                output.stdout.as_slice(),
+                output.stderr.as_slice(),
+                max,
+                stopped,
+            )
+        })
+    };
+    drop(output.stdout);
+    drop(output.stderr);
+    drop(held);
+    shown
+}
+
+/// The redacted output, then a line that says why it is not all of it or
+/// how the program failed.
+fn exec_answer(exec: &ExecTool, end: End, shown: Shown) -> CallToolResponse {
+    let mut content = vec![ContentBlock::text(shown.stdout)];
+    if !shown.stderr.is_empty() {
+        content.push(ContentBlock::text(format!("stderr:\n{}", shown.stderr)));
+    }
+    if let Some(note) = end_note(exec, end, shown.truncated) {
+        content.push(ContentBlock::text(note));
+    }
+    if matches!(end, End::Exited(0)) {
+        CallToolResult::success(content).into()
+    } else {
+        CallToolResult::error(content).into()
+    }
+}
+
+/// `None` for a whole output of a program that exited with status 0.
+fn end_note(exec: &ExecTool, end: End, truncated: bool) -> Option<String> {
+    match end {
+        End::Exited(0) if !truncated => None,
+        End::Exited(0) => Some(format!(
+            "[dazai: output cut at {} bytes]",
+            exec.max_output_bytes
+        )),
+        End::Exited(code) => Some(format!("[dazai: the program exited with status {code}]")),
+        End::Signaled(signal) => Some(format!("[dazai: the program was killed by signal {signal}]")),
+        End::TimedOut => Some(format!(
+            "[dazai: stopped at the {} s time limit; the program's process group was killed]",
+            exec.timeout.as_secs()
+        )),
+        End::CapReached => Some(format!(
+            "[dazai: stopped at the output cap of {} bytes; the program's process group was killed]",
+            exec.max_output_bytes
+        )),
+        End::Cancelled => Some("[dazai: cancelled; the program's process group was killed]".into()),
     }
 }
 
@@ -509,5 +553,76 @@ fn describe_end(end: End) -> String {
         End::TimedOut => "stopped at its time limit".into(),
         End::CapReached => "stopped at its output cap".into(),
         End::Cancelled => "cancelled".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
+    fn text(vars: Vars) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(var, value)| (var.to_string(), value.to_string()))
+            .collect()
+    }
+
+    /// The entries for variables given as text, as text.
+    fn environment(inherited: Vars, fixed: Vars, from_secrets: Vars) -> Vec<(String, String)> {
+        let (inherited, fixed) = (text(inherited), text(fixed));
+        let from_secrets: Vec<(&str, &[u8])> = from_secrets
+            .iter()
+            .map(|(var, value)| (*var, value.as_bytes()))
+            .collect();
+        environment_entries(&inherited, &fixed, &from_secrets)
+            .into_iter()
+            .map(|(var, value)| (var.to_owned(), String::from_utf8_lossy(value).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_fixed_value_hides_the_inherited_one() {
+        assert_eq!(
+            environment(
+                &[("LANG", "C"), ("HOME", "/home/u")],
+                &[("LANG", "en_US.UTF-8")],
+                &[]
+            ),
+            text(&[("HOME", "/home/u"), ("LANG", "en_US.UTF-8")])
+        );
+    }
+
+    #[test]
+    fn a_secret_hides_the_inherited_value() {
+        assert_eq!(
+            environment(
+                &[("TOKEN", "from-the-session"), ("PATH", "/bin")],
+                &[],
+                &[("TOKEN", "from-the-daemon")]
+            ),
+            text(&[("PATH", "/bin"), ("TOKEN", "from-the-daemon")])
+        );
+    }
+
+    #[test]
+    fn a_fixed_and_a_secret_value_of_one_variable_both_stay_fixed_first() {
+        // The tools file refuses this; the builder neither merges nor drops.
+        assert_eq!(
+            environment(
+                &[("TOKEN", "from-the-session")],
+                &[("TOKEN", "fixed")],
+                &[("TOKEN", "from-the-daemon")]
+            ),
+            text(&[("TOKEN", "fixed"), ("TOKEN", "from-the-daemon")])
+        );
+    }
+
+    #[test]
+    fn unrelated_variables_keep_inherited_then_fixed_then_secret_order() {
+        assert_eq!(
+            environment(&[("PATH", "/bin")], &[("MODE", "dry")], &[("TOKEN", "s")]),
+            text(&[("PATH", "/bin"), ("MODE", "dry"), ("TOKEN", "s")])
+        );
     }
 }
