@@ -149,32 +149,14 @@ pub fn serve_session(options: &Options) -> Result<(), McpError> {
     stop_signals
         .thread_block()
         .map_err(|e| McpError::Serve(format!("cannot block SIGTERM/SIGINT/SIGHUP: {e}")))?;
-    {
-        let ledger = ledger.clone();
-        std::thread::Builder::new()
-            .name("stop-signals".into())
-            .spawn(move || {
-                let Ok(signal) = stop_signals.wait() else {
-                    return;
-                };
-                let cleared = end_everything(&ledger);
-                log::line(format_args!("{signal}: {cleared}; exiting"));
-                std::process::exit(128 + signal as i32);
-            })
-            .map_err(|e| McpError::Serve(format!("cannot start the signal thread: {e}")))?;
-    }
-    {
-        let ledger = ledger.clone();
-        std::thread::Builder::new()
-            .name("daemon-watch".into())
-            .spawn(move || {
-                watch.wait_for_daemon_end();
-                let cleared = end_everything(&ledger);
-                log::line(format_args!("the daemon is gone: {cleared}; exiting"));
-                std::process::exit(EXIT_DAEMON_GONE);
-            })
-            .map_err(|e| McpError::Serve(format!("cannot start the watch thread: {e}")))?;
-    }
+    exit_on("stop-signals", "signal", &ledger, move || {
+        let signal = stop_signals.wait().ok()?;
+        Some((signal.to_string(), 128 + signal as i32))
+    })?;
+    exit_on("daemon-watch", "watch", &ledger, move || {
+        watch.wait_for_daemon_end();
+        Some(("the daemon is gone".to_owned(), EXIT_DAEMON_GONE))
+    })?;
     log::line(format_args!(
         "serving {} tools from {} (pid {}, registered with the daemon at {})",
         file.tools.len(),
@@ -197,6 +179,30 @@ pub fn serve_session(options: &Options) -> Result<(), McpError> {
         cleared.wiped
     ));
     outcome
+}
+
+/// Starts the thread `name` that waits for `ending`; when it comes (as the
+/// reason to log and the exit status), everything is ended and the process
+/// exits. An ending that returns `None` never comes.
+fn exit_on(
+    name: &str,
+    role: &str,
+    ledger: &Arc<Ledger>,
+    ending: impl FnOnce() -> Option<(String, i32)> + Send + 'static,
+) -> Result<(), McpError> {
+    let ledger = ledger.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let Some((why, status)) = ending() else {
+                return;
+            };
+            let cleared = end_everything(&ledger);
+            log::line(format_args!("{why}: {cleared}; exiting"));
+            std::process::exit(status);
+        })
+        .map(drop)
+        .map_err(|e| McpError::Serve(format!("cannot start the {role} thread: {e}")))
 }
 
 async fn serve(server: Motokano, ledger: Arc<Ledger>) -> Result<(), McpError> {
