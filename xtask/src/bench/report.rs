@@ -135,6 +135,22 @@ impl Report {
 
     /// Every figure as Markdown tables.
     pub(crate) fn markdown(&self) -> String {
+        [
+            self.run(),
+            self.destroy_latency(),
+            self.side_by_side(),
+            self.ping_timeout_precision(),
+            self.idle_cost(),
+            self.startup_latency(),
+            self.heartbeat_under_load(),
+            self.size(),
+            self.targets_met(),
+        ]
+        .concat()
+    }
+
+    /// The run: when, on what machine, how busy, which binary.
+    fn run(&self) -> String {
         let mut md = String::new();
         let m = &self.machine_at_start;
         let load = |l: &[f64; 3]| format!("{:.2} / {:.2} / {:.2}", l[0], l[1], l[2]);
@@ -151,7 +167,11 @@ impl Report {
             self.measuring.as_secs_f64(),
             self.building.as_secs_f64(),
         );
+        md
+    }
 
+    fn destroy_latency(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(
             md,
             "### Destroy latency\n\nFrom SIGKILL to the heartbeat client to each death seen through a pidfd, {} runs per row, µs.\n",
@@ -173,7 +193,12 @@ impl Report {
                 &d.daemon_after_client,
             );
         }
+        md
+    }
 
+    /// `dazai daemon` beside ssh-agent, the anchor.
+    fn side_by_side(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(
             md,
             "\n### Side by side: session gone → secret holder gone\n\nFrom SIGKILL to the session's process to the holder's death, µs.\n"
@@ -201,7 +226,11 @@ impl Report {
             "\nssh-agent: {} of {} agents ended with its \"parent gone\" status 2; VmRSS of an idle agent {} KiB.",
             a.exited_2, a.runs, a.rss_kib
         );
+        md
+    }
 
+    fn ping_timeout_precision(&self) -> String {
+        let mut md = String::new();
         let p = &self.ping;
         let _ = writeln!(
             md,
@@ -220,7 +249,11 @@ impl Report {
             "| PING → PONG round trip (when the deadline started, within) | {} |",
             cells(&p.round_trip)
         );
+        md
+    }
 
+    fn idle_cost(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(
             md,
             "\n### Idle cost\n\nAn armed daemon (one secret, a `dazai client` attached) over {} s, every thread; memory at the end of the window.\n",
@@ -249,13 +282,22 @@ impl Report {
                 i.threads
             );
         }
+        md
+    }
+
+    fn startup_latency(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(
             md,
             "\nStart-up, from just before the exec to the ready line, over {} starts: {} µs.",
             self.startup.n,
             summary_line(&self.startup)
         );
+        md
+    }
 
+    fn heartbeat_under_load(&self) -> String {
+        let mut md = String::new();
         let l = &self.load;
         let _ = writeln!(
             md,
@@ -270,7 +312,11 @@ impl Report {
             l.outcomes.unexpected,
             if l.heartbeat_kept { "yes, same client, daemon alive" } else { "**no**" }
         );
+        md
+    }
 
+    fn size(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(md, "\n### Size\n\nRelease profile (LTO, one codegen unit, `panic = \"abort\"`, `strip = true`).\n");
         let _ = writeln!(
             md,
@@ -289,7 +335,11 @@ impl Report {
                 yes(b.static_)
             );
         }
+        md
+    }
 
+    fn targets_met(&self) -> String {
+        let mut md = String::new();
         let _ = writeln!(md, "\n### Targets (reported, not asserted)\n");
         let _ = writeln!(md, "| target | measured | met |");
         let _ = writeln!(md, "|---|---|---|");
@@ -420,7 +470,130 @@ pub(crate) fn update_docs(doc_path: &Path, report: &Report) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::group;
+    use super::super::anchor::Anchor;
+    use super::super::dazai::Stderr;
+    use super::super::destroy::Destroy;
+    use super::super::idle::{Idle, Memory, Switches};
+    use super::super::load::{Load, Outcomes};
+    use super::super::ping_timeout::PingTimeout;
+    use super::super::size::{Binary, MUSL};
+    use super::super::stats::Summary;
+    use super::{group, Machine, Report};
+    use std::time::Duration;
+
+    fn summary(base: i64) -> Summary {
+        Summary {
+            n: 100,
+            min: base,
+            p50: base * 2,
+            p99: base * 3,
+            max: base * 40,
+        }
+    }
+
+    fn idle(ping_timeout: Option<u64>, voluntary: u64) -> Idle {
+        Idle {
+            ping_timeout,
+            daemon: Switches {
+                voluntary,
+                involuntary: 1,
+            },
+            client: Switches {
+                voluntary: voluntary * 2,
+                involuntary: 0,
+            },
+            memory: Memory {
+                rss_kib: 2100,
+                anon_kib: 300,
+                file_kib: 1800,
+                hwm_kib: 2200,
+                locked_kib: 4,
+            },
+            threads: 1,
+            backend: "secretmem".into(),
+        }
+    }
+
+    /// A report with every section filled, rows optional ones included.
+    fn fixed_report() -> Report {
+        let destroy = |registered, stderr, registered_gone| Destroy {
+            registered,
+            stderr,
+            client_gone: summary(90),
+            daemon_gone: summary(400),
+            daemon_after_client: summary(30),
+            registered_gone,
+        };
+        Report {
+            date: "2026-01-02".into(),
+            machine_at_start: Machine {
+                cpus: 2,
+                cpu_model: "Test CPU @ 2.00GHz".into(),
+                kernel: "6.1.0".into(),
+                load: [1.5, 0.25, 0.125],
+            },
+            load_at_end: [2.0, 1.0, 0.5],
+            runs: 100,
+            binaries: vec![
+                Binary {
+                    target: MUSL,
+                    features: "seccomp",
+                    bytes: 2_500_000,
+                    stripped: true,
+                    static_: true,
+                },
+                Binary {
+                    target: "x86_64-unknown-linux-gnu",
+                    features: "",
+                    bytes: 3_500_000,
+                    stripped: true,
+                    static_: false,
+                },
+            ],
+            destroy: vec![
+                destroy(0, Stderr::Log, None),
+                destroy(10, Stderr::Log, Some(summary(7000))),
+                destroy(0, Stderr::Full, None),
+            ],
+            startup: summary(1200),
+            ping: PingTimeout {
+                runs: 20,
+                error: summary(-50),
+                round_trip: summary(60),
+            },
+            idle: vec![idle(None, 0), idle(Some(3), 6)],
+            load: Load {
+                elapsed: Duration::from_millis(1250),
+                outcomes: Outcomes {
+                    busy: 9000,
+                    err: 990,
+                    no_reply: 10,
+                    unexpected: 0,
+                },
+                heartbeat_kept: true,
+            },
+            anchor: Anchor {
+                version: "OpenSSH_9.2".into(),
+                runs: 20,
+                agent_gone: summary(5_000_000),
+                exited_2: 20,
+                rss_kib: 1500,
+                seed: 7,
+            },
+            measuring: Duration::from_secs(61),
+            building: Duration::from_secs(120),
+        }
+    }
+
+    /// The tables are read by people and pasted into docs/performance.md:
+    /// a change to them is meant, so it shows here first.
+    #[test]
+    fn the_markdown_of_a_fixed_report_is_the_snapshot() {
+        assert_eq!(
+            fixed_report().markdown(),
+            include_str!("snapshots/report.md")
+        );
+    }
 
     #[test]
     fn thousands_are_grouped_for_reading() {
