@@ -7,7 +7,8 @@
 
 use std::ffi::{CStr, CString};
 
-use crate::secret_buffer::{LockPolicy, MemoryBackend, SecretBuffer, SecretError};
+use crate::error::SecretError;
+use crate::secret_buffer::{LockPolicy, MemoryBackend, SecretBuffer};
 use crate::wipe::wipe_bytes;
 
 impl SecretBuffer {

@@ -14,18 +14,18 @@
 
 pub mod emergency;
 mod environment;
+mod error;
 mod hardening;
 pub mod pidfd;
 mod secret_buffer;
 mod secretmem;
 mod wipe;
 
+pub use error::SecretError;
 pub use hardening::{
     forbid_core_dumps_and_tracing, is_dumpable, limit_core_size_to_zero, memlock_limit,
     raise_memlock_limit, CoreLimitReport, DumpabilityReport, HardeningError, MemlockReport,
 };
-pub use secret_buffer::{
-    Backend, LineKeys, LockPolicy, MemoryBackend, SecretBuffer, SecretError, Typed,
-};
+pub use secret_buffer::{Backend, LineKeys, LockPolicy, MemoryBackend, SecretBuffer, Typed};
 pub use secretmem::SecretMemUnavailable;
 pub use wipe::wipe_bytes;
