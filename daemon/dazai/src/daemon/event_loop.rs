@@ -4,12 +4,12 @@
 //! deadline (ping timeout, grace, arm timeout, a stalled connection) is running.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
-use dazai_client::protocol::{self, ProtocolError, Reply, Request, MAX_LINE, PING, STANDING_BY};
+use dazai_client::protocol::{self, ProtocolError, Reply, Request, PING, STANDING_BY};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -19,6 +19,7 @@ use nix::unistd::{getpgid, Pid, Uid};
 
 use super::capability::{Arrival, CapableRequest, Door};
 use super::endpoint::Endpoint;
+use super::framing::{receive, send, LineBuffer, Received};
 use super::panic::{panic_sequence, PanicReason};
 use super::registry::Registry;
 use super::secrets::Vault;
@@ -35,8 +36,6 @@ const MAX_CONTROLS: usize = 64;
 const MAX_WATCHERS: usize = 64;
 /// At most this many heartbeats stand by (one a login); more get `ERR busy`.
 const MAX_STANDBYS: usize = 8;
-/// A reply that cannot be written in this time is abandoned.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After `accept(2)` fails (EMFILE: out of descriptors), the listener is left
 /// out of the poll set this long: it stays readable, so polling it would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
@@ -71,69 +70,6 @@ enum Liveness {
         deadline: Instant,
         reason: PanicReason,
     },
-}
-
-/// Bytes received on a connection, split into lines no longer than [`MAX_LINE`].
-#[derive(Default)]
-struct LineBuffer {
-    bytes: Vec<u8>,
-}
-
-impl LineBuffer {
-    fn push(&mut self, data: &[u8]) {
-        self.bytes.extend_from_slice(data);
-    }
-
-    /// The next complete line (without its newline), if one has arrived.
-    fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
-        match self.bytes.iter().position(|&b| b == b'\n') {
-            Some(end) if end < MAX_LINE => {
-                let line = self.bytes[..end].to_vec();
-                self.bytes.drain(..=end);
-                Ok(Some(line))
-            }
-            Some(_) => Err(ProtocolError::LineTooLong),
-            None if self.bytes.len() >= MAX_LINE => Err(ProtocolError::LineTooLong),
-            None => Ok(None),
-        }
-    }
-}
-
-/// What one non-blocking read brought.
-enum Received {
-    Data,
-    Nothing,
-    Closed,
-}
-
-/// Reads what is available on a non-blocking stream into `lines`.
-fn receive(stream: &UnixStream, lines: &mut LineBuffer) -> Received {
-    let mut chunk = [0u8; MAX_LINE];
-    match (&*stream).read(&mut chunk) {
-        Ok(0) => Received::Closed,
-        Ok(n) => {
-            lines.push(&chunk[..n]);
-            Received::Data
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Received::Nothing
-        }
-        Err(_) => Received::Closed,
-    }
-}
-
-/// Writes a reply line and, for a secret, its bytes, within [`WRITE_TIMEOUT`].
-fn send(mut stream: &UnixStream, reply: &Reply, payload: &[u8]) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    stream.write_all(format!("{reply}\n").as_bytes())?;
-    stream.write_all(payload)?;
-    stream.set_nonblocking(true)
 }
 
 /// The heartbeat connection.
@@ -707,11 +643,7 @@ impl EventLoop {
     }
 
     fn on_heartbeat_lines(&mut self) {
-        if self
-            .heartbeat
-            .as_ref()
-            .is_some_and(|h| !h.lines.bytes.is_empty())
-        {
+        if self.heartbeat.as_ref().is_some_and(|h| !h.lines.is_empty()) {
             self.on_heartbeat_input();
         }
     }

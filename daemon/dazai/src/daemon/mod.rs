@@ -3,6 +3,7 @@
 mod capability;
 pub mod endpoint;
 mod event_loop;
+mod framing;
 mod last_resort;
 mod panic;
 pub mod registry;
