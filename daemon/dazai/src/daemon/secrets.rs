@@ -414,15 +414,31 @@ mod tests {
 
     #[test]
     fn bad_secret_specs_say_what_is_expected() {
-        for text in [
-            "noequals",
-            "a b=prompt",
-            "a=fd:x",
-            "a=env:",
-            "a=ftp:x",
-            "=prompt",
+        let sources = "use fd:N, env:VAR, file:PATH, credential:NAME or prompt";
+        for (text, expected) in [
+            (
+                "noequals",
+                "expected NAME=SOURCE, e.g. api=env:API_KEY".to_owned(),
+            ),
+            (
+                "a b=prompt",
+                r#"secret name "a b" must be 1-64 of A-Z a-z 0-9 _ . -"#.to_owned(),
+            ),
+            ("a=fd:x", "fd:N needs a file descriptor number".to_owned()),
+            (
+                "a=env:",
+                format!(r#"unknown secret source "env:"; {sources}"#),
+            ),
+            (
+                "a=ftp:x",
+                format!(r#"unknown secret source "ftp:x"; {sources}"#),
+            ),
+            (
+                "=prompt",
+                r#"secret name "" must be 1-64 of A-Z a-z 0-9 _ . -"#.to_owned(),
+            ),
         ] {
-            assert!(text.parse::<SecretSpec>().is_err(), "{text}");
+            assert_eq!(text.parse::<SecretSpec>(), Err(expected), "{text}");
         }
     }
 }
