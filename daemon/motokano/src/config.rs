@@ -485,7 +485,51 @@ impl Checker<'_> {
     }
 
     fn exec_tool(&self, raw: RawExec<'_>, line: usize) -> Result<ExecTool, ConfigError> {
-        let program = raw.program.ok_or_else(|| {
+        let program = self.program(raw.program, line)?;
+        let params = self.params(raw.params)?;
+        let args = self.args(raw.args, &params, line)?;
+        // inject and env fill one environment: a variable may be in only one.
+        let mut names = BTreeSet::new();
+        let inject = self.variables(raw.inject, &mut names, |_, value| {
+            self.secret_reference(value, "an inject value")
+        })?;
+        let stdin_secret = raw
+            .stdin
+            .map(|value| self.secret_reference(value, "stdin"))
+            .transpose()?;
+        let env = self.variables(raw.env, &mut names, |var, value| {
+            self.fixed_value(var, value)
+        })?;
+        let pass_env = self.pass_env(raw.pass_env)?;
+        let timeout_secs = self.bounded(
+            raw.timeout_secs,
+            DEFAULT_TIMEOUT_SECS as i64,
+            1,
+            MAX_TIMEOUT_SECS as i64,
+            "timeout_secs",
+        )?;
+        let max_output_bytes = self.bounded(
+            raw.max_output_bytes,
+            DEFAULT_MAX_OUTPUT_BYTES as i64,
+            1,
+            MAX_OUTPUT_BYTES as i64,
+            "max_output_bytes",
+        )?;
+        Ok(ExecTool {
+            program,
+            args,
+            inject,
+            stdin_secret,
+            env,
+            pass_env,
+            timeout: Duration::from_secs(timeout_secs as u64),
+            max_output_bytes: max_output_bytes as usize,
+            params,
+        })
+    }
+
+    fn program(&self, program: Option<&Text>, line: usize) -> Result<PathBuf, ConfigError> {
+        let program = program.ok_or_else(|| {
             self.error_at_line(
                 line,
                 "this exec tool has no `program`".into(),
@@ -495,18 +539,28 @@ impl Checker<'_> {
         if program.get_ref().contains(SECRET_PREFIX) {
             return Err(self.argv_secret(program));
         }
-        let program_path = PathBuf::from(program.get_ref());
-        if !program_path.is_absolute() || program.get_ref().contains('\0') {
+        let path = PathBuf::from(program.get_ref());
+        if !path.is_absolute() || program.get_ref().contains('\0') {
             return Err(self.at(
                 program,
                 format!("program {:?} is not an absolute path", program.get_ref()),
                 "name the program by its absolute path (no PATH search, no shell)",
             ));
         }
-        let params = self.params(raw.params)?;
+        Ok(path)
+    }
+
+    /// The argument templates; every parameter slot names a declared
+    /// parameter, and every declared parameter has a slot.
+    fn args(
+        &self,
+        raw: Option<&Spanned<Vec<Text>>>,
+        params: &BTreeMap<String, Param>,
+        line: usize,
+    ) -> Result<Vec<ArgTemplate>, ConfigError> {
         let mut used = BTreeSet::new();
         let mut args = Vec::new();
-        for arg in raw.args.map(|a| a.get_ref().as_slice()).unwrap_or_default() {
+        for arg in raw.map(|a| a.get_ref().as_slice()).unwrap_or_default() {
             if arg.get_ref().contains(SECRET_PREFIX) {
                 return Err(self.argv_secret(arg));
             }
@@ -536,77 +590,56 @@ impl Checker<'_> {
                 &format!("use \"{{{name}}}\" in args, or remove [tool.params.{name}]"),
             ));
         }
-        let mut names = BTreeSet::new();
-        let mut inject = Vec::new();
-        for (var, value) in raw.inject.map(|m| m.get_ref().iter()).into_iter().flatten() {
-            self.env_name(var, &mut names)?;
-            inject.push((
-                var.get_ref().clone(),
-                self.secret_reference(value, "an inject value")?,
+        Ok(args)
+    }
+
+    /// A table of environment variables, each name checked and noted in
+    /// `names`, each value taken by `value_of`.
+    fn variables(
+        &self,
+        raw: Option<&Spanned<BTreeMap<Text, Text>>>,
+        names: &mut BTreeSet<String>,
+        value_of: impl Fn(&Text, &Text) -> Result<String, ConfigError>,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut variables = Vec::new();
+        for (var, value) in raw.map(|m| m.get_ref().iter()).into_iter().flatten() {
+            self.env_name(var, names)?;
+            variables.push((var.get_ref().clone(), value_of(var, value)?));
+        }
+        Ok(variables)
+    }
+
+    fn fixed_value(&self, var: &Text, value: &Text) -> Result<String, ConfigError> {
+        if value.get_ref().starts_with(SECRET_PREFIX) {
+            return Err(self.at(
+                value,
+                format!("env value of {} names a secret", var.get_ref()),
+                &format!(
+                    "move it to inject = {{ {} = \"{}\" }}",
+                    var.get_ref(),
+                    value.get_ref()
+                ),
             ));
         }
-        let stdin_secret = raw
-            .stdin
-            .map(|value| self.secret_reference(value, "stdin"))
-            .transpose()?;
-        let mut env = Vec::new();
-        for (var, value) in raw.env.map(|m| m.get_ref().iter()).into_iter().flatten() {
-            self.env_name(var, &mut names)?;
-            if value.get_ref().starts_with(SECRET_PREFIX) {
-                return Err(self.at(
-                    value,
-                    format!("env value of {} names a secret", var.get_ref()),
-                    &format!(
-                        "move it to inject = {{ {} = \"{}\" }}",
-                        var.get_ref(),
-                        value.get_ref()
-                    ),
-                ));
-            }
-            if value.get_ref().contains('\0') {
-                return Err(self.at(
-                    value,
-                    "an env value holds a NUL byte".into(),
-                    "remove the NUL",
-                ));
-            }
-            env.push((var.get_ref().clone(), value.get_ref().clone()));
+        if value.get_ref().contains('\0') {
+            return Err(self.at(
+                value,
+                "an env value holds a NUL byte".into(),
+                "remove the NUL",
+            ));
         }
-        let pass_env = match raw.pass_env {
-            None => DEFAULT_PASS_ENV.iter().map(|s| (*s).to_owned()).collect(),
-            Some(list) => {
-                let mut seen = BTreeSet::new();
-                for var in list.get_ref() {
-                    self.env_name(var, &mut seen)?;
-                }
-                list.get_ref().iter().map(|v| v.get_ref().clone()).collect()
-            }
+        Ok(value.get_ref().clone())
+    }
+
+    fn pass_env(&self, raw: Option<&Spanned<Vec<Text>>>) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = raw else {
+            return Ok(DEFAULT_PASS_ENV.iter().map(|s| (*s).to_owned()).collect());
         };
-        let timeout_secs = self.bounded(
-            raw.timeout_secs,
-            DEFAULT_TIMEOUT_SECS as i64,
-            1,
-            MAX_TIMEOUT_SECS as i64,
-            "timeout_secs",
-        )?;
-        let max_output_bytes = self.bounded(
-            raw.max_output_bytes,
-            DEFAULT_MAX_OUTPUT_BYTES as i64,
-            1,
-            MAX_OUTPUT_BYTES as i64,
-            "max_output_bytes",
-        )?;
-        Ok(ExecTool {
-            program: program_path,
-            args,
-            inject,
-            stdin_secret,
-            env,
-            pass_env,
-            timeout: Duration::from_secs(timeout_secs as u64),
-            max_output_bytes: max_output_bytes as usize,
-            params,
-        })
+        let mut seen = BTreeSet::new();
+        for var in list.get_ref() {
+            self.env_name(var, &mut seen)?;
+        }
+        Ok(list.get_ref().iter().map(|v| v.get_ref().clone()).collect())
     }
 
     fn argv_secret(&self, at: &Text) -> ConfigError {
@@ -695,107 +728,113 @@ impl Checker<'_> {
     ) -> Result<BTreeMap<String, Param>, ConfigError> {
         let mut params = BTreeMap::new();
         for (name, raw) in raw.map(|m| m.get_ref().iter()).into_iter().flatten() {
-            if !is_valid_param_name(name.get_ref()) {
-                return Err(self.at(
-                    name,
-                    format!("{:?} is not a parameter name", name.get_ref()),
-                    "name parameters with 1-64 lowercase letters, digits and _ (starting with a letter)",
-                ));
-            }
-            let at = raw;
-            let raw = raw.get_ref();
-            let kind_text = raw.kind.as_ref().ok_or_else(|| {
-                self.at(
-                    at,
-                    format!("parameter {:?} has no `type`", name.get_ref()),
-                    "add type = \"string\" (with a pattern) or type = \"integer\"",
-                )
-            })?;
-            let kind = match kind_text.get_ref().as_str() {
-                "string" => {
-                    if let Some(key) = [("min", raw.min.is_some()), ("max", raw.max.is_some())]
-                        .iter()
-                        .find_map(|(k, set)| set.then_some(*k))
-                    {
-                        return Err(self.at(
-                            at,
-                            format!(
-                                "`{key}` applies to integers, but {:?} is a string",
-                                name.get_ref()
-                            ),
-                            "use max_length and pattern for strings",
-                        ));
-                    }
-                    let pattern = raw.pattern.as_ref().ok_or_else(|| {
-                        self.at(
-                            at,
-                            format!("string parameter {:?} has no `pattern`", name.get_ref()),
-                            "add pattern = \"...\" (a regular expression the whole value must match), e.g. \"[a-z0-9-]+\"",
-                        )
-                    })?;
-                    let regex =
-                        Regex::new(&format!("^(?:{})$", pattern.get_ref())).map_err(|e| {
-                            let first = e.to_string();
-                            let reason = first.lines().last().unwrap_or("").trim().to_owned();
-                            self.at(
-                                pattern,
-                                format!("bad pattern {:?} ({reason})", pattern.get_ref()),
-                                "write a regular expression in the syntax of the Rust regex crate",
-                            )
-                        })?;
-                    let max_length = self.bounded(
-                        raw.max_length.as_ref(),
-                        DEFAULT_MAX_LENGTH as i64,
-                        1,
-                        64 * 1024,
-                        "max_length",
-                    )? as usize;
-                    ParamKind::String {
-                        max_length,
-                        pattern: pattern.get_ref().clone(),
-                        regex,
-                    }
-                }
-                "integer" => {
-                    if raw.pattern.is_some() || raw.max_length.is_some() {
-                        return Err(self.at(
-                            at,
-                            format!(
-                                "pattern and max_length apply to strings, but {:?} is an integer",
-                                name.get_ref()
-                            ),
-                            "use min and max for integers",
-                        ));
-                    }
-                    let min = raw.min.as_ref().map_or(i64::MIN, |v| *v.get_ref());
-                    let max = raw.max.as_ref().map_or(i64::MAX, |v| *v.get_ref());
-                    if min > max {
-                        return Err(self.at(
-                            at,
-                            format!("min {min} is above max {max}"),
-                            "make min at most max",
-                        ));
-                    }
-                    ParamKind::Integer { min, max }
-                }
-                other => {
-                    return Err(self.at(
-                        kind_text,
-                        format!("unknown parameter type {other:?}"),
-                        "use type = \"string\" or type = \"integer\"",
-                    ))
-                }
-            };
-            params.insert(
-                name.get_ref().clone(),
-                Param {
-                    description: raw.description.as_ref().map(|d| d.get_ref().clone()),
-                    kind,
-                    required: raw.required.as_ref().is_none_or(|r| *r.get_ref()),
-                },
-            );
+            params.insert(name.get_ref().clone(), self.param(name, raw)?);
         }
         Ok(params)
+    }
+
+    /// `at` is the parameter's table, where its mistakes are reported.
+    fn param(&self, name: &Text, at: &Spanned<RawParam>) -> Result<Param, ConfigError> {
+        if !is_valid_param_name(name.get_ref()) {
+            return Err(self.at(
+                name,
+                format!("{:?} is not a parameter name", name.get_ref()),
+                "name parameters with 1-64 lowercase letters, digits and _ (starting with a letter)",
+            ));
+        }
+        let raw = at.get_ref();
+        let kind_text = raw.kind.as_ref().ok_or_else(|| {
+            self.at(
+                at,
+                format!("parameter {:?} has no `type`", name.get_ref()),
+                "add type = \"string\" (with a pattern) or type = \"integer\"",
+            )
+        })?;
+        let kind = match kind_text.get_ref().as_str() {
+            "string" => self.string_param(name, at)?,
+            "integer" => self.integer_param(name, at)?,
+            other => {
+                return Err(self.at(
+                    kind_text,
+                    format!("unknown parameter type {other:?}"),
+                    "use type = \"string\" or type = \"integer\"",
+                ))
+            }
+        };
+        Ok(Param {
+            description: raw.description.as_ref().map(|d| d.get_ref().clone()),
+            kind,
+            required: raw.required.as_ref().is_none_or(|r| *r.get_ref()),
+        })
+    }
+
+    fn string_param(&self, name: &Text, at: &Spanned<RawParam>) -> Result<ParamKind, ConfigError> {
+        let raw = at.get_ref();
+        if let Some(key) = [("min", raw.min.is_some()), ("max", raw.max.is_some())]
+            .iter()
+            .find_map(|(k, set)| set.then_some(*k))
+        {
+            return Err(self.at(
+                at,
+                format!(
+                    "`{key}` applies to integers, but {:?} is a string",
+                    name.get_ref()
+                ),
+                "use max_length and pattern for strings",
+            ));
+        }
+        let pattern = raw.pattern.as_ref().ok_or_else(|| {
+            self.at(
+                at,
+                format!("string parameter {:?} has no `pattern`", name.get_ref()),
+                "add pattern = \"...\" (a regular expression the whole value must match), e.g. \"[a-z0-9-]+\"",
+            )
+        })?;
+        let regex = Regex::new(&format!("^(?:{})$", pattern.get_ref())).map_err(|e| {
+            let first = e.to_string();
+            let reason = first.lines().last().unwrap_or("").trim().to_owned();
+            self.at(
+                pattern,
+                format!("bad pattern {:?} ({reason})", pattern.get_ref()),
+                "write a regular expression in the syntax of the Rust regex crate",
+            )
+        })?;
+        let max_length = self.bounded(
+            raw.max_length.as_ref(),
+            DEFAULT_MAX_LENGTH as i64,
+            1,
+            64 * 1024,
+            "max_length",
+        )? as usize;
+        Ok(ParamKind::String {
+            max_length,
+            pattern: pattern.get_ref().clone(),
+            regex,
+        })
+    }
+
+    fn integer_param(&self, name: &Text, at: &Spanned<RawParam>) -> Result<ParamKind, ConfigError> {
+        let raw = at.get_ref();
+        if raw.pattern.is_some() || raw.max_length.is_some() {
+            return Err(self.at(
+                at,
+                format!(
+                    "pattern and max_length apply to strings, but {:?} is an integer",
+                    name.get_ref()
+                ),
+                "use min and max for integers",
+            ));
+        }
+        let min = raw.min.as_ref().map_or(i64::MIN, |v| *v.get_ref());
+        let max = raw.max.as_ref().map_or(i64::MAX, |v| *v.get_ref());
+        if min > max {
+            return Err(self.at(
+                at,
+                format!("min {min} is above max {max}"),
+                "make min at most max",
+            ));
+        }
+        Ok(ParamKind::Integer { min, max })
     }
 }
 
