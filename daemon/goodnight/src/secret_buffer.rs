@@ -644,7 +644,6 @@ fn page_size() -> Result<usize, Errno> {
         .ok_or(Errno::EINVAL)
 }
 
-/// What followed once the buffer was full.
 /// The keys a terminal's user edits a line with, from its `termios`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LineKeys {
@@ -689,6 +688,7 @@ impl LineKeys {
     }
 }
 
+/// What followed once the buffer was full.
 enum Next {
     Eof,
     Newline,
