@@ -33,54 +33,33 @@ mod stats;
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use dazai::{Dazai, Scratch};
 use report::{Machine, Report};
 
-/// `cargo xtask bench [--runs N] [--update-docs]`.
+/// `cargo xtask bench`: measure destroy latency, ping-timeout precision, idle
+/// cost, load, size, and ssh-agent side by side -> target/bench/report.json.
+#[derive(clap::Args)]
 pub(crate) struct Options {
     /// Runs of each destroy configuration and of the anchor.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = above_zero)]
     pub runs: usize,
     /// Copy the figures into docs/performance.md.
+    #[arg(long)]
     pub update_docs: bool,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            runs: 200,
-            update_docs: false,
-        }
-    }
+fn above_zero(text: &str) -> Result<usize, String> {
+    text.parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text}: not a whole number above 0"))
 }
 
 /// Ping-timeout runs take a second each: fewer of them.
 const PING_RUNS: usize = 50;
-
-impl Options {
-    pub(crate) fn parse(args: &[&str]) -> Result<Options> {
-        let mut options = Options::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match *arg {
-                "--update-docs" => options.update_docs = true,
-                "--runs" => {
-                    options.runs = args
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|&n| n > 0)
-                        .context("--runs N, N > 0")?;
-                }
-                other => bail!(
-                    "unknown bench option {other}; usage: cargo xtask bench [--runs N] [--update-docs]"
-                ),
-            }
-        }
-        Ok(options)
-    }
-}
 
 pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     let started = Instant::now();

@@ -9,6 +9,29 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Cmd, Shell};
 
+/// `cargo xtask ci`: fmt, clippy, the whole suite with and without seccomp,
+/// docs, the fuzz targets for a bounded time and, last, the lab; or, with
+/// `--arch` and `--features`, one cell of the workflow's matrix (docs/release.md).
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// The matrix cell's architecture.
+    #[arg(long, value_parser = ["x86_64", "aarch64"], requires = "features")]
+    arch: Option<String>,
+    /// The matrix cell's features.
+    #[arg(long, value_parser = ["no-seccomp", "seccomp"], requires = "arch")]
+    features: Option<String>,
+}
+
+impl Options {
+    /// The matrix cell asked for, if one was.
+    pub(crate) fn cell(&self) -> Option<Cell> {
+        Some(Cell {
+            arch: self.arch.clone()?,
+            seccomp: self.features.as_deref()? == "seccomp",
+        })
+    }
+}
+
 /// One cell of the workflow's matrix (`cargo xtask ci --arch A --features F`).
 pub(crate) struct Cell {
     /// `x86_64` or `aarch64`.
@@ -16,23 +39,6 @@ pub(crate) struct Cell {
     /// Whether the cell builds `dazai` with its default features (the
     /// seccomp filter), rather than `--no-default-features`.
     pub seccomp: bool,
-}
-
-impl Cell {
-    pub(crate) fn parse(args: &[&str]) -> Result<Option<Cell>> {
-        match args {
-            [] => Ok(None),
-            ["--arch", arch @ ("x86_64" | "aarch64"), "--features", features @ ("no-seccomp" | "seccomp")] => {
-                Ok(Some(Cell {
-                    arch: arch.to_string(),
-                    seccomp: *features == "seccomp",
-                }))
-            }
-            _ => {
-                bail!("usage: cargo xtask ci [--arch x86_64|aarch64 --features no-seccomp|seccomp]")
-            }
-        }
-    }
 }
 
 /// The matrix cell's part of [`run`]: fmt and clippy for the cell's target
@@ -266,19 +272,7 @@ impl Install {
                 println!("installing cargo-nextest (the runner of the test suite)");
                 cmd!(sh, "cargo install cargo-nextest --locked").run()?;
             }
-            Install::Debian(packages) => {
-                let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
-                for (name, reason) in packages {
-                    println!("installing {name} ({reason})");
-                }
-                cmd!(sh, "apt-get update -qq").run()?;
-                cmd!(
-                    sh,
-                    "apt-get install -y -qq --no-install-recommends {names...}"
-                )
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .run()?;
-            }
+            Install::Debian(packages) => crate::apt::install(sh, packages)?,
         }
         Ok(())
     }

@@ -11,9 +11,12 @@
 //!    `dazai-<target>` (the bytes that were hashed), `SHA256SUMS`, the lab's
 //!    `lab-report.json` and `lab-report.md`, and `provenance.json` (source
 //!    commit, toolchain versions, images, the lab's results per hash);
-//! 4. with `DAZAI_SIGNING_KEY` naming an SSH private key, `SHA256SUMS.sig`
+//! 4. with `DAZAI_SIGNING_KEY` naming an SSH private key (or
+//!    `DAZAI_SIGNING_KEY_CONTENT` holding one), `SHA256SUMS.sig`
 //!    (`ssh-keygen -Y sign -n dazai-release`; docs/release.md verifies it).
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -80,11 +83,14 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     step("check every binary against the hashes the lab tested, and write target/dist");
     let out = root.join("target/dist");
     package(&report_dir, &run_id, &artifacts, &origin, &out)?;
-    if let Some(key) = std::env::var_os("DAZAI_SIGNING_KEY") {
-        step("sign SHA256SUMS (DAZAI_SIGNING_KEY)");
-        sign(sh, Path::new(&key), &out)?;
-    } else {
-        println!("    DAZAI_SIGNING_KEY is not set: SHA256SUMS is not signed");
+    match SigningKey::from_env()? {
+        Some(key) => {
+            step("sign SHA256SUMS");
+            sign(sh, &key.path, &out)?;
+        }
+        None => println!(
+            "    neither DAZAI_SIGNING_KEY nor DAZAI_SIGNING_KEY_CONTENT is set: SHA256SUMS is not signed"
+        ),
     }
     for entry in std::fs::read_dir(&out)? {
         println!("    {}", entry?.path().display());
@@ -259,6 +265,51 @@ fn origin(sh: &Shell) -> Result<Origin> {
         toolchain,
         toolchain_image: lab::images::cross_image(),
     })
+}
+
+/// The SSH private key that signs `SHA256SUMS`: the file `DAZAI_SIGNING_KEY`
+/// names, or the key itself in `DAZAI_SIGNING_KEY_CONTENT` (how a workflow
+/// secret arrives), written to a file only its owner can read and removed
+/// when the release is made.
+struct SigningKey {
+    path: PathBuf,
+    written: bool,
+}
+
+impl SigningKey {
+    fn from_env() -> Result<Option<SigningKey>> {
+        if let Some(path) = std::env::var_os("DAZAI_SIGNING_KEY") {
+            return Ok(Some(SigningKey {
+                path: path.into(),
+                written: false,
+            }));
+        }
+        let Some(content) = std::env::var_os("DAZAI_SIGNING_KEY_CONTENT") else {
+            return Ok(None);
+        };
+        let path = std::env::temp_dir().join(format!("dazai-release-key-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("create {}", path.display()))?;
+        // ssh-keygen wants the key's last line ended.
+        file.write_all(content.as_encoded_bytes())?;
+        file.write_all(b"\n")?;
+        Ok(Some(SigningKey {
+            path,
+            written: true,
+        }))
+    }
+}
+
+impl Drop for SigningKey {
+    fn drop(&mut self) {
+        if self.written {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// `SHA256SUMS.sig` beside `SHA256SUMS`, made with the SSH private key `key`.

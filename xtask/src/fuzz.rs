@@ -48,55 +48,30 @@ const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
 /// Where libFuzzer leaves an input that crashed, hung or ran out of memory.
 const FINDING_PREFIXES: [&str; 4] = ["crash-", "timeout-", "oom-", "leak-"];
 
-/// The command line of `cargo xtask fuzz`.
+/// `cargo xtask fuzz`: build the libFuzzer targets in fuzz/ and run them all at once.
+#[derive(clap::Args)]
 pub(crate) struct Options {
     /// Seconds each target runs.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub time: u64,
-    /// Only these targets (all when empty).
+    /// Only these targets (all when none is named).
+    #[arg(long, value_name = "TARGET,TARGET", value_delimiter = ',', value_parser = target_name)]
     pub only: Vec<String>,
 }
 
-impl Options {
-    pub(crate) fn parse(args: &[&str]) -> Result<Options> {
-        let usage = "usage: cargo xtask fuzz [--time SECS] [--only TARGET,TARGET]";
-        let mut options = Options {
-            time: 60,
-            only: Vec::new(),
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match *arg {
-                "--time" => {
-                    let secs = args.next().context(usage)?;
-                    options.time =
-                        secs.parse()
-                            .ok()
-                            .filter(|&secs| secs > 0)
-                            .with_context(|| {
-                                format!(
-                                    "--time {secs}: not a whole number of seconds above 0; {usage}"
-                                )
-                            })?;
-                }
-                "--only" => {
-                    let names = args.next().context(usage)?;
-                    for name in names.split(',') {
-                        if !TARGETS.iter().any(|(target, _)| *target == name) {
-                            let known: Vec<&str> = TARGETS.iter().map(|(t, _)| *t).collect();
-                            bail!(
-                                "no fuzz target {name}; the targets are {}",
-                                known.join(", ")
-                            );
-                        }
-                        options.only.push(name.to_owned());
-                    }
-                }
-                other => bail!("unknown fuzz option {other}; {usage}"),
-            }
-        }
-        Ok(options)
+/// A name of [`TARGETS`], or an error listing them.
+fn target_name(name: &str) -> Result<String, String> {
+    if TARGETS.iter().any(|(target, _)| *target == name) {
+        return Ok(name.to_owned());
     }
+    let known: Vec<&str> = TARGETS.iter().map(|(target, _)| *target).collect();
+    Err(format!(
+        "no fuzz target {name}; the targets are {}",
+        known.join(", ")
+    ))
+}
 
+impl Options {
     fn targets(&self) -> Vec<&'static str> {
         TARGETS
             .iter()
@@ -171,12 +146,10 @@ fn ensure_cxx_compiler(sh: &Shell) -> Result<()> {
     if !(root && debian) {
         bail!("no C++ compiler (c++): libfuzzer-sys compiles libFuzzer; install one, e.g. `apt-get install g++`");
     }
-    println!("installing g++ (libfuzzer-sys compiles libFuzzer, which is C++)");
-    cmd!(sh, "apt-get update -qq").run()?;
-    cmd!(sh, "apt-get install -y -qq --no-install-recommends g++")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
-    Ok(())
+    crate::apt::install(
+        sh,
+        &[("g++", "libfuzzer-sys compiles libFuzzer, which is C++")],
+    )
 }
 
 /// Builds every target with the coverage instrumentation; returns the directory of the binaries.

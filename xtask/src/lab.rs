@@ -23,34 +23,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-/// `cargo xtask lab [--arch ARCHES] [--update-docs] [--only ROWS] [--verbose]`.
-#[derive(Default)]
+/// `cargo xtask lab`: attack the real binaries in containers and x86_64/aarch64
+/// VMs and write the evidence report.
+#[derive(Default, clap::Args)]
 pub(crate) struct Options {
-    /// Only these architectures (`x86_64`: containers and VM; `aarch64`: VM).
+    /// Only these architectures, e.g. x86_64,aarch64 (x86_64: containers and VM; aarch64: VM).
+    #[arg(long, value_name = "ARCHES")]
     pub arch: Option<String>,
-    /// Copy the evidence table into docs/threat-model.md.
+    /// Copy the evidence table into docs/threat-model.md (refused with --only or --arch).
+    #[arg(long)]
     pub update_docs: bool,
-    /// Only these rows (comma-separated), for working on one scenario.
+    /// Only these rows, comma-separated, e.g. wipe,session-loss (for working on one scenario).
+    #[arg(long, value_name = "ROWS")]
     pub only: Option<String>,
     /// Print every piece of evidence, not only a failing check's.
+    #[arg(long)]
     pub verbose: bool,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[&str]) -> Result<Options> {
-        let mut options = Options::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match *arg {
-                "--update-docs" => options.update_docs = true,
-                "--verbose" => options.verbose = true,
-                "--only" => options.only = Some(args.next().context("--only ROW,ROW")?.to_string()),
-                "--arch" => options.arch = Some(args.next().context("--arch x86_64,aarch64")?.to_string()),
-                other => bail!("unknown lab option {other}; usage: cargo xtask lab [--arch ARCHES] [--update-docs] [--only ROWS] [--verbose]"),
-            }
-        }
-        Ok(options)
-    }
 }
 
 /// The Debian packages the lab calls, with the reason each is needed.
@@ -264,18 +252,12 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
             }
         );
     }
-    for (package, _, reason) in &missing {
-        println!("    installing {package} ({reason})");
-    }
     if !missing.is_empty() {
-        let packages: Vec<&str> = missing.iter().map(|(package, _, _)| *package).collect();
-        cmd!(sh, "apt-get update -qq").run()?;
-        cmd!(
-            sh,
-            "apt-get install -y -qq --no-install-recommends {packages...}"
-        )
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
+        let packages: Vec<(&str, &str)> = missing
+            .iter()
+            .map(|(package, _, reason)| (*package, *reason))
+            .collect();
+        crate::apt::install(sh, &packages)?;
     }
     if qemu_missing {
         install_qemu_from_backports(sh)?;
