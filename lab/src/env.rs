@@ -431,8 +431,16 @@ impl Env {
         match &self.machine {
             Machine::Container(_) => Sysctl::set(path, value).map(Some),
             Machine::Vm(vm) => {
-                let script = format!("printf '%s' '{value}' > {path}");
-                let ran = vm.exec("root", &["/bin/sh", "-c", &script], &[], PATIENCE)?;
+                // The value and path as arguments, never spliced into the script.
+                let write = [
+                    "/bin/sh",
+                    "-c",
+                    r#"printf '%s' "$1" > "$2""#,
+                    "sh",
+                    value,
+                    path,
+                ];
+                let ran = vm.exec("root", &write, &[], PATIENCE)?;
                 if ran.code != Some(0) {
                     bail!("set {path} in the VM: {}", ran.stderr.trim());
                 }

@@ -22,24 +22,36 @@ use lab::runner::{human_ms, Recorder, Scenario};
 use lab::vm::Vm;
 use lab::vm_assets::VmArch;
 
+/// Runs every scenario in every leg and writes the evidence report.
+#[derive(clap::Parser)]
+#[command(name = "lab")]
 struct Options {
+    /// Where each architecture's binaries are, as `<DIR>/<arch>/bin`.
+    #[arg(long, value_name = "DIR", default_value = "target/lab")]
     bin_root: PathBuf,
+    /// Where the report (report.json, report.md) and the VM cache go.
+    #[arg(long, value_name = "DIR", default_value = "target/lab")]
     out: PathBuf,
-    arches: Vec<String>,
+    /// The architectures whose legs run.
+    #[arg(long, value_delimiter = ',', default_value = "x86_64,aarch64", value_parser = ["x86_64", "aarch64"])]
+    arch: Vec<String>,
+    /// Only these rows, e.g. wipe,session-loss.
+    #[arg(long, value_name = "ROWS", value_delimiter = ',', value_parser = row_name)]
     only: Option<Vec<String>>,
     /// Written into the report, so whoever started the run knows it is its own.
+    #[arg(long, value_name = "ID", default_value = "")]
     run_id: String,
+    /// Print every piece of evidence, not only a failing check's.
+    #[arg(long)]
     verbose: bool,
 }
-
-const USAGE: &str =
-    "usage: lab --bin-root DIR --out DIR [--arch x86_64,aarch64] [--only ROWS] [--run-id ID] [--verbose]";
 
 /// What every leg's bin directory must hold.
 const BINARIES: [&str; 4] = ["dazai", "lab-probe", "lab-observer", "lab-init"];
 
 fn main() -> ExitCode {
-    match parse().and_then(|options| run(&options)) {
+    let options = <Options as clap::Parser>::parse();
+    match run(&options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -49,46 +61,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse() -> Result<Options> {
-    let mut options = Options {
-        bin_root: PathBuf::from("target/lab"),
-        out: PathBuf::from("target/lab"),
-        arches: vec!["x86_64".into(), "aarch64".into()],
-        only: None,
-        run_id: String::new(),
-        verbose: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bin-root" => options.bin_root = args.next().context("--bin-root DIR")?.into(),
-            "--out" => options.out = args.next().context("--out DIR")?.into(),
-            "--arch" => {
-                let arches = args.next().context("--arch x86_64,aarch64")?;
-                options.arches = arches.split(',').map(str::to_owned).collect();
-            }
-            "--only" => {
-                let rows = args.next().context("--only ROW,ROW")?;
-                options.only = Some(rows.split(',').map(str::to_owned).collect());
-            }
-            "--run-id" => options.run_id = args.next().context("--run-id ID")?,
-            "--verbose" => options.verbose = true,
-            other => bail!("unknown argument {other}; {USAGE}"),
-        }
+/// `asked` if it names a row, else an error listing the rows.
+fn row_name(asked: &str) -> Result<String, String> {
+    if lab::scenarios::ALL.iter().any(|s| names_row(asked, s.row)) {
+        return Ok(asked.to_owned());
     }
-    for arch in &options.arches {
-        vm_arch(arch)?;
-    }
-    for asked in options.only.iter().flatten() {
-        if !lab::scenarios::ALL.iter().any(|s| names_row(asked, s.row)) {
-            let rows: Vec<&str> = lab::scenarios::ALL.iter().map(|s| s.row).collect();
-            bail!(
-                "--only {asked}: no such row; the rows are: {}",
-                rows.join(", ")
-            );
-        }
-    }
-    Ok(options)
+    let rows: Vec<&str> = lab::scenarios::ALL.iter().map(|s| s.row).collect();
+    Err(format!("no such row; the rows are: {}", rows.join(", ")))
 }
 
 /// The scenarios `--only` selects (all of them without it).
@@ -125,7 +104,7 @@ fn run(options: &Options) -> Result<bool> {
     let mut legs = Vec::new();
     let mut checks = Vec::new();
     let mut images = Vec::new();
-    for arch in &options.arches {
+    for arch in &options.arch {
         let bin_dir = bin_dir(&options.bin_root, arch)?;
         if arch == std::env::consts::ARCH {
             images = lab::images::ensure(&work, &mut |line| println!("lab: {line}"))?;

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::env::{fresh_canary, Env, Lab, PATIENCE, RUN};
 use crate::host::Sysctl;
-use crate::runner::Recorder;
+use crate::runner::{Recorder, Verdict};
 use lab_guest::procfs::{find_all, status_field, Mapping, Traces};
 
 /// Cores land here inside the container (the pattern is resolved in the
@@ -34,72 +34,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     for signal in ["SEGV", "ABRT"] {
         rec.check(
             &format!("the daemon killed by SIG{signal} leaves no core"),
-            |v| {
-                // The control first, in this check: a dumpable process that
-                // crashes now does leave a core, so "no core" below is news.
-                dumpable_probe(&env, &cores, &[], v)?;
-                let daemon = env.daemon().named(&format!("sig{signal}")).start()?;
-                let pid = daemon.pid_arg();
-                let status = env
-                    .exec("root", &["cat", &format!("/proc/{pid}/status")])?
-                    .stdout;
-                let filter = env
-                    .exec("root", &["cat", &format!("/proc/{pid}/coredump_filter")])?
-                    .stdout;
-                v.note(format!(
-                    "Seccomp: {}, coredump_filter {}",
-                    status_field(&status, "Seccomp").unwrap_or_default(),
-                    filter.trim()
-                ));
-                let maps: Vec<Mapping> =
-                    serde_json::from_value(env.observe(&["maps", &pid])?["mappings"].clone())?;
-                let secret: Vec<&Mapping> = maps.iter().filter(|m| m.is_secret_shaped()).collect();
-                if secret.is_empty() {
-                    for mapping in maps.iter().filter(|m| m.has_flag("dd")) {
-                        v.note(format!("a dd mapping: {}", mapping.describe()));
-                    }
-                }
-                v.require(
-                    !secret.is_empty(),
-                    format!(
-                        "the secret mapping carries VmFlags dd: {}",
-                        secret
-                            .iter()
-                            .map(|m| m.describe())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                );
-                let before = core_files(&cores);
-                env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
-                // A fatal signal is the daemon's last resort: it wipes, kills
-                // its tree and ends by SIGKILL, as the panic does.
-                let ending = daemon.process.wait_end(PATIENCE)?;
-                v.require(
-                    ending.signal() == Some(9),
-                    format!(
-                        "the daemon ended: {} (SIGKILL: the last resort)",
-                        ending.how
-                    ),
-                );
-                let log = daemon.log();
-                v.require(
-                    log.contains("PANIC: fatal error in the daemon itself"),
-                    format!("its log: {}", log.lines().last().unwrap_or_default()),
-                );
-                // The kernel writes a core before the exit is reported; give it a moment anyway.
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let after = core_files(&cores);
-                v.require(
-                    after == before,
-                    format!(
-                        "core files in {PATTERN}: {} before, {} after",
-                        before, after
-                    ),
-                );
-                v.figure("no core");
-                Ok(())
-            },
+            |v| daemon_leaves_no_core(&env, &cores, signal, v),
         );
     }
 
@@ -112,6 +47,76 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         "traces of the SecretBuffer canary in the core",
         |v| dumpable_probe(&env, &cores, &["--secret-on-heap"], v),
     );
+    Ok(())
+}
+
+/// The daemon, with its secret in a `dd` mapping, sent `SIG{signal}` by its
+/// own user: it ends by its last resort's SIGKILL and leaves no core, right
+/// after a dumpable crash in the same place did leave one.
+fn daemon_leaves_no_core(env: &Env, cores: &Path, signal: &str, v: &mut Verdict) -> Result<()> {
+    // The control first, in this check: a dumpable process that
+    // crashes now does leave a core, so "no core" below is news.
+    dumpable_probe(env, cores, &[], v)?;
+    let daemon = env.daemon().named(&format!("sig{signal}")).start()?;
+    let pid = daemon.pid_arg();
+    let status = env
+        .exec("root", &["cat", &format!("/proc/{pid}/status")])?
+        .stdout;
+    let filter = env
+        .exec("root", &["cat", &format!("/proc/{pid}/coredump_filter")])?
+        .stdout;
+    v.note(format!(
+        "Seccomp: {}, coredump_filter {}",
+        status_field(&status, "Seccomp").unwrap_or_default(),
+        filter.trim()
+    ));
+    let maps: Vec<Mapping> =
+        serde_json::from_value(env.observe(&["maps", &pid])?["mappings"].clone())?;
+    let secret: Vec<&Mapping> = maps.iter().filter(|m| m.is_secret_shaped()).collect();
+    if secret.is_empty() {
+        for mapping in maps.iter().filter(|m| m.has_flag("dd")) {
+            v.note(format!("a dd mapping: {}", mapping.describe()));
+        }
+    }
+    v.require(
+        !secret.is_empty(),
+        format!(
+            "the secret mapping carries VmFlags dd: {}",
+            secret
+                .iter()
+                .map(|m| m.describe())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
+    let before = core_files(cores);
+    env.exec("lab", &["kill", &format!("-{signal}"), &pid])?;
+    // A fatal signal is the daemon's last resort: it wipes, kills
+    // its tree and ends by SIGKILL, as the panic does.
+    let ending = daemon.process.wait_end(PATIENCE)?;
+    v.require(
+        ending.signal() == Some(9),
+        format!(
+            "the daemon ended: {} (SIGKILL: the last resort)",
+            ending.how
+        ),
+    );
+    let log = daemon.log();
+    v.require(
+        log.contains("PANIC: fatal error in the daemon itself"),
+        format!("its log: {}", log.lines().last().unwrap_or_default()),
+    );
+    // The kernel writes a core before the exit is reported; give it a moment anyway.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = core_files(cores);
+    v.require(
+        after == before,
+        format!(
+            "core files in {PATTERN}: {} before, {} after",
+            before, after
+        ),
+    );
+    v.figure("no core");
     Ok(())
 }
 
@@ -128,12 +133,7 @@ pub fn cores_in_run_dir(env: &Env) -> Result<(PathBuf, Option<Sysctl>)> {
 /// `lab-probe dumpable-crash` (with `flags`, which the row's negative
 /// control uses to break it) crashes; its core must hold the heap canary and no trace of
 /// the secret.
-pub fn dumpable_probe(
-    env: &Env,
-    cores: &Path,
-    flags: &[&str],
-    v: &mut crate::runner::Verdict,
-) -> Result<()> {
+pub fn dumpable_probe(env: &Env, cores: &Path, flags: &[&str], v: &mut Verdict) -> Result<()> {
     let secret = fresh_canary();
     let heap = fresh_canary();
     let secret_file = env.put("probe-secret.canary", &secret)?;
