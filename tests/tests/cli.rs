@@ -3,6 +3,7 @@
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use std::os::unix::fs::PermissionsExt;
 
 fn help_of(args: &[&str]) -> String {
     let output = Command::new(dazai_e2e::dazai_bin())
@@ -167,6 +168,12 @@ fn every_user_facing_error_is_one_line_with_cause_and_fix() {
     let d = |name: &str| dir.path().join(name).display().to_string();
     std::fs::write(d("not-a-socket"), "").unwrap();
     std::fs::write(d("big"), vec![b'x'; 70 * 1024]).unwrap();
+    // Start-up and endpoint errors: a socket directory others may write, one
+    // that is a symlink, and a pidfile naming a process that runs (pid 1).
+    std::fs::create_dir(d("shared")).unwrap();
+    std::fs::set_permissions(d("shared"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(dir.path(), d("link")).unwrap();
+    std::fs::write(d("running.pid"), "1\n").unwrap();
     let cases: Vec<(Vec<String>, i32)> = vec![
         (vec!["status".into(), "--socket".into(), d("none.sock")], 3),
         (vec!["get".into(), "api".into()], 4),
@@ -224,12 +231,31 @@ fn every_user_facing_error_is_one_line_with_cause_and_fix() {
             ],
             8,
         ),
+        (
+            vec!["daemon".into(), "--socket".into(), d("shared/g.sock")],
+            7,
+        ),
+        (
+            vec!["daemon".into(), "--socket".into(), d("link/h.sock")],
+            7,
+        ),
+        (
+            vec![
+                "daemon".into(),
+                "--socket".into(),
+                d("i.sock"),
+                "--pidfile".into(),
+                d("running.pid"),
+            ],
+            7,
+        ),
     ];
     let mut errors = String::new();
     for (args, code) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let line = one_line_error(&args, dir.path(), *code);
         assert!(line.starts_with("dazai: error: "), "{line}");
+        assert!(line.contains("; fix: "), "no fix named: {line}");
         errors.push_str(&format!("exit {code}: {line}"));
     }
     insta::assert_snapshot!(errors);

@@ -47,8 +47,8 @@ pub fn status(args: &StatusArgs) -> Result<u8, Failure> {
         println!("{json}");
         return Ok(0);
     }
-    let status: Value = serde_json::from_str(&json)
-        .map_err(|e| Failure::new(Exit::Internal, format!("unreadable status ({e})")))?;
+    let status: Value =
+        serde_json::from_str(&json).map_err(|e| Failure::internal("unreadable status", e))?;
     print!("{}", human_status(&status));
     Ok(0)
 }
@@ -148,7 +148,7 @@ pub fn get(args: &GetArgs) -> Result<u8, Failure> {
     write_unbuffered(std::io::stdout().as_fd(), secret.expose()).map_err(|e| {
         Failure::new(
             Exit::Internal,
-            format!("cannot write the secret to stdout ({e})"),
+            format!("cannot write the secret to stdout ({e}); fix: give `dazai get` a stdout that takes all of it (a pipe or a file), not a closed one"),
         )
     })?;
     Ok(0)
@@ -236,6 +236,6 @@ pub fn manpage(args: &ManpageArgs) -> Result<u8, Failure> {
     };
     clap_mangen::Man::new(page)
         .render(&mut std::io::stdout())
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot write the man page ({e})")))?;
+        .map_err(|e| Failure::internal("cannot write the man page", e))?;
     Ok(0)
 }

@@ -48,6 +48,15 @@ impl Failure {
         }
     }
 
+    /// A system call that does not fail on a healthy system did: `doing`
+    /// says which. The fix points at the resources it may have run out of.
+    pub fn internal(doing: &str, error: impl fmt::Display) -> Self {
+        Self::new(
+            Exit::Internal,
+            format!("{doing} ({error}); fix: check the open-file limit (`ulimit -n`) and free memory; if both are fine, this is a bug: report this line"),
+        )
+    }
+
     /// Prints `dazai: error: …` on stderr and gives the exit code.
     pub fn report(&self) -> ExitCode {
         // Never a panic on top of a failure, even with stderr gone.

@@ -42,7 +42,7 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
     }
     relayed
         .thread_block()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
+        .map_err(|e| Failure::internal("cannot block signals", e))?;
     let daemon = match start_daemon(args, &socket)? {
         Ok(daemon) => daemon,
         // The daemon already printed its one-line error: pass its code on.
@@ -80,7 +80,7 @@ fn hold_session(mut daemon: RunningDaemon) -> Result<u8, Failure> {
     let status = daemon
         .child
         .wait()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot wait for the daemon ({e})")))?;
+        .map_err(|e| Failure::internal("cannot wait for the daemon", e))?;
     match (status.code(), status.signal()) {
         (Some(code), _) => Ok(code as u8),
         (None, Some(signal)) => {
@@ -150,12 +150,8 @@ struct RunningDaemon {
 /// why on stderr). The daemon inherits the terminal, so `prompt` secrets work
 /// as usual, and PROGRAM inherits stdin, stdout and stderr through it.
 fn start_daemon(args: &RunArgs, socket: &Path) -> Result<Result<RunningDaemon, u8>, Failure> {
-    let exe = std::env::current_exe().map_err(|e| {
-        Failure::new(
-            Exit::Internal,
-            format!("cannot find the dazai binary ({e})"),
-        )
-    })?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::internal("cannot find the dazai binary", e))?;
     let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC).map_err(internal("pipe"))?;
     let mut handed_down = vec![ready_write];
     let mut command = Command::new(exe);
@@ -260,9 +256,11 @@ fn hand_over_env_secret(
     // A pipe holds 64 KiB, the most a secret may be: this write never waits
     // for the daemon.
     let mut write_end = File::from(write_end);
-    write_end
-        .write_all(secret.expose())
-        .map_err(|e| secret_error(format!("cannot hand it to the daemon ({e})")))?;
+    write_end.write_all(secret.expose()).map_err(|e| {
+        secret_error(format!(
+            "cannot hand it to the daemon ({e}); fix: the daemon did not start, see its error above"
+        ))
+    })?;
     Ok(read_end)
 }
 
@@ -275,7 +273,7 @@ fn lock_policy(args: &RunArgs) -> LockPolicy {
 }
 
 fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Failure {
-    move |e| Failure::new(Exit::Internal, format!("{what} failed ({e})"))
+    move |e| Failure::internal(&format!("{what} failed"), e)
 }
 
 /// The controlling terminal, if this command ran in its foreground.

@@ -72,6 +72,14 @@ fn endpoint_error(message: String) -> Failure {
     Failure::new(Exit::Endpoint, message)
 }
 
+/// An I/O error while `doing` something to a path of the endpoint; `option`
+/// is the one that picks another path (`--socket`, `--pidfile`).
+fn endpoint_io_error(doing: String, error: std::io::Error, option: &str) -> Failure {
+    endpoint_error(format!(
+        "{doing} ({error}); fix: check the path's owner, permissions and file system, or choose another {option}"
+    ))
+}
+
 /// The directory must be ours, a real directory, and writable by nobody else;
 /// it is created (0700) when missing.
 fn ensure_private_directory(dir: &Path) -> Result<(), Failure> {
@@ -88,8 +96,9 @@ fn ensure_private_directory(dir: &Path) -> Result<(), Failure> {
                 ))
             })?;
     }
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| endpoint_error(format!("cannot inspect {} ({e})", dir.display())))?;
+    let meta = fs::symlink_metadata(dir).map_err(|e| {
+        endpoint_io_error(format!("cannot inspect {}", dir.display()), e, "--socket")
+    })?;
     let fix = "fix: use a directory only you can write, e.g. `mkdir -m 700 DIR`, or --socket in $XDG_RUNTIME_DIR";
     if meta.file_type().is_symlink() || !meta.is_dir() {
         return Err(endpoint_error(format!(
@@ -120,11 +129,17 @@ fn ensure_private_directory(dir: &Path) -> Result<(), Failure> {
 /// or to us, and be writable by nobody else unless it is sticky (`/tmp`),
 /// where others cannot rename what is ours.
 fn ensure_safe_ancestors(dir: &Path, fix: &str) -> Result<(), Failure> {
-    let real = fs::canonicalize(dir)
-        .map_err(|e| endpoint_error(format!("cannot resolve {} ({e})", dir.display())))?;
+    let real = fs::canonicalize(dir).map_err(|e| {
+        endpoint_io_error(format!("cannot resolve {}", dir.display()), e, "--socket")
+    })?;
     for ancestor in real.ancestors().skip(1) {
-        let meta = fs::metadata(ancestor)
-            .map_err(|e| endpoint_error(format!("cannot inspect {} ({e})", ancestor.display())))?;
+        let meta = fs::metadata(ancestor).map_err(|e| {
+            endpoint_io_error(
+                format!("cannot inspect {}", ancestor.display()),
+                e,
+                "--socket",
+            )
+        })?;
         let owner_is_trusted = meta.uid() == 0 || meta.uid() == Uid::current().as_raw();
         let others_may_write = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
         if !owner_is_trusted || others_may_write {
@@ -151,10 +166,11 @@ fn remove_stale_socket(socket: &Path) -> Result<bool, Failure> {
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => {
-            return Err(endpoint_error(format!(
-                "cannot inspect {} ({e})",
-                socket.display()
-            )))
+            return Err(endpoint_io_error(
+                format!("cannot inspect {}", socket.display()),
+                e,
+                "--socket",
+            ))
         }
     };
     let path = socket.display();
@@ -180,7 +196,7 @@ fn remove_stale_socket(socket: &Path) -> Result<bool, Failure> {
         ))),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
             fs::remove_file(socket)
-                .map_err(|e| endpoint_error(format!("cannot remove stale socket {path} ({e})")))?;
+                .map_err(|e| endpoint_io_error(format!("cannot remove stale socket {path}"), e, "--socket"))?;
             Ok(true)
         }
         Err(e) => Err(endpoint_error(format!(
@@ -202,7 +218,9 @@ fn bind_private(socket: &Path) -> Result<UnixListener, Failure> {
     })?;
     fs::set_permissions(socket, Permissions::from_mode(0o600))
         .and_then(|()| listener.set_nonblocking(true))
-        .map_err(|e| endpoint_error(format!("cannot secure {} ({e})", socket.display())))?;
+        .map_err(|e| {
+            endpoint_io_error(format!("cannot secure {}", socket.display()), e, "--socket")
+        })?;
     Ok(listener)
 }
 
@@ -233,14 +251,20 @@ fn write_pidfile(pidfile: &Path) -> Result<bool, Failure> {
         }
     };
     file.write_all(format!("{}\n", std::process::id()).as_bytes())
-        .map_err(|e| endpoint_error(format!("cannot write pidfile {} ({e})", pidfile.display())))?;
+        .map_err(|e| {
+            endpoint_io_error(
+                format!("cannot write pidfile {}", pidfile.display()),
+                e,
+                "--pidfile",
+            )
+        })?;
     Ok(replaced)
 }
 
 fn remove_stale_pidfile(pidfile: &Path) -> Result<(), Failure> {
     let path = pidfile.display();
     let meta = fs::symlink_metadata(pidfile)
-        .map_err(|e| endpoint_error(format!("cannot inspect pidfile {path} ({e})")))?;
+        .map_err(|e| endpoint_io_error(format!("cannot inspect pidfile {path}"), e, "--pidfile"))?;
     if meta.file_type().is_symlink() || !meta.is_file() {
         return Err(endpoint_error(format!(
             "pidfile {path} is a symlink or not a regular file; refusing it; fix: remove it or choose another --pidfile"
@@ -252,7 +276,7 @@ fn remove_stale_pidfile(pidfile: &Path) -> Result<(), Failure> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(pidfile)
         .and_then(|file| file.take(32).read_to_string(&mut text))
-        .map_err(|e| endpoint_error(format!("cannot read pidfile {path} ({e})")))?;
+        .map_err(|e| endpoint_io_error(format!("cannot read pidfile {path}"), e, "--pidfile"))?;
     if let Ok(pid) = text.trim().parse::<i32>() {
         if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
             return Err(endpoint_error(format!(
@@ -260,6 +284,11 @@ fn remove_stale_pidfile(pidfile: &Path) -> Result<(), Failure> {
             )));
         }
     }
-    fs::remove_file(pidfile)
-        .map_err(|e| endpoint_error(format!("cannot remove stale pidfile {path} ({e})")))
+    fs::remove_file(pidfile).map_err(|e| {
+        endpoint_io_error(
+            format!("cannot remove stale pidfile {path}"),
+            e,
+            "--pidfile",
+        )
+    })
 }

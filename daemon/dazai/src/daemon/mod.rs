@@ -77,12 +77,11 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         LockPolicy::Required
     };
     end_rust_panics_in_sigabrt();
-    last_resort::install()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot catch fatal signals ({e})")))?;
+    last_resort::install().map_err(|e| Failure::internal("cannot catch fatal signals", e))?;
     let signals = daemon_signals();
     signals
         .thread_block()
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot block signals ({e})")))?;
+        .map_err(|e| Failure::internal("cannot block signals", e))?;
     if let Some(fd) = args.under_run {
         refuse_secret_on(&args.secrets, fd)?;
     }
@@ -117,9 +116,9 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         }
     }
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot create a signalfd ({e})")))?;
-    let log = Log::to_stderr(args.quiet)
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot open the log ({e})")))?;
+        .map_err(|e| Failure::internal("cannot create a signalfd", e))?;
+    let log =
+        Log::to_stderr(args.quiet).map_err(|e| Failure::internal("cannot open the log", e))?;
     if let Some(fd) = log.nonblocking_fd() {
         last_resort::arm_log(fd);
     }
@@ -138,7 +137,7 @@ pub fn run(args: DaemonArgs) -> Result<u8, Failure> {
         argv => {
             let (door, tree_end) = capability::open_pair().map_err(|e| {
                 endpoint.remove();
-                Failure::new(Exit::Internal, format!("cannot make the capability ({e})"))
+                Failure::internal("cannot make the capability", e)
             })?;
             let supervised = Supervised::spawn(argv, &socket, &tree_end).inspect_err(|_| {
                 endpoint.remove();
@@ -191,7 +190,7 @@ fn refuse_secret_on(specs: &[secrets::SecretSpec], fd: RawFd) -> Result<(), Fail
 /// Asks the kernel for `signal` when `dazai run`, the parent, dies.
 fn die_with_run(signal: Signal) -> Result<(), Failure> {
     nix::sys::prctl::set_pdeathsig(signal)
-        .map_err(|e| Failure::new(Exit::Internal, format!("cannot watch `dazai run` ({e})")))
+        .map_err(|e| Failure::internal("cannot watch `dazai run`", e))
 }
 
 /// Where the ready line goes: stdout, or under `dazai run` a descriptor of its
