@@ -15,6 +15,8 @@
 //!    `DAZAI_SIGNING_KEY_CONTENT` holding one), `SHA256SUMS.sig`
 //!    (`ssh-keygen -Y sign -n dazai-release`; docs/release.md verifies it).
 
+pub(crate) mod provenance;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -124,7 +126,7 @@ pub(crate) fn package(
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
     let mut sums = String::new();
-    let mut provenance_artifacts = Vec::new();
+    let mut subjects = Vec::new();
     for artifact in artifacts {
         // The bytes hashed are the bytes shipped: no window to swap the file.
         let bytes = std::fs::read(&artifact.built)
@@ -136,40 +138,23 @@ pub(crate) fn package(
         std::fs::write(&path, &bytes)?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         sums.push_str(&format!("{sha256}  {name}\n"));
-        provenance_artifacts.push(json!({
-            "name": name,
-            "target": artifact.target,
-            "sha256": sha256,
-            "size": bytes.len(),
-            "verified_by": verified_by,
-        }));
+        subjects.push(provenance::Subject {
+            name,
+            sha256,
+            target: artifact.target.clone(),
+            size: bytes.len(),
+            verified_by,
+        });
     }
     std::fs::write(scratch.join("SHA256SUMS"), &sums)?;
     std::fs::write(scratch.join("lab-report.json"), &report_json)?;
     std::fs::copy(report_dir.join("report.md"), scratch.join("lab-report.md"))
         .context("copy the lab's report.md")?;
-    let provenance = json!({
-        "source_commit": origin.commit,
-        "source_dirty": origin.dirty,
-        "toolchain": origin
-            .toolchain
-            .iter()
-            .map(|(tool, version)| (tool.clone(), Value::from(version.clone())))
-            .collect::<serde_json::Map<String, Value>>(),
-        "toolchain_image": origin.toolchain_image,
-        "lab_images": report["images"],
-        "lab_tools": report["legs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|leg| json!({ "leg": leg["name"], "sha256": leg["tools_sha256"] }))
-            .collect::<Vec<_>>(),
-        "artifacts": provenance_artifacts,
-        "lab_report": "lab-report.json",
-    });
+    let report_sha256 = hex(&Sha256::digest(report_json.as_bytes()));
+    let statement = provenance::statement(origin, run_id, &subjects, &report, &report_sha256);
     std::fs::write(
         scratch.join("provenance.json"),
-        serde_json::to_string_pretty(&provenance)?,
+        serde_json::to_string_pretty(&statement)?,
     )?;
     let _ = std::fs::remove_dir_all(out);
     std::fs::rename(&scratch, out)
@@ -324,7 +309,7 @@ pub(crate) fn sign(sh: &Shell, key: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -464,18 +449,38 @@ mod tests {
         let provenance: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
                 .unwrap();
-        assert_eq!(provenance["source_commit"], "0123abcd");
+        assert_eq!(provenance["_type"], provenance::STATEMENT_TYPE);
+        assert_eq!(provenance["predicateType"], provenance::PREDICATE_TYPE);
+        assert_eq!(
+            provenance["predicate"]["buildDefinition"]["buildType"],
+            provenance::BUILD_TYPE
+        );
+        assert_eq!(provenance::source_commit(&provenance), Some("0123abcd"));
+        assert_eq!(
+            provenance["predicate"]["runDetails"]["metadata"]["invocationId"],
+            RUN_ID
+        );
         let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
-        let named = provenance["artifacts"].as_array().unwrap();
+        let named = provenance["subject"].as_array().unwrap();
         assert_eq!(named.len(), f.artifacts.len());
-        for artifact in named {
-            let name = artifact["name"].as_str().unwrap();
+        for subject in named {
+            let name = subject["name"].as_str().unwrap();
             let bytes = std::fs::read(out.join(name)).unwrap();
             let sha = hex(&Sha256::digest(&bytes));
-            assert_eq!(artifact["sha256"], sha.as_str());
+            assert_eq!(subject["digest"]["sha256"], sha.as_str());
             assert!(sums.contains(&format!("{sha}  {name}\n")), "{sums}");
-            assert!(!artifact["verified_by"].as_array().unwrap().is_empty());
+            assert!(!subject["annotations"]["verified_by"]
+                .as_array()
+                .unwrap()
+                .is_empty());
         }
+        let report = std::fs::read(out.join("lab-report.json")).unwrap();
+        let byproducts = &provenance["predicate"]["runDetails"]["byproducts"];
+        assert_eq!(
+            byproducts[0]["digest"]["sha256"],
+            hex(&Sha256::digest(&report)).as_str(),
+            "the statement names the report it ships with"
+        );
         assert!(out.join("lab-report.json").is_file() && out.join("lab-report.md").is_file());
     }
 

@@ -10,6 +10,7 @@ mod fuzz;
 mod lab;
 mod man;
 mod publish;
+mod reproduce;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,6 +55,12 @@ enum Verb {
         /// The release's tag, e.g. v0.3.0.
         tag: String,
     },
+    /// Rebuild a release from a clean clone at the commit its provenance.json
+    /// names and compare every binary with its SHA256SUMS
+    Reproduce {
+        /// The release's directory (SHA256SUMS, provenance.json), e.g. target/dist.
+        dir: PathBuf,
+    },
     /// Measure destroy latency, ping-timeout precision, idle cost, load, size,
     /// and ssh-agent side by side -> target/bench/report.json
     Bench(bench::Options),
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
         Verb::Cross => cross::run(&sh),
         Verb::Dist => dist::run(&sh),
         Verb::Publish { tag } => publish::run(&sh, &tag),
+        Verb::Reproduce { dir } => reproduce::run(&sh, &dir),
         Verb::Bench(options) => bench::run(&sh, &options),
     });
     match result {
