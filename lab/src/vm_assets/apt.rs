@@ -1,0 +1,262 @@
+//! Debian packages fetched by apt with a private state, cache, sources list
+//! and architecture, so the host's `/etc/apt`, `/var/lib/apt` and dpkg
+//! architectures stay untouched; and the choice of the kernel among them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context, Result};
+
+use super::VmArch;
+use crate::host::run;
+
+/// The Debian suites fetched from, each with the URI used when the host's
+/// sources do not name it; security is where the newest kernels are.
+const SUITES: &[(&str, &str)] = &[
+    ("bookworm", "http://deb.debian.org/debian"),
+    ("bookworm-updates", "http://deb.debian.org/debian"),
+    ("bookworm-security", "http://deb.debian.org/debian-security"),
+];
+/// Where the host names its Debian mirror, so the lab uses the same one.
+pub(super) const HOST_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
+/// The host's Debian archive keyring: packages are verified as apt always does.
+pub(super) const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The kernel's ABI series: bookworm's 6.1.
+pub(super) const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
+
+/// A one-line-style sources list of [`SUITES`], each from the URI the host's
+/// deb822 `sources` names for it.
+pub(super) fn sources_list(host_deb822: &str) -> String {
+    SUITES
+        .iter()
+        .map(|(suite, default)| {
+            let uri = deb822_uri(host_deb822, suite).unwrap_or(default);
+            format!("deb [signed-by={KEYRING}] {uri} {suite} main\n")
+        })
+        .collect()
+}
+
+/// The first URI of the first `deb` stanza of `text` that lists `suite`.
+fn deb822_uri<'a>(text: &'a str, suite: &str) -> Option<&'a str> {
+    let mut stanzas = vec![HashMap::new()];
+    let mut last_key = "";
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            stanzas.push(HashMap::new());
+        } else if line.starts_with('#') {
+            continue;
+        } else if line.starts_with([' ', '\t']) {
+            // A continuation line: one more value of the field above.
+            let fields = stanzas.last_mut()?;
+            fields
+                .entry(last_key)
+                .or_insert_with(Vec::new)
+                .extend(line.split_whitespace());
+        } else if let Some((key, value)) = line.split_once(':') {
+            last_key = key.trim();
+            let fields = stanzas.last_mut()?;
+            fields.insert(last_key, value.split_whitespace().collect());
+        }
+    }
+    stanzas.iter().find_map(|fields| {
+        let has = |key: &str, want: &str| fields.get(key).is_some_and(|v| v.contains(&want));
+        if has("Types", "deb") && has("Suites", suite) {
+            fields.get("URIs")?.first().copied()
+        } else {
+            None
+        }
+    })
+}
+
+/// The newest `linux-image-6.1.0-N-<arch>` among `apt-cache search` lines,
+/// by ABI number N (numerically: 9 is older than 41).
+pub(super) fn newest_kernel(search: &str, debian_arch: &str) -> Option<String> {
+    let suffix = format!("-{debian_arch}");
+    search
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|package| {
+            let abi = package.strip_prefix(KERNEL_PREFIX)?.strip_suffix(&suffix)?;
+            Some((abi.parse::<u32>().ok()?, package))
+        })
+        .max()
+        .map(|(_, package)| package.to_owned())
+}
+
+/// apt with its own state, cache, sources, preferences and architecture:
+/// nothing of the host's apt is written, and only its apt.conf.d (a proxy,
+/// say) still applies.
+pub(super) struct PrivateApt {
+    options: Vec<String>,
+}
+
+impl PrivateApt {
+    /// Lays out the private directories under `root` for `sources`.
+    pub(super) fn create(arch: VmArch, root: &Path, sources: &str) -> Result<Self> {
+        for sub in ["state/lists/partial", "cache/archives/partial"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let list = root.join("sources.list");
+        fs::write(&list, sources).with_context(|| format!("write {}", list.display()))?;
+        // An empty dpkg status: what the host has installed must not
+        // influence what is chosen.
+        let status = root.join("status");
+        fs::write(&status, "").with_context(|| format!("write {}", status.display()))?;
+        let arch = arch.debian_arch();
+        let path = |sub: &str| root.join(sub).display().to_string();
+        let options = [
+            format!("Dir::State={}", path("state")),
+            format!("Dir::State::status={}", status.display()),
+            format!("Dir::Cache={}", path("cache")),
+            format!("Dir::Etc::SourceList={}", list.display()),
+            "Dir::Etc::SourceParts=/dev/null".to_owned(),
+            "Dir::Etc::Preferences=/dev/null".to_owned(),
+            "Dir::Etc::PreferencesParts=/dev/null".to_owned(),
+            format!("APT::Architecture={arch}"),
+            format!("APT::Architectures={arch}"),
+            "Acquire::Languages=none".to_owned(),
+            // The private directories belong to root: the `_apt` sandbox user
+            // could not write there, and apt would warn on every download.
+            "APT::Sandbox::User=root".to_owned(),
+        ];
+        Ok(Self {
+            options: options
+                .into_iter()
+                .flat_map(|option| ["-o".to_owned(), option])
+                .collect(),
+        })
+    }
+
+    /// `program` (apt-get, apt-cache) with the private options.
+    pub(super) fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.arg("-q").args(&self.options);
+        command
+    }
+
+    /// Downloads the candidate of `package` into `dir`; returns the `.deb`.
+    pub(super) fn download(&self, package: &str, dir: &Path) -> Result<PathBuf> {
+        run(self
+            .command("apt-get")
+            .current_dir(dir)
+            .args(["download", package]))
+        .with_context(|| format!("download {package}"))?;
+        let prefix = format!("{package}_");
+        fs::read_dir(dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no {prefix}*.deb"))
+    }
+}
+
+/// "package version" as recorded inside the `.deb` itself.
+pub(super) fn package_version(deb: &Path) -> Result<String> {
+    run(Command::new("dpkg-deb")
+        .args(["--show", "--showformat=${Package} ${Version}"])
+        .arg(deb))
+}
+
+/// Extracts the members of `deb` matching `patterns` (tar wildcards) into `to`;
+/// a pattern that matches nothing is an error.
+pub(super) fn extract(deb: &Path, to: &Path, patterns: &[&str]) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    let mut unpack = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run dpkg-deb --fsys-tarfile")?;
+    let tar_input = unpack.stdout.take().context("dpkg-deb's stdout")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(to)
+        .arg("--wildcards")
+        .args(patterns)
+        .stdin(tar_input)
+        .output()
+        .context("run tar -x")?;
+    let unpacked = unpack.wait_with_output().context("wait for dpkg-deb")?;
+    ensure!(
+        unpacked.status.success(),
+        "dpkg-deb --fsys-tarfile {} failed: {}",
+        deb.display(),
+        String::from_utf8_lossy(&unpacked.stderr).trim()
+    );
+    ensure!(
+        tar.status.success(),
+        "tar -x {patterns:?} from {} failed: {}",
+        deb.display(),
+        String::from_utf8_lossy(&tar.stderr).trim()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_compares_abi_numbers_and_skips_flavours() {
+        let search = "\
+linux-image-6.1.0-9-arm64 - Linux 6.1 for 64-bit ARMv8 machines (signed)
+linux-image-6.1.0-41-arm64 - Linux 6.1 for 64-bit ARMv8 machines (signed)
+linux-image-6.1.0-56-rt-arm64 - Linux 6.1 for 64-bit ARMv8 machines, PREEMPT_RT
+linux-image-6.1.0-57-cloud-arm64 - Linux 6.1 for arm64 cloud
+linux-image-6.1.0-58-arm64-dbg - Debug symbols
+linux-image-6.1.0-41-amd64 - Linux 6.1 for 64-bit PCs (signed)
+";
+        assert_eq!(
+            newest_kernel(search, "arm64").as_deref(),
+            Some("linux-image-6.1.0-41-arm64")
+        );
+        assert_eq!(newest_kernel(search, "armhf"), None);
+    }
+
+    #[test]
+    fn sources_follow_the_hosts_mirror() {
+        let host = "\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://wrong.example/debian-security
+Suites: bookworm-security
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites:
+ bookworm-security
+Components: main
+";
+        assert_eq!(
+            sources_list(host),
+            format!(
+                "deb [signed-by={KEYRING}] http://mirror.example/debian bookworm main\n\
+                 deb [signed-by={KEYRING}] http://mirror.example/debian bookworm-updates main\n\
+                 deb [signed-by={KEYRING}] http://mirror.example/debian-security bookworm-security main\n"
+            )
+        );
+        assert_eq!(
+            sources_list(""),
+            format!(
+                "deb [signed-by={KEYRING}] http://deb.debian.org/debian bookworm main\n\
+                 deb [signed-by={KEYRING}] http://deb.debian.org/debian bookworm-updates main\n\
+                 deb [signed-by={KEYRING}] http://deb.debian.org/debian-security bookworm-security main\n"
+            )
+        );
+    }
+}

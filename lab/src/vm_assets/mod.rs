@@ -1,0 +1,218 @@
+//! What the lab needs to boot a real Debian kernel under `qemu-system` (TCG)
+//! for both architectures: the kernel, the few modules it must load, a static
+//! busybox, and a writer for the newc initramfs the lab composes around them.
+//!
+//! A real kernel is needed because qemu-user implements neither seccomp nor
+//! ptrace nor `MADV_DONTDUMP` (docs/lab.md): no security property may be
+//! judged under it. Packages are fetched with a private apt state, so the
+//! host's `/etc/apt`, `/var/lib/apt` and dpkg architectures stay untouched.
+
+mod apt;
+mod arch;
+mod elf;
+mod initramfs;
+mod kernel;
+mod modules;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::host::run;
+
+pub use arch::VmArch;
+pub use initramfs::{write_initramfs, Entry};
+
+use apt::{
+    extract, newest_kernel, package_version, sources_list, PrivateApt, HOST_SOURCES, KERNEL_PREFIX,
+    KEYRING,
+};
+use elf::check_machine;
+use kernel::unpack_bzimage;
+use modules::{builtin_names, load_order, modinfo_depends, module_index, MODULE_ROOTS};
+
+/// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
+#[derive(Clone, Debug)]
+pub struct VmAssets {
+    /// The architecture all of these are built for.
+    pub arch: VmArch,
+    /// `uname -r` inside the VM, e.g. "6.1.0-41-arm64".
+    pub kernel_release: String,
+    /// The exact Debian package and version the kernel came from, for the
+    /// evidence report, e.g. "linux-image-6.1.0-41-arm64 6.1.158-1".
+    pub kernel_package: String,
+    /// The kernel for qemu's `-kernel`: arm64's `Image` as Debian ships it;
+    /// on x86_64 the ELF `vmlinux` unpacked from Debian's bzImage, which qemu
+    /// boots through its PVH entry. That skips the in-guest decompression:
+    /// measured under TCG, a boot takes ≈ 4 s instead of ≈ 10 s (the price:
+    /// no kernel-text KASLR, which no lab scenario depends on).
+    pub vmlinuz: PathBuf,
+    /// Module files (uncompressed `.ko`) in the order they must be loaded:
+    /// dependencies first, built-ins skipped. They are the virtio PCI
+    /// transport, `virtio_console` (virtio-serial ports) and 9p over virtio,
+    /// which Debian builds as modules.
+    pub modules: Vec<PathBuf>,
+    /// `/bin/busybox` from Debian's `busybox-static` of the architecture.
+    pub busybox: PathBuf,
+    /// The exact package and version busybox came from, for the evidence report.
+    pub busybox_package: String,
+}
+
+/// Written last: its presence marks a complete cache.
+const MANIFEST: &str = "assets.json";
+
+/// What a complete cache holds, beyond the fixed file names.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    kernel_release: String,
+    kernel_package: String,
+    busybox_package: String,
+    /// Module names in load order; each is `modules/<name>.ko`.
+    modules: Vec<String>,
+}
+
+/// Downloads (once; cached under `cache_dir/<debian_arch>/`) the newest
+/// bookworm `linux-image-6.1.0-*-<arch>` and `busybox-static` for `arch`, and
+/// extracts what the lab needs. Remove that directory to fetch a newer kernel.
+///
+/// apt runs with a private state, cache and sources list (and `arch` as its
+/// only architecture), so the host's apt configuration, lists and dpkg
+/// architectures are never changed. `log` receives one line per step.
+pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<VmAssets> {
+    let name = arch.debian_arch();
+    let dir = cache_dir.join(name);
+    if let Some(assets) = cached(arch, &dir) {
+        log(&format!("vm assets ({name}): cached in {}", dir.display()));
+        return Ok(assets);
+    }
+    // A directory without a complete manifest is a fetch that died half-way.
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let work = dir.join("work");
+    let host = fs::read_to_string(HOST_SOURCES).unwrap_or_default();
+    let sources = sources_list(&host);
+    log(&format!(
+        "vm assets ({name}): apt-get update (private state in {}): {}",
+        work.display(),
+        sources
+            .replace(&format!("deb [signed-by={KEYRING}] "), "")
+            .trim_end()
+            .replace('\n', ", ")
+    ));
+    let apt = PrivateApt::create(arch, &work.join("apt"), &sources)?;
+    run(apt.command("apt-get").arg("update")).context("apt-get update with the private state")?;
+
+    // `.` is the only regex metacharacter of the prefix.
+    let pattern = format!("^{}[0-9]+-{name}$", KERNEL_PREFIX.replace('.', "\\."));
+    let found = run(apt
+        .command("apt-cache")
+        .args(["search", "--names-only", &pattern]))?;
+    let kernel = newest_kernel(&found, name)
+        .with_context(|| format!("no {KERNEL_PREFIX}*-{name} in the bookworm suites"))?;
+
+    let debs = work.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("create {}", debs.display()))?;
+    log(&format!(
+        "vm assets ({name}): downloading {kernel} ({name})"
+    ));
+    let kernel_deb = apt.download(&kernel, &debs)?;
+    log(&format!(
+        "vm assets ({name}): downloading busybox-static ({name})"
+    ));
+    let busybox_deb = apt.download("busybox-static", &debs)?;
+
+    log(&format!(
+        "vm assets ({name}): extracting the kernel and its modules"
+    ));
+    let root = work.join("root");
+    extract(&kernel_deb, &root, &["./boot/vmlinuz-*", "./lib/modules/*"])?;
+    extract(&busybox_deb, &root, &["./bin/busybox"])?;
+    let kernel_release = kernel
+        .strip_prefix("linux-image-")
+        .context("kernel package name")?
+        .to_owned();
+    let modules_dir = root.join("lib/modules").join(&kernel_release);
+    let index = module_index(&modules_dir)?;
+    let builtin = builtin_names(&modules_dir.join("modules.builtin"))?;
+    let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
+        let path = index.get(module).with_context(|| {
+            // bookworm's 6.1 kernels ship plain `.ko`; a compressed one would
+            // need decompressing here.
+            format!("module {module}: no {module}.ko in {kernel}")
+        })?;
+        modinfo_depends(path)
+    })?;
+
+    let manifest = Manifest {
+        kernel_package: package_version(&kernel_deb)?,
+        busybox_package: package_version(&busybox_deb)?,
+        kernel_release,
+        modules: order,
+    };
+    let assets = assets(arch, &dir, &manifest);
+    let image = root.join(format!("boot/vmlinuz-{}", manifest.kernel_release));
+    match arch {
+        VmArch::Aarch64 => copy(&image, &assets.vmlinuz)?,
+        VmArch::X86_64 => {
+            unpack_bzimage(&image, &assets.vmlinuz, &work)?;
+            check_machine(arch, &assets.vmlinuz)?;
+        }
+    }
+    fs::create_dir_all(dir.join("modules")).context("create the modules directory")?;
+    for (module, to) in manifest.modules.iter().zip(&assets.modules) {
+        copy(&index[module], to)?;
+        check_machine(arch, to)?;
+    }
+    copy(&root.join("bin/busybox"), &assets.busybox)?;
+    check_machine(arch, &assets.busybox)?;
+    log(&format!(
+        "vm assets ({name}): {}, modules in load order: {}",
+        manifest.kernel_package,
+        manifest.modules.join(" ")
+    ));
+
+    let json = serde_json::to_string_pretty(&manifest).context("serialize the manifest")?;
+    fs::write(dir.join(MANIFEST), json).context("write the manifest")?;
+    fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
+    Ok(assets)
+}
+
+/// The assets of a complete cache, or `None` if anything is missing or the
+/// manifest is unreadable (a fetch that died while writing it): fetch again.
+fn cached(arch: VmArch, dir: &Path) -> Option<VmAssets> {
+    let json = fs::read_to_string(dir.join(MANIFEST)).ok()?;
+    let manifest: Manifest = serde_json::from_str(&json).ok()?;
+    let assets = assets(arch, dir, &manifest);
+    let complete = [&assets.vmlinuz, &assets.busybox]
+        .into_iter()
+        .chain(&assets.modules)
+        .all(|path| path.is_file());
+    complete.then_some(assets)
+}
+
+/// Where each asset of `manifest` lives in the cache directory `dir`.
+fn assets(arch: VmArch, dir: &Path, manifest: &Manifest) -> VmAssets {
+    VmAssets {
+        arch,
+        kernel_release: manifest.kernel_release.clone(),
+        kernel_package: manifest.kernel_package.clone(),
+        vmlinuz: dir.join("vmlinuz"),
+        modules: manifest
+            .modules
+            .iter()
+            .map(|module| dir.join("modules").join(format!("{module}.ko")))
+            .collect(),
+        busybox: dir.join("busybox"),
+        busybox_package: manifest.busybox_package.clone(),
+    }
+}
+
+/// Copies `from` to `to`, naming both on failure.
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to)
+        .with_context(|| format!("copy {} to {}", from.display(), to.display()))
+        .map(drop)
+}
