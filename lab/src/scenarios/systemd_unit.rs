@@ -103,7 +103,9 @@ fn wait_until_booted(env: &Env) -> Result<String> {
             .exec("root", &["systemctl", "is-system-running", "--wait"])
             .ok()?;
         let state = booted.stdout.trim().to_owned();
-        (!state.is_empty() && state != "starting").then_some(state)
+        // "offline": systemctl could not reach PID 1 yet (under load its
+        // socket comes late); "starting": still booting. Neither is an answer.
+        (!matches!(state.as_str(), "" | "starting" | "offline")).then_some(state)
     })?;
     if !matches!(state.as_str(), "running" | "degraded") {
         let failed = env.exec("root", &["systemctl", "--failed", "--no-legend"])?;
