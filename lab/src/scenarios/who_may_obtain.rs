@@ -35,50 +35,20 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         .exec(&["/bin/sh", "-c", &program])
         .start()?;
     let _client = daemon.attach_client(&env)?;
-    let (holder_pid, capability_fd) = holder(&env)?;
+    let (pid, fd) = holder(&env)?;
+    let target = Target {
+        env: &env,
+        daemon: &daemon,
+        holder_pid: pid,
+        capability_fd: fd,
+    };
     rec.check(
         "the supervised program's own `dazai get` obtains the secret (control)",
-        |v| {
-            let got = wait_for("the program's dazai get", PATIENCE, || {
-                std::fs::read(env.run_dir.join("got")).ok()
-            })?;
-            v.require(
-                got == daemon.canary,
-                format!(
-                    "inside the tree: {} bytes, {} the canary",
-                    got.len(),
-                    if got == daemon.canary {
-                        "equal to"
-                    } else {
-                        "not"
-                    }
-                ),
-            );
-            v.figure(format!("{} bytes", got.len()));
-            Ok(())
-        },
+        |v| target.program_obtains_it(v),
     );
     rec.check(
         "outside the tree, the socket gives 0 secret bytes: REGISTER + GET by the CLI and the raw protocol",
-        |v| {
-            let cli = env.sh("lab", &register_then_get(&daemon.socket))?;
-            obtained_nothing(&cli, &daemon, v);
-            let seen = steal(&env, &daemon, holder_pid, capability_fd)?;
-            v.require(
-                seen["register"].as_str().unwrap_or("").starts_with("OK registered"),
-                format!("raw REGISTER → {}", seen["register"]),
-            );
-            v.require(
-                seen["get"].as_str().unwrap_or("").starts_with("ERR refused")
-                    && seen["get_secret_bytes"] == 0,
-                format!(
-                    "raw GET after it → {} ({} secret bytes)",
-                    seen["get"], seen["get_secret_bytes"]
-                ),
-            );
-            v.figure("0 bytes");
-            Ok(())
-        },
+        |v| target.outside_obtains_nothing(v),
     );
     rec.check(
         "a tools file of its own obtains nothing: the relay takes none, an executor it starts holds no capability",
@@ -86,18 +56,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     );
     rec.check(
         "the capability cannot be reopened through /proc/PID/fd (ENXIO)",
-        |v| {
-            let seen = steal(&env, &daemon, holder_pid, capability_fd)?;
-            v.require(
-                seen["proc_fd_open"] == "ENXIO",
-                format!(
-                    "open /proc/{holder_pid}/fd/{capability_fd} as uid {} → {}",
-                    seen["uid"], seen["proc_fd_open"]
-                ),
-            );
-            v.figure("ENXIO");
-            Ok(())
-        },
+        |v| target.cannot_reopen_the_capability(v),
     );
     rec.control(
         "the same `dazai register $$; dazai get api` by a process the daemon handed the capability (what a daemon without the capability rule gives everyone)",
@@ -109,50 +68,136 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         },
     );
     let yama = env.sh("root", &format!("cat {YAMA}"))?;
-    if yama.code == Some(0) {
+    let has_yama = yama.code == Some(0);
+    if has_yama {
         rec.check(
             "pidfd_getfd of the capability is refused under Yama ptrace_scope 1",
-            |v| {
-                let seen = with_ptrace_scope(&env, "1", || {
-                    steal(&env, &daemon, holder_pid, capability_fd)
-                })?;
-                v.require(
-                    seen["pidfd_getfd"] == "EPERM" && seen["through_taken"]["secret_bytes"] == 0,
-                    format!(
-                        "ptrace_scope 1: pidfd_getfd as uid {} → {}, 0 secret bytes",
-                        seen["uid"], seen["pidfd_getfd"]
-                    ),
-                );
-                v.figure("EPERM");
-                Ok(())
-            },
+            |v| target.pidfd_getfd_refused_under_yama(v),
         );
     }
     rec.check(
         "with ptrace allowed (ptrace_scope 0, or no Yama), pidfd_getfd takes the capability (the limit)",
         |v| {
-            let seen = if yama.code == Some(0) {
+            if has_yama {
                 v.note(format!("Yama present (ptrace_scope was {})", yama.stdout.trim()));
-                with_ptrace_scope(&env, "0", || steal(&env, &daemon, holder_pid, capability_fd))?
             } else {
                 v.note("this kernel has no Yama: ptrace is the kernel's default check alone");
-                steal(&env, &daemon, holder_pid, capability_fd)?
-            };
-            let obtained = seen["through_taken"]["secret_bytes"].as_u64().unwrap_or(0);
-            v.require(
-                seen["pidfd_getfd"] == "ok" && obtained as usize == daemon.canary.len(),
-                format!(
-                    "pidfd_getfd → {}; a GET through the taken descriptor obtained {obtained} secret bytes {}",
-                    seen["pidfd_getfd"],
-                    seen["through_taken"].get("error").map(|e| e.to_string()).unwrap_or_default()
-                ),
-            );
-            v.as_limit();
-            v.figure(format!("{obtained} bytes"));
-            Ok(())
+            }
+            target.pidfd_getfd_takes_it_with_ptrace_allowed(has_yama, v)
         },
     );
     Ok(())
+}
+
+/// The daemon under attack and the supervised program holding its capability.
+struct Target<'a> {
+    env: &'a Env,
+    daemon: &'a Daemon,
+    holder_pid: i32,
+    capability_fd: i32,
+}
+
+impl Target<'_> {
+    /// `lab-probe steal` as `lab`, outside the tree.
+    fn steal(&self) -> Result<Value> {
+        steal(self.env, self.daemon, self.holder_pid, self.capability_fd)
+    }
+
+    fn program_obtains_it(&self, v: &mut Verdict) -> Result<()> {
+        let got = wait_for("the program's dazai get", PATIENCE, || {
+            std::fs::read(self.env.run_dir.join("got")).ok()
+        })?;
+        let equal = got == self.daemon.canary;
+        v.require(
+            equal,
+            format!(
+                "inside the tree: {} bytes, {} the canary",
+                got.len(),
+                if equal { "equal to" } else { "not" }
+            ),
+        );
+        v.figure(format!("{} bytes", got.len()));
+        Ok(())
+    }
+
+    fn outside_obtains_nothing(&self, v: &mut Verdict) -> Result<()> {
+        let cli = self
+            .env
+            .sh("lab", &register_then_get(&self.daemon.socket))?;
+        obtained_nothing(&cli, self.daemon, v);
+        let seen = self.steal()?;
+        v.require(
+            seen["register"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("OK registered"),
+            format!("raw REGISTER → {}", seen["register"]),
+        );
+        v.require(
+            seen["get"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("ERR refused")
+                && seen["get_secret_bytes"] == 0,
+            format!(
+                "raw GET after it → {} ({} secret bytes)",
+                seen["get"], seen["get_secret_bytes"]
+            ),
+        );
+        v.figure("0 bytes");
+        Ok(())
+    }
+
+    fn cannot_reopen_the_capability(&self, v: &mut Verdict) -> Result<()> {
+        let seen = self.steal()?;
+        v.require(
+            seen["proc_fd_open"] == "ENXIO",
+            format!(
+                "open /proc/{}/fd/{} as uid {} → {}",
+                self.holder_pid, self.capability_fd, seen["uid"], seen["proc_fd_open"]
+            ),
+        );
+        v.figure("ENXIO");
+        Ok(())
+    }
+
+    fn pidfd_getfd_refused_under_yama(&self, v: &mut Verdict) -> Result<()> {
+        let seen = with_ptrace_scope(self.env, "1", || self.steal())?;
+        v.require(
+            seen["pidfd_getfd"] == "EPERM" && seen["through_taken"]["secret_bytes"] == 0,
+            format!(
+                "ptrace_scope 1: pidfd_getfd as uid {} → {}, 0 secret bytes",
+                seen["uid"], seen["pidfd_getfd"]
+            ),
+        );
+        v.figure("EPERM");
+        Ok(())
+    }
+
+    /// The limit: whoever may ptrace the holder may take its descriptor.
+    fn pidfd_getfd_takes_it_with_ptrace_allowed(
+        &self,
+        has_yama: bool,
+        v: &mut Verdict,
+    ) -> Result<()> {
+        let seen = if has_yama {
+            with_ptrace_scope(self.env, "0", || self.steal())?
+        } else {
+            self.steal()?
+        };
+        let obtained = seen["through_taken"]["secret_bytes"].as_u64().unwrap_or(0);
+        v.require(
+            seen["pidfd_getfd"] == "ok" && obtained as usize == self.daemon.canary.len(),
+            format!(
+                "pidfd_getfd → {}; a GET through the taken descriptor obtained {obtained} secret bytes {}",
+                seen["pidfd_getfd"],
+                seen["through_taken"].get("error").map(|e| e.to_string()).unwrap_or_default()
+            ),
+        );
+        v.as_limit();
+        v.figure(format!("{obtained} bytes"));
+        Ok(())
+    }
 }
 
 /// What a script with a shell types to take the secret: register itself, then get.
