@@ -20,7 +20,7 @@ use lab::env::{Lab, Machines};
 use lab::report::{Check, Leg, Outcome, Report};
 use lab::runner::{human_ms, Recorder, Scenario};
 use lab::vm::Vm;
-use lab::vm_assets::VmArch;
+use lab::vm_assets::{DebianRelease, VmArch};
 
 /// Runs every scenario in every leg and writes the evidence report.
 #[derive(clap::Parser)]
@@ -35,6 +35,10 @@ struct Options {
     /// The architectures whose legs run.
     #[arg(long, value_delimiter = ',', default_value = "x86_64,aarch64", value_parser = ["x86_64", "aarch64"])]
     arch: Vec<String>,
+    /// The kernel series of the VM legs: 6.1 (Debian 12, with memfd_secret),
+    /// 5.10 (Debian 11, without: the locked backend).
+    #[arg(long, value_delimiter = ',', default_value = "6.1,5.10", value_parser = ["6.1", "5.10"])]
+    kernel: Vec<String>,
     /// Only these rows, e.g. wipe,session-loss.
     #[arg(long, value_name = "ROWS", value_delimiter = ',', value_parser = row_name)]
     only: Option<Vec<String>>,
@@ -128,9 +132,14 @@ fn run(options: &Options) -> Result<bool> {
             println!("lab: no selected row runs in a VM; the {arch} VM is not booted");
             continue;
         }
-        let (leg, leg_checks) = run_vm_leg(arch, &bin_dir, &work, options)?;
-        legs.push(leg);
-        checks.extend(leg_checks);
+        for release in lab::vm_assets::DebianRelease::ALL {
+            if !options.kernel.iter().any(|k| k == release.kernel_series()) {
+                continue;
+            }
+            let (leg, leg_checks) = run_vm_leg(arch, release, &bin_dir, &work, options)?;
+            legs.push(leg);
+            checks.extend(leg_checks);
+        }
     }
     let report = Report {
         run_id: options.run_id.clone(),
@@ -163,28 +172,32 @@ fn bin_dir(bin_root: &Path, arch: &str) -> Result<PathBuf> {
 /// a VM that does not boot is a red row of its leg, never a skip.
 fn run_vm_leg(
     arch: &str,
+    release: DebianRelease,
     bin_dir: &Path,
     work: &Path,
     options: &Options,
 ) -> Result<(Leg, Vec<Check>)> {
     let started = Instant::now();
     let vm_arch = vm_arch(arch)?;
-    let leg_work = work.join(format!("vm-{arch}"));
+    let leg_work = work.join(format!("vm-{arch}-{}", release.kernel_series()));
     std::fs::create_dir_all(&leg_work)?;
     let cache = options.out.join("vm-cache");
-    let booted = lab::vm_assets::fetch(vm_arch, &cache, &mut |line| println!("lab: {line}"))
-        .and_then(|assets| {
-            println!(
-                "lab: booting {} with {}",
-                vm_arch.qemu_system(),
-                assets.kernel_package
-            );
-            Vm::boot(&assets, &bin_dir.join("lab-init"), bin_dir, &leg_work)
-        });
+    let booted = lab::vm_assets::fetch(vm_arch, release, &cache, &mut |line| {
+        println!("lab: {line}")
+    })
+    .and_then(|assets| {
+        println!(
+            "lab: booting {} with {}",
+            vm_arch.qemu_system(),
+            assets.kernel_package
+        );
+        Vm::boot(&assets, &bin_dir.join("lab-init"), bin_dir, &leg_work)
+    });
     let lab = match booted {
         Ok(vm) => {
             println!(
-                "lab: {arch} VM up in {} on kernel {} ({})",
+                "lab: {} up in {} on kernel {} ({})",
+                lab::env::vm_leg(arch, release),
                 human_ms(started.elapsed().as_millis() as u64),
                 vm.kernel,
                 vm.kernel_package
@@ -198,9 +211,9 @@ fn run_vm_leg(
             }
         }
         Err(error) => {
-            let name = format!("{arch} VM");
+            let name = lab::env::vm_leg(arch, release);
             let mut rec = Recorder::new("VM", &name, options.verbose);
-            rec.row_failed(&format!("the {arch} VM boots"), &error);
+            rec.row_failed(&format!("the {name} boots"), &error);
             let leg = leg_of(&name, arch, "did not boot", bin_dir, Vec::new(), started)?;
             return Ok((leg, rec.checks));
         }

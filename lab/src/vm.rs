@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::env::{wait_for, Ran, PATIENCE};
-use crate::vm_assets::{write_initramfs, Entry, VmArch, VmAssets};
+use crate::vm_assets::{write_initramfs, DebianRelease, Entry, VmArch, VmAssets};
 
 /// How long a TCG boot may take before the lab gives up on the VM.
 const BOOT_PATIENCE: Duration = Duration::from_secs(120);
@@ -27,6 +27,8 @@ pub struct Vm {
     pub arch: VmArch,
     /// `uname -r` inside it.
     pub kernel: String,
+    /// The Debian release its kernel comes from.
+    pub release: DebianRelease,
     /// The Debian package the kernel came from.
     pub kernel_package: String,
     /// Everything the VM printed on its serial console.
@@ -96,6 +98,7 @@ impl Vm {
         let mut vm = Vm {
             arch: assets.arch,
             kernel: String::new(),
+            release: assets.release,
             kernel_package: assets.kernel_package.clone(),
             console_log,
             qemu,

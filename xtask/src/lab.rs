@@ -33,6 +33,9 @@ pub(crate) struct Options {
     /// Copy the evidence table into docs/threat-model.md (refused with --only or --arch).
     #[arg(long)]
     pub update_docs: bool,
+    /// Only these kernel series in the VM legs, e.g. 5.10 (6.1: Debian 12; 5.10: Debian 11).
+    #[arg(long, value_name = "SERIES")]
+    pub kernel: Option<String>,
     /// Only these rows, comma-separated, e.g. wipe,session-loss (for working on one scenario).
     #[arg(long, value_name = "ROWS")]
     pub only: Option<String>,
@@ -89,8 +92,10 @@ const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
 /// checked there after the run, so a caller reads its own run's report.
 pub(crate) fn run(sh: &Shell, options: &Options) -> Result<String> {
     let started = Instant::now();
-    if options.update_docs && (options.only.is_some() || options.arch.is_some()) {
-        bail!("--update-docs copies the evidence of a full run (every row on every leg) into docs/threat-model.md; drop --only and --arch");
+    if options.update_docs
+        && (options.only.is_some() || options.arch.is_some() || options.kernel.is_some())
+    {
+        bail!("--update-docs copies the evidence of a full run (every row on every leg) into docs/threat-model.md; drop --only, --arch and --kernel");
     }
     let _one_lab_at_a_time = lock_lab_dir(&sh.current_dir().join("target/lab"))?;
     step("prerequisites");
@@ -127,6 +132,9 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<String> {
         .arg("--out")
         .arg(target.join("lab"))
         .args(["--arch", &arches.join(",")]);
+    if let Some(kernel) = &options.kernel {
+        lab.args(["--kernel", kernel]);
+    }
     if let Some(only) = &options.only {
         lab.args(["--only", only]);
     }

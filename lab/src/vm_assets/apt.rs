@@ -9,27 +9,19 @@ use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
 
-use super::VmArch;
+use super::{DebianRelease, VmArch};
 use crate::host::run;
 
-/// The Debian suites fetched from, each with the URI used when the host's
-/// sources do not name it; security is where the newest kernels are.
-const SUITES: &[(&str, &str)] = &[
-    ("bookworm", "http://deb.debian.org/debian"),
-    ("bookworm-updates", "http://deb.debian.org/debian"),
-    ("bookworm-security", "http://deb.debian.org/debian-security"),
-];
 /// Where the host names its Debian mirror, so the lab uses the same one.
 pub(super) const HOST_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 /// The host's Debian archive keyring: packages are verified as apt always does.
 pub(super) const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// The kernel's ABI series: bookworm's 6.1.
-pub(super) const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
 
-/// A one-line-style sources list of [`SUITES`], each from the URI the host's
-/// deb822 `sources` names for it.
-pub(super) fn sources_list(host_deb822: &str) -> String {
-    SUITES
+/// A one-line-style sources list of `release`'s suites, each from the URI
+/// the host's deb822 `sources` names for it.
+pub(super) fn sources_list(host_deb822: &str, release: DebianRelease) -> String {
+    release
+        .suites()
         .iter()
         .map(|(suite, default)| {
             let uri = deb822_uri(host_deb822, suite).unwrap_or(default);
@@ -70,19 +62,24 @@ fn deb822_uri<'a>(text: &'a str, suite: &str) -> Option<&'a str> {
     })
 }
 
-/// The newest `linux-image-6.1.0-N-<arch>` among `apt-cache search` lines,
-/// by ABI number N (numerically: 9 is older than 41).
-pub(super) fn newest_kernel(search: &str, debian_arch: &str) -> Option<String> {
+/// Every `<prefix>N-<arch>` (`linux-image-6.1.0-41-amd64`) among `apt-cache
+/// search` lines, newest first by ABI number N (numerically: 9 is older
+/// than 41).
+pub(super) fn kernels_newest_first(search: &str, prefix: &str, debian_arch: &str) -> Vec<String> {
     let suffix = format!("-{debian_arch}");
-    search
+    let mut kernels: Vec<(u32, &str)> = search
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter_map(|package| {
-            let abi = package.strip_prefix(KERNEL_PREFIX)?.strip_suffix(&suffix)?;
+            let abi = package.strip_prefix(prefix)?.strip_suffix(&suffix)?;
             Some((abi.parse::<u32>().ok()?, package))
         })
-        .max()
+        .collect();
+    kernels.sort_unstable_by(|a, b| b.cmp(a));
+    kernels
+        .into_iter()
         .map(|(_, package)| package.to_owned())
+        .collect()
 }
 
 /// apt with its own state, cache, sources, preferences and architecture:
@@ -137,13 +134,35 @@ impl PrivateApt {
         command
     }
 
-    /// Downloads the candidate of `package` into `dir`; returns the `.deb`.
+    /// Downloads `package` into `dir`, its candidate or else the newest older
+    /// version that downloads (a mirror's index can name a `.deb` its pool
+    /// does not hold: seen for bullseye-security's arm64 packages); returns
+    /// the `.deb`.
     pub(super) fn download(&self, package: &str, dir: &Path) -> Result<PathBuf> {
-        run(self
-            .command("apt-get")
-            .current_dir(dir)
-            .args(["download", package]))
-        .with_context(|| format!("download {package}"))?;
+        let fetch = |spec: &str| {
+            run(self
+                .command("apt-get")
+                .current_dir(dir)
+                .args(["download", spec]))
+            .with_context(|| format!("download {spec}"))
+        };
+        if let Err(candidate) = fetch(package) {
+            let versions = run(self.command("apt-cache").args(["madison", package]))?;
+            let older = versions
+                .lines()
+                .filter_map(|line| line.split('|').nth(1).map(str::trim))
+                .skip(1);
+            let mut fetched = false;
+            for version in older {
+                if fetch(&format!("{package}={version}")).is_ok() {
+                    fetched = true;
+                    break;
+                }
+            }
+            if !fetched {
+                return Err(candidate.context(format!("no version of {package} downloads")));
+            }
+        }
         let prefix = format!("{package}_");
         fs::read_dir(dir)
             .with_context(|| format!("read {}", dir.display()))?
@@ -206,7 +225,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newest_kernel_compares_abi_numbers_and_skips_flavours() {
+    fn kernels_are_ordered_by_abi_number_and_other_flavours_skipped() {
         let search = "\
 linux-image-6.1.0-9-arm64 - Linux 6.1 for 64-bit ARMv8 machines (signed)
 linux-image-6.1.0-41-arm64 - Linux 6.1 for 64-bit ARMv8 machines (signed)
@@ -216,10 +235,18 @@ linux-image-6.1.0-58-arm64-dbg - Debug symbols
 linux-image-6.1.0-41-amd64 - Linux 6.1 for 64-bit PCs (signed)
 ";
         assert_eq!(
-            newest_kernel(search, "arm64").as_deref(),
-            Some("linux-image-6.1.0-41-arm64")
+            kernels_newest_first(search, "linux-image-6.1.0-", "arm64"),
+            ["linux-image-6.1.0-41-arm64", "linux-image-6.1.0-9-arm64"]
         );
-        assert_eq!(newest_kernel(search, "armhf"), None);
+        assert!(kernels_newest_first(search, "linux-image-6.1.0-", "armhf").is_empty());
+        assert_eq!(
+            kernels_newest_first(
+                "linux-image-5.10.0-33-amd64 - Linux 5.10\n",
+                "linux-image-5.10.0-",
+                "amd64"
+            ),
+            ["linux-image-5.10.0-33-amd64"]
+        );
     }
 
     #[test]
@@ -243,7 +270,7 @@ Suites:
 Components: main
 ";
         assert_eq!(
-            sources_list(host),
+            sources_list(host, DebianRelease::Bookworm),
             format!(
                 "deb [signed-by={KEYRING}] http://mirror.example/debian bookworm main\n\
                  deb [signed-by={KEYRING}] http://mirror.example/debian bookworm-updates main\n\
@@ -251,7 +278,7 @@ Components: main
             )
         );
         assert_eq!(
-            sources_list(""),
+            sources_list("", DebianRelease::Bookworm),
             format!(
                 "deb [signed-by={KEYRING}] http://deb.debian.org/debian bookworm main\n\
                  deb [signed-by={KEYRING}] http://deb.debian.org/debian bookworm-updates main\n\

@@ -13,21 +13,22 @@ mod elf;
 mod initramfs;
 mod kernel;
 mod modules;
+mod release;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::host::run;
 
 pub use arch::VmArch;
 pub use initramfs::{write_initramfs, Entry};
+pub use release::DebianRelease;
 
 use apt::{
-    extract, newest_kernel, package_version, sources_list, PrivateApt, HOST_SOURCES, KERNEL_PREFIX,
-    KEYRING,
+    extract, kernels_newest_first, package_version, sources_list, PrivateApt, HOST_SOURCES, KEYRING,
 };
 use elf::check_machine;
 use kernel::unpack_bzimage;
@@ -38,6 +39,8 @@ use modules::{builtin_names, load_order, modinfo_depends, module_index, MODULE_R
 pub struct VmAssets {
     /// The architecture all of these are built for.
     pub arch: VmArch,
+    /// The Debian release the kernel and busybox come from.
+    pub release: DebianRelease,
     /// `uname -r` inside the VM, e.g. "6.1.0-41-arm64".
     pub kernel_release: String,
     /// The exact Debian package and version the kernel came from, for the
@@ -73,17 +76,23 @@ struct Manifest {
     modules: Vec<String>,
 }
 
-/// Downloads (once; cached under `cache_dir/<debian_arch>/`) the newest
-/// bookworm `linux-image-6.1.0-*-<arch>` and `busybox-static` for `arch`, and
+/// Downloads (once; cached under `cache_dir/<debian_arch>[-bullseye]/`) the
+/// newest kernel of `release`'s series (`linux-image-6.1.0-*-<arch>`,
+/// `linux-image-5.10.0-*-<arch>`) and its `busybox-static` for `arch`, and
 /// extracts what the lab needs. Remove that directory to fetch a newer kernel.
 ///
 /// apt runs with a private state, cache and sources list (and `arch` as its
 /// only architecture), so the host's apt configuration, lists and dpkg
 /// architectures are never changed. `log` receives one line per step.
-pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<VmAssets> {
+pub fn fetch(
+    arch: VmArch,
+    release: DebianRelease,
+    cache_dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<VmAssets> {
     let name = arch.debian_arch();
-    let dir = cache_dir.join(name);
-    if let Some(assets) = cached(arch, &dir) {
+    let dir = cache_dir.join(release.cache_name(name));
+    if let Some(assets) = cached(arch, release, &dir) {
         log(&format!("vm assets ({name}): cached in {}", dir.display()));
         return Ok(assets);
     }
@@ -93,7 +102,7 @@ pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
     }
     let work = dir.join("work");
     let host = fs::read_to_string(HOST_SOURCES).unwrap_or_default();
-    let sources = sources_list(&host);
+    let sources = sources_list(&host, release);
     log(&format!(
         "vm assets ({name}): apt-get update (private state in {}): {}",
         work.display(),
@@ -106,19 +115,41 @@ pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
     run(apt.command("apt-get").arg("update")).context("apt-get update with the private state")?;
 
     // `.` is the only regex metacharacter of the prefix.
-    let pattern = format!("^{}[0-9]+-{name}$", KERNEL_PREFIX.replace('.', "\\."));
+    let prefix = release.kernel_prefix();
+    let pattern = format!("^{}[0-9]+-{name}$", prefix.replace('.', "\\."));
     let found = run(apt
         .command("apt-cache")
         .args(["search", "--names-only", &pattern]))?;
-    let kernel = newest_kernel(&found, name)
-        .with_context(|| format!("no {KERNEL_PREFIX}*-{name} in the bookworm suites"))?;
-
+    let candidates = kernels_newest_first(&found, prefix, name);
+    if candidates.is_empty() {
+        bail!("no {prefix}*-{name} in the {} suites", release.name());
+    }
     let debs = work.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("create {}", debs.display()))?;
-    log(&format!(
-        "vm assets ({name}): downloading {kernel} ({name})"
-    ));
-    let kernel_deb = apt.download(&kernel, &debs)?;
+    // A mirror's index can name kernels its pool does not hold (seen: 404s
+    // for every arm64 kernel of bullseye-security): take the newest that
+    // downloads, from whichever suite holds it.
+    let mut refused = Vec::new();
+    let (kernel, kernel_deb) = loop {
+        let Some(kernel) = candidates.get(refused.len()) else {
+            bail!(
+                "no {prefix}*-{name} could be downloaded: {}",
+                refused.join("; ")
+            );
+        };
+        log(&format!(
+            "vm assets ({name}): downloading {kernel} ({name})"
+        ));
+        match apt.download(kernel, &debs) {
+            Ok(deb) => break (kernel.clone(), deb),
+            Err(error) => {
+                log(&format!(
+                    "vm assets ({name}): {kernel} did not download: {error:#}"
+                ));
+                refused.push(format!("{kernel}: {error:#}"));
+            }
+        }
+    };
     log(&format!(
         "vm assets ({name}): downloading busybox-static ({name})"
     ));
@@ -139,8 +170,8 @@ pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
     let builtin = builtin_names(&modules_dir.join("modules.builtin"))?;
     let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
         let path = index.get(module).with_context(|| {
-            // bookworm's 6.1 kernels ship plain `.ko`; a compressed one would
-            // need decompressing here.
+            // bookworm's 6.1 and bullseye's 5.10 kernels ship plain `.ko`;
+            // a compressed one would need decompressing here.
             format!("module {module}: no {module}.ko in {kernel}")
         })?;
         modinfo_depends(path)
@@ -152,7 +183,7 @@ pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
         kernel_release,
         modules: order,
     };
-    let assets = assets(arch, &dir, &manifest);
+    let assets = assets(arch, release, &dir, &manifest);
     let image = root.join(format!("boot/vmlinuz-{}", manifest.kernel_release));
     match arch {
         VmArch::Aarch64 => copy(&image, &assets.vmlinuz)?,
@@ -182,10 +213,10 @@ pub fn fetch(arch: VmArch, cache_dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
 
 /// The assets of a complete cache, or `None` if anything is missing or the
 /// manifest is unreadable (a fetch that died while writing it): fetch again.
-fn cached(arch: VmArch, dir: &Path) -> Option<VmAssets> {
+fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> {
     let json = fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let manifest: Manifest = serde_json::from_str(&json).ok()?;
-    let assets = assets(arch, dir, &manifest);
+    let assets = assets(arch, release, dir, &manifest);
     let complete = [&assets.vmlinuz, &assets.busybox]
         .into_iter()
         .chain(&assets.modules)
@@ -194,9 +225,10 @@ fn cached(arch: VmArch, dir: &Path) -> Option<VmAssets> {
 }
 
 /// Where each asset of `manifest` lives in the cache directory `dir`.
-fn assets(arch: VmArch, dir: &Path, manifest: &Manifest) -> VmAssets {
+fn assets(arch: VmArch, release: DebianRelease, dir: &Path, manifest: &Manifest) -> VmAssets {
     VmAssets {
         arch,
+        release,
         kernel_release: manifest.kernel_release.clone(),
         kernel_package: manifest.kernel_package.clone(),
         vmlinuz: dir.join("vmlinuz"),
