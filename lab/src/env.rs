@@ -488,6 +488,14 @@ impl Env {
             .with_context(|| format!("lab-observer {args:?}: {} {}", ran.stdout, ran.stderr))
     }
 
+    /// Root's scan of every readable mapping of the live `pid` for the
+    /// canary in `canary_file` (whole, pieces, encoded forms).
+    pub fn scan(&self, pid: i32, canary_file: &str) -> Result<lab_guest::procfs::Scan> {
+        let found = self.observe(&["scan", &pid.to_string(), canary_file])?;
+        serde_json::from_value(found["scan"].clone())
+            .with_context(|| format!("observer said: {found}"))
+    }
+
     /// Writes a file into the run directory; returns its path inside the container.
     pub fn put(&self, name: &str, bytes: &[u8]) -> Result<String> {
         let path = self.run_dir.join(name);

@@ -161,9 +161,7 @@ pub fn root_scans(env: &Env, memory: &str) -> Result<RootScan> {
         .as_str()
         .unwrap_or("?")
         .to_owned();
-    let found = env.observe(&["scan", &daemon.pid_arg(), &daemon.canary_file])?;
-    let scan: Scan = serde_json::from_value(found["scan"].clone())
-        .with_context(|| format!("observer said: {found}"))?;
+    let scan = env.scan(daemon.pid(), &daemon.canary_file)?;
     Ok(RootScan {
         reported,
         handed_out: handed == daemon.canary,

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::env::{Env, Lab, PATIENCE};
 use crate::host::Swapfile;
 use crate::runner::{Recorder, Verdict};
 use crate::stand_in::hold_probe;
-use lab_guest::procfs::{status_field, Mapping, Scan};
+use lab_guest::procfs::{status_field, Mapping};
 
 /// The container's RAM limit and the pressure put on it (MiB).
 const LIMIT_MIB: i64 = 128;
@@ -95,9 +95,7 @@ fn stays_in_ram(env: &Env, pid: i32, canary_file: &str, v: &mut Verdict) -> Resu
         ),
     );
     // The mappings that hold the secret, found by the canary itself.
-    let found = env.observe(&["scan", &pid.to_string(), canary_file])?;
-    let scan: Scan = serde_json::from_value(found["scan"].clone())
-        .with_context(|| format!("observer said: {found}"))?;
+    let scan = env.scan(pid, canary_file)?;
     v.require(
         !scan.hits.is_empty(),
         format!(

@@ -286,10 +286,7 @@ fn mcp_output_wiped_when_the_daemon_goes(env: &Env, v: &mut Verdict) -> Result<(
         })
     })?;
     let live = wait_for("the secret in the session's output", PATIENCE, || {
-        let found = env
-            .observe(&["scan", &session.to_string(), &daemon.canary_file])
-            .ok()?;
-        let scan: Scan = serde_json::from_value(found["scan"].clone()).ok()?;
+        let scan = env.scan(session, &daemon.canary_file).ok()?;
         (!scan.hits.is_empty()).then_some(scan)
     })?;
     v.require(
@@ -350,9 +347,7 @@ pub fn every_copy_is_locked(
     canary_file: &str,
     v: &mut Verdict,
 ) -> Result<Vec<Hit>> {
-    let found = env.observe(&["scan", &pid.to_string(), canary_file])?;
-    let scan: Scan = serde_json::from_value(found["scan"].clone())
-        .with_context(|| format!("observer said: {found}"))?;
+    let scan = env.scan(pid, canary_file)?;
     v.require(
         !scan.hits.is_empty(),
         format!(
