@@ -306,12 +306,12 @@ fn on_path(command: &str) -> bool {
 }
 
 /// A `dockerd` this run started, stopped again when dropped.
-struct Dockerd {
+pub(crate) struct Dockerd {
     child: Option<Child>,
 }
 
 impl Dockerd {
-    fn ensure_running(root: &Path) -> Result<Dockerd> {
+    pub(crate) fn ensure_running(root: &Path) -> Result<Dockerd> {
         if docker_answers() {
             println!("    dockerd is running");
             return Ok(Dockerd { child: None });
@@ -347,7 +347,7 @@ impl Dockerd {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
-            println!("==> lab: stopping the dockerd this run started");
+            println!("==> stopping the dockerd this run started");
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }

@@ -36,6 +36,8 @@ pub(crate) fn run(sh: &Shell, release: &Path) -> Result<()> {
         .with_context(|| {
             format!("this repository has no commit {commit}: fetch the release's tag first")
         })?;
+    // The toolchain image is built and run by docker.
+    let _dockerd = crate::lab::Dockerd::ensure_running(&origin)?;
     let in_clone = Shell::new()?;
     in_clone.change_dir(&clone);
     crate::cross::prepare(&in_clone)?;
