@@ -13,7 +13,7 @@
 //!    `target/lab/<arch>/bin`;
 //! 4. run every leg (`lab`: x86_64 containers, x86_64 VM, aarch64 VM) →
 //!    `target/lab/report.{json,md}`;
-//! 5. the lab's own tests, among them the proof that it can fail;
+//! 5. the lab's own tests (the report's shape and its rules: a row without a negative control is red);
 //! 6. with `--update-docs`, copy the evidence into docs/threat-model.md.
 
 use std::path::{Path, PathBuf};
