@@ -42,7 +42,7 @@ enum Verb {
     /// Attack the real binaries in containers and x86_64/aarch64 VMs and write the evidence report
     Lab(lab::Options),
     /// Static release dazai for x86_64 and aarch64 musl with `cross`, in the
-    /// toolchain image the lab builds -> target/built/<target>/dazai
+    /// toolchain image the lab builds -> `target/built/<target>/dazai`
     Cross,
     /// The lab on both targets, then target/dist: only binaries whose SHA-256
     /// every leg tested green, SHA256SUMS (signed with DAZAI_SIGNING_KEY, or
