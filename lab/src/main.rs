@@ -51,7 +51,13 @@ struct Options {
 }
 
 /// What every leg's bin directory must hold.
-const BINARIES: [&str; 4] = ["dazai", "lab-probe", "lab-observer", "lab-init"];
+const BINARIES: [&str; 5] = [
+    "dazai",
+    "dazai-mcp",
+    "lab-probe",
+    "lab-observer",
+    "lab-init",
+];
 
 fn main() -> ExitCode {
     let options = <Options as clap::Parser>::parse();
@@ -273,7 +279,7 @@ fn leg_of(
 ) -> Result<Leg> {
     let dazai = bin_dir.join("dazai");
     let mut tools_sha256 = std::collections::BTreeMap::new();
-    for tool in ["lab-probe", "lab-observer", "lab-init"] {
+    for tool in ["dazai-mcp", "lab-probe", "lab-observer", "lab-init"] {
         let path = bin_dir.join(tool);
         if path.exists() {
             tools_sha256.insert(tool.to_owned(), lab::images::sha256_file(&path)?);

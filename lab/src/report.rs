@@ -85,8 +85,9 @@ pub struct Leg {
     /// SHA-256 of `/proc/PID/exe` of every daemon the leg started, taken
     /// inside its machine: each must be `dazai_sha256`.
     pub daemons_seen: Vec<String>,
-    /// SHA-256 of each guest tool the leg ran (`lab-probe`, `lab-observer`,
-    /// `lab-init`): the evidence is only as good as its observer.
+    /// SHA-256 of each other executable the leg ran: `dazai-mcp`, shipped
+    /// beside `dazai`, and the guest tools (`lab-probe`, `lab-observer`,
+    /// `lab-init`), since the evidence is only as good as its observer.
     #[serde(default)]
     pub tools_sha256: std::collections::BTreeMap<String, String>,
     /// Wall time of the leg, in ms (a VM's boot included).

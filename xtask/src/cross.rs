@@ -1,8 +1,9 @@
-//! `cargo xtask cross`: the static release `dazai` for both shipped targets,
-//! built by `cross` in the toolchain image the lab makes locally (Cross.toml
-//! names it; no container registry is reachable from the build machines).
-//! The binaries land in `target/built/<target>/dazai`, each beside its
-//! SHA-256; `cargo xtask dist` ships them once the lab has verified them.
+//! `cargo xtask cross`: the static release executables, `dazai` and
+//! `dazai-mcp`, for both shipped targets, built by `cross` in the toolchain
+//! image the lab makes locally (Cross.toml names it; no container registry is
+//! reachable from the build machines). They land in
+//! `target/built/<target>/`, each beside its SHA-256; `cargo xtask dist`
+//! ships them once the lab has verified them.
 //!
 //! `cross` 0.2.5 misreads today's `rustup toolchain list` and runs
 //! `rustup toolchain add` for the active toolchain on every build: with a bare
@@ -21,42 +22,46 @@ use xshell::{cmd, Shell};
 /// The two static targets the project ships.
 pub(crate) const TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 
+/// The executables the project ships for each target: the daemon and its
+/// commands, and the MCP layer `dazai mcp` execs.
+pub(crate) const EXECUTABLES: [&str; 2] = ["dazai", "dazai-mcp"];
+
 /// The `cross` release the toolchain pitfall and Cross.toml were checked with.
 const CROSS_VERSION: &str = "0.2.5";
 
-/// One binary built for shipping, in `target/built`.
+/// One executable built for shipping, in `target/built`.
 pub(crate) struct Built {
-    /// The target triple it was built for.
-    pub target: String,
-    /// `target/built/<target>/dazai`.
+    /// One of [`EXECUTABLES`].
+    pub name: String,
+    /// `target/built/<target>/<name>`.
     pub path: PathBuf,
-    /// SHA-256 of the binary, in hex (also in `dazai.sha256` beside it).
+    /// SHA-256 of the executable, in hex (also in `<name>.sha256` beside it).
     pub sha256: String,
 }
 
-/// The verb: prepare, then build `dazai` for both [`TARGETS`] and print each
-/// path, size and SHA-256.
+/// The verb: prepare, then build the [`EXECUTABLES`] for both [`TARGETS`]
+/// and print each path, size and SHA-256.
 pub(crate) fn run(sh: &Shell) -> Result<()> {
     println!("==> cross: prepare cross, the rustup targets and the toolchain image");
     prepare(sh)?;
     for target in TARGETS {
-        println!("==> cross: dazai for {target} (release, --features seccomp)");
+        println!("==> cross: dazai and dazai-mcp for {target} (release, --features seccomp)");
         let started = Instant::now();
-        let built = build_dazai(sh, target)?;
-        let size = std::fs::metadata(&built.path)
-            .with_context(|| format!("stat {}", built.path.display()))?
-            .len();
-        let shown = built
-            .path
-            .strip_prefix(sh.current_dir())
-            .unwrap_or(&built.path);
-        println!(
-            "    {}: {}  {size} bytes  sha256 {}  ({:.1} s)",
-            built.target,
-            shown.display(),
-            built.sha256,
-            started.elapsed().as_secs_f64()
-        );
+        for built in build_shipped(sh, target)? {
+            let size = std::fs::metadata(&built.path)
+                .with_context(|| format!("stat {}", built.path.display()))?
+                .len();
+            let shown = built
+                .path
+                .strip_prefix(sh.current_dir())
+                .unwrap_or(&built.path);
+            println!(
+                "    {}  {size} bytes  sha256 {}",
+                shown.display(),
+                built.sha256,
+            );
+        }
+        println!("    ({:.1} s)", started.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -71,38 +76,44 @@ pub(crate) fn prepare(sh: &Shell) -> Result<()> {
     ensure_toolchain_image(sh)
 }
 
-/// Where [`build_dazai`] leaves the binary of `target`: not in
-/// `target/dist`, which only `cargo xtask dist` writes, with binaries the
-/// lab verified.
-pub(crate) fn built_path(root: &Path, target: &str) -> PathBuf {
-    root.join("target/built").join(target).join("dazai")
+/// Where [`build_shipped`] leaves the executable `name` of `target`: not
+/// in `target/dist`, which only `cargo xtask dist` writes, with executables
+/// the lab verified.
+pub(crate) fn built_path(root: &Path, target: &str, name: &str) -> PathBuf {
+    root.join("target/built").join(target).join(name)
 }
 
-/// `cross build --release --target TARGET -p dazai --features seccomp`,
-/// copied to [`built_path`] with `dazai.sha256` beside it in `sha256sum` format.
-pub(crate) fn build_dazai(sh: &Shell, target: &str) -> Result<Built> {
+/// `cross build --release --target TARGET -p dazai --features seccomp`: each
+/// of the [`EXECUTABLES`] copied to [`built_path`] with `<name>.sha256`
+/// beside it in `sha256sum` format.
+pub(crate) fn build_shipped(sh: &Shell, target: &str) -> Result<Vec<Built>> {
     let executables = build_executables(
         sh,
         target,
         &["build", "--release", "-p", "dazai", "--features", "seccomp"],
     )?;
-    let (_, built) = executables
-        .into_iter()
-        .find(|(name, _)| name == "dazai")
-        .with_context(|| format!("cargo reported no dazai executable for {target}; run `cross build --release -p dazai --target {target}` to see why"))?;
-    let path = built_path(&sh.current_dir(), target);
-    let dir = path.parent().context("built path has a directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    std::fs::copy(&built, &path)
-        .with_context(|| format!("copy {} to {}", built.display(), path.display()))?;
-    let sha256 = lab::images::sha256_file(&path)?;
-    std::fs::write(dir.join("dazai.sha256"), format!("{sha256}  dazai\n"))
-        .with_context(|| format!("write {}", dir.join("dazai.sha256").display()))?;
-    Ok(Built {
-        target: target.to_owned(),
-        path,
-        sha256,
-    })
+    let mut shipped = Vec::new();
+    for name in EXECUTABLES {
+        let (_, built) = executables
+            .iter()
+            .find(|(built, _)| built == name)
+            .with_context(|| format!("cargo reported no {name} executable for {target}; run `cross build --release -p dazai --target {target}` to see why"))?;
+        let path = built_path(&sh.current_dir(), target, name);
+        let dir = path.parent().context("built path has a directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::copy(built, &path)
+            .with_context(|| format!("copy {} to {}", built.display(), path.display()))?;
+        let sha256 = lab::images::sha256_file(&path)?;
+        let sums = dir.join(format!("{name}.sha256"));
+        std::fs::write(&sums, format!("{sha256}  {name}\n"))
+            .with_context(|| format!("write {}", sums.display()))?;
+        shipped.push(Built {
+            name: name.to_owned(),
+            path,
+            sha256,
+        });
+    }
+    Ok(shipped)
 }
 
 /// Runs `cross <cargo_args...> --target TARGET --message-format=json` and

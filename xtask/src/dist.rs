@@ -2,13 +2,15 @@
 //! verified. In order, each step announced on one line:
 //!
 //! 1. the lab, every leg (it builds both targets with `cross` first, into
-//!    `target/built/<target>/dazai`); a red row stops here;
-//! 2. each built binary is read once and hashed: every leg of its
+//!    `target/built/<target>/{dazai,dazai-mcp}`); a red row stops here;
+//! 2. each built executable is read once and hashed: every leg of its
 //!    architecture must have tested exactly that SHA-256 (x86_64: the
-//!    containers and the VM; aarch64: the VM), and every check of those legs
+//!    containers and the VMs; aarch64: the VMs), and every check of those legs
 //!    must be green; otherwise nothing is packaged;
 //! 3. `target/dist/` is written whole (in a scratch directory, then renamed):
-//!    `dazai-<target>` (the bytes that were hashed), `SHA256SUMS`, the lab's
+//!    `dazai-<target>` and `dazai-mcp-<target>` (the bytes that were hashed),
+//!    the man pages and shell completions (`man/`, `completions/`, generated
+//!    from the same source by `cargo xtask man`), `SHA256SUMS`, the lab's
 //!    `lab-report.json` and `lab-report.md`, and `provenance.json` (source
 //!    commit, toolchain versions, images, the lab's results per hash);
 //! 4. with `DAZAI_SIGNING_KEY` naming an SSH private key (or
@@ -42,8 +44,10 @@ const REQUIRED_LEGS: [(&str, &[&str]); 2] = [
     ("aarch64", &["aarch64 VM", "aarch64 VM 5.10 (Debian 11)"]),
 ];
 
-/// One binary to ship.
+/// One executable to ship.
 pub(crate) struct Artifact {
+    /// Which: one of `cross::EXECUTABLES`.
+    pub name: String,
     /// Its target triple.
     pub target: String,
     /// Where the build left it.
@@ -56,7 +60,16 @@ impl Artifact {
     }
 
     fn file_name(&self) -> String {
-        format!("dazai-{}", self.target)
+        format!("{}-{}", self.name, self.target)
+    }
+
+    /// The SHA-256 a leg of the lab report says it tested for this executable.
+    fn tested_by<'leg>(&self, leg: &'leg Value) -> &'leg str {
+        let tested = match self.name.as_str() {
+            "dazai" => &leg["dazai_sha256"],
+            other => &leg["tools_sha256"][other],
+        };
+        tested.as_str().unwrap_or_default()
     }
 }
 
@@ -84,9 +97,12 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     let report_dir = root.join("target/lab");
     let artifacts: Vec<Artifact> = crate::cross::TARGETS
         .iter()
-        .map(|target| Artifact {
-            target: target.to_string(),
-            built: crate::cross::built_path(&root, target),
+        .flat_map(|target| {
+            crate::cross::EXECUTABLES.map(|name| Artifact {
+                name: name.to_owned(),
+                target: target.to_string(),
+                built: crate::cross::built_path(&root, target, name),
+            })
         })
         .collect();
     step("check every binary against the hashes the lab tested, and write target/dist");
@@ -153,6 +169,15 @@ pub(crate) fn package(
             verified_by,
         });
     }
+    for generated in crate::man::write_all(&scratch)? {
+        let bytes = std::fs::read(&generated)?;
+        let name = generated
+            .strip_prefix(&scratch)
+            .context("generated under the release directory")?
+            .display()
+            .to_string();
+        sums.push_str(&format!("{}  {name}\n", hex(&Sha256::digest(&bytes))));
+    }
     std::fs::write(scratch.join("SHA256SUMS"), &sums)?;
     std::fs::write(scratch.join("lab-report.json"), &report_json)?;
     std::fs::copy(report_dir.join("report.md"), scratch.join("lab-report.md"))
@@ -189,7 +214,7 @@ fn verifying_legs(report: &Value, artifact: &Artifact, sha256: &str) -> Result<V
                 artifact.file_name()
             );
         };
-        let tested = leg["dazai_sha256"].as_str().unwrap_or_default();
+        let tested = artifact.tested_by(leg);
         if tested != sha256 {
             bail!(
                 "refusing to package {}: its SHA-256 is {sha256}, but the {name} leg tested {tested}",
@@ -326,7 +351,7 @@ mod tests {
 
     const RUN_ID: &str = "4242-1";
 
-    /// Two built binaries and a lab report that tested exactly them, green.
+    /// Both executables for both targets and a lab report that tested exactly them, green.
     struct Fixture {
         dir: tempfile::TempDir,
         artifacts: Vec<Artifact>,
@@ -341,15 +366,25 @@ mod tests {
             ("x86_64", "x86_64-unknown-linux-musl"),
             ("aarch64", "aarch64-unknown-linux-musl"),
         ] {
-            let built = dir.path().join(format!("built-{target}"));
-            let bytes = format!("\x7fELF a dazai for {target}").into_bytes();
-            std::fs::write(&built, &bytes).unwrap();
-            let sha = hex(&Sha256::digest(&bytes));
+            let mut shas = Vec::new();
+            for name in crate::cross::EXECUTABLES {
+                let built = dir.path().join(format!("built-{name}-{target}"));
+                let bytes = format!("\x7fELF a {name} for {target}").into_bytes();
+                std::fs::write(&built, &bytes).unwrap();
+                shas.push(hex(&Sha256::digest(&bytes)));
+                artifacts.push(Artifact {
+                    name: name.to_owned(),
+                    target: target.to_owned(),
+                    built,
+                });
+            }
+            let (sha, mcp_sha) = (&shas[0], &shas[1]);
             let required = REQUIRED_LEGS.iter().find(|(a, _)| *a == arch).unwrap().1;
             for leg in required {
-                legs.push(
-                    json!({ "name": leg, "arch": arch, "kernel": "6.1.0", "dazai_sha256": sha }),
-                );
+                legs.push(json!({
+                    "name": leg, "arch": arch, "kernel": "6.1.0",
+                    "dazai_sha256": sha, "tools_sha256": { "dazai-mcp": mcp_sha },
+                }));
                 // Every row the leg runs, one of them a limit shown.
                 let in_vm = leg.contains(" VM");
                 for scenario in lab::scenarios::ALL.iter().filter(|s| s.in_vm || !in_vm) {
@@ -361,10 +396,6 @@ mod tests {
                     checks.push(json!({ "leg": leg, "row": scenario.row, "outcome": outcome }));
                 }
             }
-            artifacts.push(Artifact {
-                target: target.to_owned(),
-                built,
-            });
         }
         let report = json!({ "run_id": RUN_ID, "legs": legs, "checks": checks, "images": [] });
         std::fs::write(dir.path().join("report.json"), report.to_string()).unwrap();
@@ -389,13 +420,19 @@ mod tests {
             .expect("verified binaries package");
         assert!(out.join("dazai-aarch64-unknown-linux-musl").is_file());
 
-        let mut bytes = std::fs::read(&f.artifacts[1].built).unwrap();
+        let mcp = f
+            .artifacts
+            .iter()
+            .find(|a| a.file_name() == "dazai-mcp-aarch64-unknown-linux-musl")
+            .unwrap();
+        let mut bytes = std::fs::read(&mcp.built).unwrap();
         bytes[5] ^= 1;
-        std::fs::write(&f.artifacts[1].built, &bytes).unwrap();
+        std::fs::write(&mcp.built, &bytes).unwrap();
         let _ = std::fs::remove_dir_all(&out);
         let refused = package(f.dir.path(), RUN_ID, &f.artifacts, &origin(), &out).unwrap_err();
         assert!(
-            format!("{refused:#}").contains("refusing to package dazai-aarch64-unknown-linux-musl"),
+            format!("{refused:#}")
+                .contains("refusing to package dazai-mcp-aarch64-unknown-linux-musl"),
             "{refused:#}"
         );
         assert!(!out.exists(), "nothing is written when one binary fails");
@@ -480,6 +517,10 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .is_empty());
+        }
+        for generated in ["man/dazai-mcp-serve.1", "completions/_dazai"] {
+            let sha = hex(&Sha256::digest(std::fs::read(out.join(generated)).unwrap()));
+            assert!(sums.contains(&format!("{sha}  {generated}\n")), "{sums}");
         }
         let report = std::fs::read(out.join("lab-report.json")).unwrap();
         let byproducts = &provenance["predicate"]["runDetails"]["byproducts"];

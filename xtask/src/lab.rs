@@ -189,7 +189,8 @@ fn lock_lab_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
 }
 
 /// Builds one architecture's binaries with cross and copies them into
-/// `bin_dir`: `dazai` (the very file `cargo xtask dist` ships), `lab-probe`,
+/// `bin_dir`: `dazai` and `dazai-mcp` (the very files `cargo xtask dist`
+/// ships), `lab-probe`,
 /// `lab-observer`, `lab-init` and the tests as `e2e-<suite>`.
 fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
     let target = crate::cross::TARGETS
@@ -198,8 +199,11 @@ fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
         .with_context(|| format!("no shipped target for {arch}"))?;
     let _ = std::fs::remove_dir_all(bin_dir);
     std::fs::create_dir_all(bin_dir)?;
-    let dazai = crate::cross::build_dazai(sh, target)?;
-    std::fs::copy(&dazai.path, bin_dir.join("dazai"))?;
+    let shipped = crate::cross::build_shipped(sh, target)?;
+    for built in &shipped {
+        std::fs::copy(&built.path, bin_dir.join(&built.name))
+            .with_context(|| format!("stage {} in {}", built.name, bin_dir.display()))?;
+    }
     let guests =
         crate::cross::build_executables(sh, target, &["build", "--release", "-p", "lab-guest"])?;
     let mut tests_args = vec!["test", "--no-run", "-p", "dazai-e2e"];
@@ -215,7 +219,9 @@ fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
         std::fs::copy(&path, bin_dir.join(format!("e2e-{name}")))
             .with_context(|| format!("stage the {name} tests in {}", bin_dir.display()))?;
     }
-    println!("    {arch}: dazai sha256 {}", dazai.sha256);
+    for built in &shipped {
+        println!("    {arch}: {} sha256 {}", built.name, built.sha256);
+    }
     Ok(())
 }
 

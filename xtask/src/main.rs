@@ -35,7 +35,8 @@ enum Verb {
     /// Everything CI checks: fmt, clippy, the whole suite with and without
     /// seccomp, docs, the fuzz targets for a bounded time and, last, the lab
     Ci(ci::Options),
-    /// Write dazai(1) and a dazai-SUBCOMMAND(1) page each into $CARGO_TARGET_DIR/man (else target/man)
+    /// Write dazai(1), a dazai-SUBCOMMAND(1) page each and the bash, zsh and fish
+    /// completions into $CARGO_TARGET_DIR/{man,completions} (else target/…)
     Man,
     /// Build the libFuzzer targets in fuzz/ and run them all at once
     Fuzz(fuzz::Options),
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
             Some(cell) => ci::run_cell(&sh, &cell),
             None => ci::run(&sh),
         },
-        Verb::Man => man::run(&sh),
+        Verb::Man => man::run(),
         Verb::Fuzz(options) => fuzz::run(&sh, &options),
         Verb::Lab(options) => lab::run(&sh, &options).map(drop),
         Verb::Cross => cross::run(&sh),

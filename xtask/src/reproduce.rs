@@ -2,9 +2,10 @@
 //! come from the source it names. Reads `DIR/SHA256SUMS` and the source
 //! commit in `DIR/provenance.json`, clones this repository at that commit
 //! into `target/reproduce` (a clean tree: nothing of the work tree leaks in),
-//! builds each named binary there as `cargo xtask cross` does (the pinned
-//! toolchain, in the toolchain image), and compares SHA-256s. One byte of
-//! difference in any binary and it fails, naming it.
+//! builds each named executable there as `cargo xtask cross` does (the
+//! pinned toolchain, in the toolchain image) and the man pages and
+//! completions as `cargo xtask man` does, and compares SHA-256s. One byte of
+//! difference in any file and it fails, naming it.
 
 use std::path::Path;
 
@@ -42,22 +43,43 @@ pub(crate) fn run(sh: &Shell, release: &Path) -> Result<()> {
     in_clone.change_dir(&clone);
     crate::cross::prepare(&in_clone)?;
     let mut rebuilt = Vec::new();
-    for (name, _) in &expected {
-        let target = name
-            .strip_prefix("dazai-")
-            .with_context(|| format!("SHA256SUMS names {name}, not a dazai-<target> binary"))?;
-        println!("==> reproduce: {name}");
-        let built = crate::cross::build_dazai(&in_clone, target)?;
-        rebuilt.push((name.clone(), built.sha256));
+    for target in crate::cross::TARGETS {
+        if !expected
+            .iter()
+            .any(|(name, _)| name.ends_with(&format!("-{target}")))
+        {
+            continue;
+        }
+        println!("==> reproduce: the executables for {target}");
+        for built in crate::cross::build_shipped(&in_clone, target)? {
+            rebuilt.push((format!("{}-{target}", built.name), built.sha256));
+        }
+    }
+    if expected.iter().any(|(name, _)| is_generated(name)) {
+        println!("==> reproduce: the man pages and completions (cargo xtask man)");
+        let target_dir = clone.join("target");
+        cmd!(in_clone, "cargo xtask man")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .run()?;
+        for (name, _) in expected.iter().filter(|(name, _)| is_generated(name)) {
+            let sha256 = lab::images::sha256_file(&target_dir.join(name))?;
+            rebuilt.push((name.clone(), sha256));
+        }
     }
     for line in compare(&expected, &rebuilt)? {
         println!("    {line}");
     }
     println!(
-        "==> reproduce: every binary of {} rebuilt byte for byte from {commit}",
+        "==> reproduce: every file of {} rebuilt byte for byte from {commit}",
         release.display()
     );
     Ok(())
+}
+
+/// Whether a file of the release is generated text (by `cargo xtask man`)
+/// rather than an executable.
+fn is_generated(name: &str) -> bool {
+    name.starts_with("man/") || name.starts_with("completions/")
 }
 
 /// `(name, sha256)` of every line of `DIR/SHA256SUMS` (`sha256sum` format).

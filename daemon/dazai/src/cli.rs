@@ -37,12 +37,6 @@ pub enum Command {
     Mcp(crate::mcp::McpArgs),
     /// Run PROGRAM with secrets, tied to this terminal or SSH session: the common case in one command.
     Run(RunArgs),
-    /// Print a shell completion script.
-    Completions(CompletionsArgs),
-    /// Print a man page (roff): dazai(1), or with SUBCOMMAND dazai-SUBCOMMAND(1);
-    /// `cargo xtask man` writes them all.
-    #[command(hide = true)]
-    Manpage(ManpageArgs),
 }
 
 /// Where the daemon's socket is.
@@ -217,23 +211,6 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub program: Vec<String>,
-}
-
-/// `dazai manpage`.
-#[derive(Debug, Args)]
-pub struct ManpageArgs {
-    /// The subcommand whose page to print [default: the page of dazai itself]
-    pub subcommand: Option<String>,
-    /// Print the names of the subcommands that have a page, one a line.
-    #[arg(long, conflicts_with = "subcommand")]
-    pub list: bool,
-}
-
-/// `dazai completions`.
-#[derive(Debug, Args)]
-pub struct CompletionsArgs {
-    /// The shell.
-    pub shell: clap_complete::Shell,
 }
 
 /// `dazai register`.

@@ -9,11 +9,7 @@ use dazai_client::protocol::{Reply, Request};
 use dazai_client::{hold_heartbeat, Capability, Connection, HeartbeatEnd, HeartbeatOptions};
 use serde_json::Value;
 
-use clap::CommandFactory;
-
-use crate::cli::{
-    Cli, ClientArgs, GetArgs, ManpageArgs, PanicArgs, RegisterArgs, StatusArgs, StopArgs,
-};
+use crate::cli::{ClientArgs, GetArgs, PanicArgs, RegisterArgs, StatusArgs, StopArgs};
 use crate::failure::{Exit, Failure};
 
 /// `dazai client`: holds the heartbeat until the session ends.
@@ -176,66 +172,4 @@ pub fn register(args: &RegisterArgs) -> Result<u8, Failure> {
         }
         other => Err(unexpected(other).into()),
     }
-}
-
-/// `dazai completions SHELL`.
-pub fn completions(shell: clap_complete::Shell) {
-    clap_complete::generate(shell, &mut Cli::command(), "dazai", &mut std::io::stdout());
-}
-
-/// The subcommands that get a page of their own, by page name: each visible
-/// subcommand, and each visible subcommand of those (`mcp-serve`).
-fn pages_of(dazai: &clap::Command) -> Vec<(String, clap::Command)> {
-    let visible = |command: &clap::Command| {
-        command
-            .get_subcommands()
-            .filter(|sub| !sub.is_hide_set())
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let mut pages = Vec::new();
-    for sub in visible(dazai) {
-        let name = sub.get_name().to_owned();
-        let nested = visible(&sub);
-        pages.push((name.clone(), sub));
-        pages.extend(
-            nested
-                .into_iter()
-                .map(|page| (format!("{name}-{}", page.get_name()), page)),
-        );
-    }
-    pages
-}
-
-/// `dazai manpage [SUBCOMMAND]`: a man page in roff, for `cargo xtask man`;
-/// `--list` names the subcommands that have one.
-pub fn manpage(args: &ManpageArgs) -> Result<u8, Failure> {
-    let dazai = Cli::command();
-    let pages = pages_of(&dazai);
-    if args.list {
-        for (name, _) in &pages {
-            println!("{name}");
-        }
-        return Ok(0);
-    }
-    let page = match &args.subcommand {
-        None => dazai.clone(),
-        Some(name) => {
-            let (_, sub) = pages.iter().find(|(page, _)| page == name).ok_or_else(|| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("no subcommand {name:?}; fix: `dazai manpage --list` names them"),
-                )
-            })?;
-            // dazai-run(1) and its usage line `dazai run …`, as git's pages do.
-            sub.clone()
-                .name(format!("dazai-{name}"))
-                .bin_name(format!("dazai {}", name.replace('-', " ")))
-                .version(env!("CARGO_PKG_VERSION"))
-        }
-    };
-    clap_mangen::Man::new(page)
-        .render(&mut std::io::stdout())
-        .map_err(|e| Failure::internal("cannot write the man page", e))?;
-    Ok(0)
 }

@@ -22,7 +22,7 @@ pub enum Exit {
     Secret = 6,
     /// The socket or pidfile path is unsafe or in use.
     Endpoint = 7,
-    /// The `--exec` program could not be started.
+    /// A program could not be started: the `--exec` program, or `dazai-mcp` for `dazai mcp`.
     Spawn = 8,
     /// The `dazai mcp` tools file is invalid.
     Config = 9,

@@ -1,11 +1,21 @@
 //! `dazai mcp`: the `motokano` crate's three processes behind one command.
+//!
+//! `dazai` parses the command line (its help, its errors) and then execs
+//! `dazai-mcp` beside itself with the same arguments, which runs them: the
+//! MCP stack is never linked into the executable that holds secrets.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Subcommand};
 
-use crate::cli::SocketArg;
+use crate::cli::{Cli, SocketArg};
 use crate::failure::{Exit, Failure};
+
+/// The executable that runs `dazai mcp`, looked for beside `dazai`.
+pub const EXECUTABLE: &str = "dazai-mcp";
 
 /// `dazai mcp`.
 #[derive(Debug, Args)]
@@ -68,8 +78,49 @@ pub struct ToolsArgs {
     pub socket: SocketArg,
 }
 
+/// `dazai mcp ARGS`, once parsed: becomes `dazai-mcp ARGS`, or fails with why.
+pub(crate) fn exec_executable() -> Failure {
+    let beside_dazai = std::env::current_exe().map(|dazai| dazai.with_file_name(EXECUTABLE));
+    let path = match beside_dazai {
+        Ok(path) => path,
+        Err(e) => return Failure::internal("cannot find the dazai executable", e),
+    };
+    let error = std::process::Command::new(&path)
+        .args(arguments_after_mcp(std::env::args_os()))
+        .exec();
+    Failure::new(
+        Exit::Spawn,
+        format!(
+            "cannot run {} ({error}); fix: install {EXECUTABLE} beside dazai (a release ships both; `cargo install --path daemon/dazai` installs both)",
+            path.display()
+        ),
+    )
+}
+
+/// The arguments of `dazai mcp`: those after the subcommand's name (no
+/// option of `dazai` can come before it).
+fn arguments_after_mcp(argv: impl Iterator<Item = OsString>) -> impl Iterator<Item = OsString> {
+    argv.skip(1).skip_while(|arg| arg != "mcp").skip(1)
+}
+
+/// The `dazai-mcp` executable: parses its arguments as `dazai mcp` does,
+/// with the same help, and runs them.
+pub fn main() -> ExitCode {
+    let command = Cli::command()
+        .find_subcommand("mcp")
+        .cloned()
+        .expect("dazai's command line has an mcp subcommand")
+        .name("dazai mcp")
+        .bin_name("dazai mcp");
+    let args = McpArgs::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    match run(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.report(),
+    }
+}
+
 /// Relays the agent's stdio to the executor, or runs the executor or a session.
-pub fn run(args: &McpArgs) -> Result<u8, Failure> {
+fn run(args: &McpArgs) -> Result<u8, Failure> {
     match &args.command {
         None if args.tools.is_some() => Err(Failure::new(
             Exit::Usage,

@@ -100,7 +100,7 @@ fn start_session(stream: UnixStream, tools: &Path, socket: &Path, max_calls: usi
     };
     let started = std::env::current_exe().and_then(|exe| {
         Command::new(exe)
-            .args(["mcp", "session", "--tools"])
+            .args(["session", "--tools"])
             .arg(tools)
             .arg("--socket")
             .arg(socket)
