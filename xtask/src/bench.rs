@@ -3,11 +3,13 @@
 //! what the figures mean). Numbers come from here, never from timed assertions
 //! in tests.
 //!
-//! 1. build the measured `dazai` (release, `--features seccomp`, the build the
-//!    lab attacks) and the static musl release builds (their size);
-//! 2. destroy latency with 0, 1, 10 and 100 registered processes (and 0 with
-//!    the daemon's stderr a full pipe nobody reads), and each
-//!    daemon's start-up time on the way;
+//! 1. build the shipped executables with `cross`, as `cargo xtask dist` does
+//!    (their sizes, and each crate's share of their code by `cargo bloat`);
+//!    the x86_64 `dazai` is the one measured;
+//! 2. destroy latency with 0, 1, 10 and 100 registered processes, with an
+//!    `--exec` tree of 11 and of 101 processes (and nothing registered with
+//!    the daemon's stderr a full pipe nobody reads), and each daemon's
+//!    start-up time on the way;
 //! 3. ping-timeout precision;
 //! 4. idle cost: context switches over 10 s, resident and locked memory;
 //! 5. the heartbeat under a flood of 10 000 connection attempts;
@@ -63,7 +65,7 @@ const PING_RUNS: usize = 50;
 
 pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
     let started = Instant::now();
-    step("build the measured dazai (release, --features seccomp) and the static musl builds");
+    step("build the shipped executables with cross (the x86_64 dazai is measured) and attribute their code by crate");
     let built = size::build(sh)?;
     let built_in = started.elapsed();
     let dazai = Dazai {
@@ -76,7 +78,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
 
     let (destroy, startup) = timed(
         &format!(
-            "destroy latency: {} runs each of (registered processes, stderr) {:?}",
+            "destroy latency: {} runs each of (victims, stderr) {:?}",
             options.runs,
             destroy::CONFIGURATIONS
         ),
@@ -119,6 +121,7 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<()> {
         load_at_end: Machine::now()?.load,
         runs: options.runs,
         binaries: built.binaries,
+        crate_sizes: built.crate_sizes,
         destroy,
         startup,
         ping,

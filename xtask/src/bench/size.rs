@@ -1,31 +1,41 @@
-//! The binaries: the one measured (release, `--features seccomp`, the build
-//! the lab attacks), staged in `target/bench/bin` so that another build cannot
-//! swap it mid-run, and the static musl release builds, whose size is reported.
+//! The executables as shipped: `dazai` and `dazai-mcp`, static musl, built
+//! by `cross` for both targets exactly as `cargo xtask dist` ships them (the
+//! same files the lab attacks). The x86_64 `dazai` is the one measured,
+//! staged in `target/bench/bin` so that another build cannot swap it
+//! mid-run. Their sizes are reported, with each crate's share of the code
+//! as `cargo bloat` attributes it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use xshell::{cmd, Shell};
 
 pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 
-/// One built binary.
+/// The `cargo-bloat` release the per-crate table was made with.
+const CARGO_BLOAT_VERSION: &str = "0.12.1";
+
+/// Crates shown by name in the per-crate table; the rest are summed.
+pub(crate) const CRATES_SHOWN: usize = 14;
+
+/// One shipped executable.
 pub(crate) struct Binary {
+    /// `dazai` or `dazai-mcp`.
+    pub name: String,
     pub target: &'static str,
-    pub features: &'static str,
     pub bytes: u64,
     pub stripped: bool,
     pub static_: bool,
 }
 
 impl Binary {
-    fn of(path: &Path, target: &'static str, features: &'static str) -> Result<Binary> {
+    fn of(path: &Path, name: &str, target: &'static str) -> Result<Binary> {
         let elf = fs::read(path).with_context(|| format!("read {}", path.display()))?;
         Ok(Binary {
+            name: name.to_owned(),
             target,
-            features,
             bytes: elf.len() as u64,
             stripped: !has_section_of_type(&elf, SHT_SYMTAB),
             static_: !has_segment_of_type(&elf, PT_INTERP),
@@ -34,8 +44,9 @@ impl Binary {
 
     pub(crate) fn json(&self) -> Value {
         json!({
+            "executable": self.name,
             "target": self.target,
-            "features": self.features,
+            "features": "seccomp",
             "bytes": self.bytes,
             "stripped": self.stripped,
             "static": self.static_,
@@ -43,48 +54,128 @@ impl Binary {
     }
 }
 
-pub(crate) struct Built {
-    /// The staged copy of the measured binary.
-    pub measured: PathBuf,
-    pub binaries: Vec<Binary>,
+/// Each crate's share of one executable's code (`.text`), by `cargo bloat
+/// --crates` on an unstripped build of the same source, target and profile.
+pub(crate) struct CrateSizes {
+    /// `dazai` or `dazai-mcp`.
+    pub executable: String,
+    /// The size of `.text`, all crates together.
+    pub text_bytes: u64,
+    /// By crate, largest first.
+    pub crates: Vec<(String, u64)>,
 }
 
+impl CrateSizes {
+    /// The bytes of `.text` `krate` takes in this executable (0: none).
+    pub(crate) fn of(&self, krate: &str) -> u64 {
+        self.crates
+            .iter()
+            .find(|(name, _)| name == krate)
+            .map_or(0, |(_, bytes)| *bytes)
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "executable": self.executable,
+            "text_bytes": self.text_bytes,
+            "crates": self.crates.iter().map(|(name, bytes)| json!({ "name": name, "bytes": bytes })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub(crate) struct Built {
+    /// The staged copy of the measured executable.
+    pub measured: PathBuf,
+    pub binaries: Vec<Binary>,
+    pub crate_sizes: Vec<CrateSizes>,
+}
+
+/// Builds what `cargo xtask dist` ships with `cross` (it needs dockerd for
+/// its toolchain image), stages the x86_64 `dazai`, and attributes the code.
 pub(crate) fn build(sh: &Shell) -> Result<Built> {
-    ensure_musl_target(sh)?;
-    let target_dir = sh.current_dir().join("target");
+    let _dockerd = crate::lab::Dockerd::ensure_running(&sh.current_dir())?;
+    crate::cross::prepare(sh)?;
     let mut binaries = Vec::new();
-
-    cmd!(sh, "cargo build --release -p dazai --features seccomp").run()?;
-    let release = target_dir.join("release/dazai");
-    binaries.push(Binary::of(&release, "x86_64-unknown-linux-gnu", "seccomp")?);
-    let staged = target_dir.join("bench/bin/dazai");
-    fs::create_dir_all(staged.parent().unwrap_or(&target_dir))?;
-    fs::copy(&release, &staged).with_context(|| format!("stage {}", staged.display()))?;
-
-    // Both feature sets link to the same path: measure each right after its build.
-    let musl = target_dir.join(MUSL).join("release/dazai");
-    cmd!(sh, "cargo build --release --target {MUSL} -p dazai").run()?;
-    binaries.push(Binary::of(&musl, MUSL, "default")?);
-    cmd!(
-        sh,
-        "cargo build --release --target {MUSL} -p dazai --features seccomp"
-    )
-    .run()?;
-    binaries.push(Binary::of(&musl, MUSL, "seccomp")?);
+    let mut measured = None;
+    for target in crate::cross::TARGETS {
+        for built in crate::cross::build_shipped(sh, target)? {
+            binaries.push(Binary::of(&built.path, &built.name, target)?);
+            if target == MUSL && built.name == "dazai" {
+                let staged = sh.current_dir().join("target/bench/bin/dazai");
+                fs::create_dir_all(staged.parent().context("a directory")?)?;
+                fs::copy(&built.path, &staged)
+                    .with_context(|| format!("stage {}", staged.display()))?;
+                measured = Some(staged);
+            }
+        }
+    }
+    let crate_sizes = crate::cross::EXECUTABLES
+        .iter()
+        .map(|executable| crate_sizes(sh, executable))
+        .collect::<Result<_>>()?;
     Ok(Built {
-        measured: staged,
+        measured: measured.context("cross built no x86_64 dazai")?,
         binaries,
+        crate_sizes,
     })
 }
 
-/// The musl standard library ships as a rustup target; Rust links it with its
-/// own self-contained C runtime, so no musl-gcc (musl-tools) is needed.
-fn ensure_musl_target(sh: &Shell) -> Result<()> {
-    let installed = cmd!(sh, "rustup target list --installed").quiet().read()?;
-    if !installed.lines().any(|line| line.trim() == MUSL) {
-        println!("    adding the rustup target {MUSL} (for the static binary's size)");
-        cmd!(sh, "rustup target add {MUSL}").run()?;
+/// `cargo bloat --crates` for one executable, x86_64 musl, with symbols
+/// kept (the shipped build strips them, and cargo bloat reads them), in a
+/// target directory of its own so that it never touches the shipped files.
+fn crate_sizes(sh: &Shell, executable: &str) -> Result<CrateSizes> {
+    ensure_cargo_bloat(sh)?;
+    let target_dir = sh.current_dir().join("target/bloat");
+    let output = cmd!(
+        sh,
+        "cargo bloat --release --crates -p dazai --bin {executable} --features seccomp --target {MUSL} -n 0 --message-format json"
+    )
+    .env("CARGO_PROFILE_RELEASE_STRIP", "false")
+    .env("CARGO_TARGET_DIR", &target_dir)
+    .read()
+    .with_context(|| format!("cargo bloat --crates for {executable}"))?;
+    parse_bloat(executable, &output)
+}
+
+/// Reads `cargo bloat --crates --message-format json`.
+fn parse_bloat(executable: &str, json: &str) -> Result<CrateSizes> {
+    let bloat: Value = serde_json::from_str(json).context("parse cargo bloat's JSON")?;
+    let (Some(text_bytes), Some(crates)) = (
+        bloat["text-section-size"].as_u64(),
+        bloat["crates"].as_array(),
+    ) else {
+        bail!("cargo bloat's JSON has no text-section-size or crates: {json}");
+    };
+    let mut crates: Vec<(String, u64)> = crates
+        .iter()
+        .filter_map(|c| Some((c["name"].as_str()?.to_owned(), c["size"].as_u64()?)))
+        .collect();
+    if crates.is_empty() {
+        bail!("cargo bloat attributed no code to any crate: {json}");
     }
+    crates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(CrateSizes {
+        executable: executable.to_owned(),
+        text_bytes,
+        crates,
+    })
+}
+
+fn ensure_cargo_bloat(sh: &Shell) -> Result<()> {
+    if cmd!(sh, "cargo bloat --version")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .is_ok()
+    {
+        return Ok(());
+    }
+    println!("    installing cargo-bloat {CARGO_BLOAT_VERSION} (cargo install --locked) for the per-crate size table");
+    cmd!(
+        sh,
+        "cargo install --locked cargo-bloat --version {CARGO_BLOAT_VERSION}"
+    )
+    .run()?;
     Ok(())
 }
 
@@ -127,4 +218,21 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_bloats_crate_table_is_read_largest_first() {
+        let json = r#"{"file-size":100,"text-section-size":60,"crates":[{"name":"std","size":10},{"name":"dazai","size":40},{"name":"nix","size":10}]}"#;
+        let sizes = parse_bloat("dazai", json).unwrap();
+        assert_eq!(sizes.text_bytes, 60);
+        let names: Vec<&str> = sizes.crates.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dazai", "nix", "std"]);
+        assert_eq!(sizes.of("nix"), 10);
+        assert_eq!(sizes.of("tokio"), 0);
+        assert!(parse_bloat("dazai", r#"{"crates":[]}"#).is_err());
+    }
 }
