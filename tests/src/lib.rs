@@ -1,6 +1,11 @@
 //! A small harness for end-to-end tests of the real `dazai` binary: start a
 //! daemon in a private directory, attach clients, speak the raw protocol, and
 //! observe processes from the outside (`/proc`, wait statuses, files).
+//!
+//! The daemon is a parameter: `DAZAI_E2E_DAEMON=python` starts the Python
+//! reference (`daemon/python`) wherever a test starts a daemon, so the same
+//! tests check that both speak `dazai/1` alike; the `dazai` commands the tests
+//! run as clients stay the Rust ones.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,11 +37,82 @@ pub fn dazai() -> Command {
     command
 }
 
+/// Which daemon a test starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// `dazai daemon`.
+    Rust,
+    /// `python3 -m dazai_ref daemon`, the reference in `daemon/python`.
+    Python,
+}
+
+impl Implementation {
+    /// The one `DAZAI_E2E_DAEMON` names: unset or `rust`, or `python`; any
+    /// other value fails the test rather than quietly test the default.
+    pub fn chosen() -> Self {
+        match std::env::var("DAZAI_E2E_DAEMON").as_deref() {
+            Err(_) | Ok("rust") => Self::Rust,
+            Ok("python") => Self::Python,
+            Ok(other) => panic!("DAZAI_E2E_DAEMON={other:?}: expected rust or python"),
+        }
+    }
+
+    /// The daemon's command line up to its options: a program and its
+    /// leading arguments.
+    pub fn daemon_argv(self) -> Vec<String> {
+        match self {
+            Self::Rust => vec![dazai_bin().display().to_string(), "daemon".into()],
+            Self::Python => vec![
+                python_bin(),
+                "-m".into(),
+                "dazai_ref".into(),
+                "daemon".into(),
+            ],
+        }
+    }
+
+    /// A daemon command with a clean environment for its socket.
+    pub fn daemon_command(self) -> Command {
+        let argv = self.daemon_argv();
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).env_remove("DAZAI_SOCKET");
+        if self == Self::Python {
+            command.env("PYTHONPATH", python_package_dir());
+        }
+        command
+    }
+
+    /// The daemon's command as words for `sh -c` (paths hold no spaces here).
+    pub fn daemon_shell_words(self) -> String {
+        let argv = self.daemon_argv().join(" ");
+        match self {
+            Self::Rust => argv,
+            Self::Python => format!("env PYTHONPATH={} {argv}", python_package_dir().display()),
+        }
+    }
+}
+
+/// The Python interpreter for the reference: `DAZAI_E2E_PYTHON` (CI's venv),
+/// else `python3`.
+pub fn python_bin() -> String {
+    std::env::var("DAZAI_E2E_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Where the reference's package `dazai_ref` lies.
+pub fn python_package_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/python")
+}
+
+/// The daemon command of the implementation `DAZAI_E2E_DAEMON` chose.
+pub fn daemon_command() -> Command {
+    Implementation::chosen().daemon_command()
+}
+
 /// `dazai daemon --socket SOCKET --pidfile PIDFILE` where it must refuse to
 /// start: exit status 7 and a one-line error, which is returned.
 pub fn refused_start(socket: &Path, pidfile: &Path) -> String {
-    let output = dazai()
-        .args(["daemon", "--socket"])
+    let output = daemon_command()
+        .arg("--socket")
         .arg(socket)
         .arg("--pidfile")
         .arg(pidfile)
@@ -90,6 +166,7 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
 
 /// A daemon to start: a builder over `dazai daemon`'s arguments.
 pub struct DaemonBuilder {
+    implementation: Implementation,
     args: Vec<String>,
     exec: Vec<String>,
     envs: Vec<(String, String)>,
@@ -122,11 +199,18 @@ impl DaemonBuilder {
     /// `dazai daemon` with no options.
     pub fn new() -> Self {
         Self {
+            implementation: Implementation::chosen(),
             args: Vec::new(),
             exec: Vec::new(),
             envs: Vec::new(),
             mcp_tools: None,
         }
+    }
+
+    /// Starts `implementation` whatever `DAZAI_E2E_DAEMON` chose.
+    pub fn implementation(mut self, implementation: Implementation) -> Self {
+        self.implementation = implementation;
+        self
     }
 
     /// Adds raw daemon arguments.
@@ -190,9 +274,8 @@ impl DaemonBuilder {
         }
         let socket = dir.path().join("dazai.sock");
         let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut command = dazai();
+        let mut command = self.implementation.daemon_command();
         command
-            .arg("daemon")
             .arg("--socket")
             .arg(&socket)
             .args(&self.args)
@@ -639,9 +722,8 @@ impl DaemonBuilder {
         nix::unistd::chown(dir.path(), owner, group).expect("chown the directory");
         let socket = dir.path().join("dazai.sock");
         let log = fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut command = dazai();
+        let mut command = self.implementation.daemon_command();
         command
-            .arg("daemon")
             .arg("--socket")
             .arg(&socket)
             .args(&self.args)

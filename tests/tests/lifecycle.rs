@@ -4,7 +4,10 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 
-use dazai_e2e::{dazai, eventually, exists, is_alive, refused_start, signal, stop, DaemonBuilder};
+use dazai_e2e::{
+    daemon_command, dazai, eventually, exists, is_alive, refused_start, signal, stop,
+    DaemonBuilder, Implementation,
+};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -126,8 +129,8 @@ fn socket_and_pidfile_are_private_to_the_user() {
 #[test]
 fn a_second_daemon_on_a_live_socket_is_refused_and_the_first_survives() {
     let daemon = DaemonBuilder::new().start();
-    let second = dazai()
-        .args(["daemon", "--socket"])
+    let second = daemon_command()
+        .arg("--socket")
         .arg(&daemon.socket)
         .args(["--pidfile"])
         .arg(daemon.path("other.pid"))
@@ -146,8 +149,8 @@ fn a_stale_socket_is_replaced_after_proving_nobody_answers() {
     first.wait_exit();
     assert!(exists(&first.socket));
 
-    let mut second = dazai()
-        .args(["daemon", "--socket"])
+    let mut second = daemon_command()
+        .arg("--socket")
         .arg(&first.socket)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -206,7 +209,8 @@ fn the_tty_prompt_reads_the_secret_with_echo_off() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("dazai.sock");
     let command = format!(
-        "{bin} daemon --socket {socket} --secret pw=prompt --exec /bin/sh -c '{bin} client </dev/null & {bin} get pw > {dir}/got; kill $!'",
+        "{daemon} --socket {socket} --secret pw=prompt --exec /bin/sh -c '{bin} client </dev/null & {bin} get pw > {dir}/got; kill $!'",
+        daemon = Implementation::chosen().daemon_shell_words(),
         bin = dazai_e2e::dazai_bin().display(),
         socket = socket.display(),
         dir = dir.path().display()
@@ -391,9 +395,8 @@ fn secretmem_daemon_gives_root_eio(canary: &str) {
 /// start a daemon that silently holds its secret elsewhere.
 fn secretmem_is_refused_with_the_reason(canary: &str, why: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let output = dazai()
+    let output = daemon_command()
         .args([
-            "daemon",
             "--memory",
             "secretmem",
             "--secret",
@@ -421,8 +424,7 @@ fn secretmem_is_refused_with_the_reason(canary: &str, why: &str) {
 fn an_fd_source_never_names_a_descriptor_of_the_daemons_own() {
     let dir = tempfile::tempdir().unwrap();
     for fd in 3..6 {
-        let output = dazai()
-            .arg("daemon")
+        let output = daemon_command()
             .arg("--socket")
             .arg(dir.path().join("d.sock"))
             .args(["--secret", &format!("api=fd:{fd}")])
@@ -485,8 +487,7 @@ fn a_credential_source_reads_the_systemd_credentials_directory() {
         ("api=credential:api", 6, "CREDENTIALS_DIRECTORY is not set"),
         ("api=credential:../api", 2, "unknown secret source"),
     ] {
-        let output = dazai()
-            .arg("daemon")
+        let output = daemon_command()
             .arg("--socket")
             .arg(dir.path().join("d.sock"))
             .args(["--secret", source])
@@ -519,8 +520,7 @@ fn a_socket_below_a_directory_others_may_write_is_refused() {
 
     // The same tree with the sticky bit, as /tmp has it, is accepted.
     fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
-    let mut daemon = dazai()
-        .arg("daemon")
+    let mut daemon = daemon_command()
         .arg("--socket")
         .arg(private.join("ok.sock"))
         .stdin(std::process::Stdio::null())

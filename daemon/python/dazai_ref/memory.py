@@ -94,6 +94,7 @@ class LockedBuffer:
     __slots__ = ("_raw", "_pin", "_start", "_offset", "_span", "capacity", "length", "locked")
 
     def __init__(self, capacity, lock=True):
+        self._raw = None
         if capacity < 1:
             raise ValueError("a secret buffer holds at least one byte")
         self._span = -(-capacity // PAGE) * PAGE
