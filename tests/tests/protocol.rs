@@ -138,9 +138,11 @@ fn status_transcript() {
     match Implementation::chosen() {
         Implementation::Rust => insta::assert_snapshot!(transcript),
         // The reference says what it is and what it lacks: a snapshot of its own.
-        Implementation::Python => insta::with_settings!({ snapshot_suffix => "python-reference" }, {
-            insta::assert_snapshot!(transcript)
-        }),
+        Implementation::Python => {
+            insta::with_settings!({ snapshot_suffix => "python-reference" }, {
+                insta::assert_snapshot!(transcript)
+            })
+        }
     }
 }
 

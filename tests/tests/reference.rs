@@ -44,7 +44,10 @@ fn the_reference_has_no_secretmem_and_refuses_it_with_the_reason() {
             "{how}: {stderr}"
         );
         assert!(!stderr.contains(CANARY), "{how}: {stderr}");
-        assert!(!exists(&dir.path().join("d.sock")), "{how}: no daemon started");
+        assert!(
+            !exists(&dir.path().join("d.sock")),
+            "{how}: no daemon started"
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! run on failure with an error naming it. The times are there for the
 //! 40-minute CI budget.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -136,6 +137,27 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
         sh,
         "cargo nextest run --workspace --exclude lab --profile ci"
     ))?;
+    // The Python reference (daemon/python): its own tests, then the shared
+    // end-to-end tests with it as the daemon (docs/protocol.md).
+    let python = steps.run_with(
+        &format!("python3 -m venv {PYTHON_VENV}; pip install pytest"),
+        || python_venv(sh),
+    )?;
+    steps.run("pytest daemon/python/tests", || {
+        let _in_the_package = sh.push_dir("daemon/python");
+        Ok(cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests")
+            .quiet()
+            .run()?)
+    })?;
+    let reference_run = conformance_filter();
+    steps.command(
+        cmd!(
+            sh,
+            "cargo nextest run -p dazai-e2e --profile ci -E {reference_run}"
+        )
+        .env("DAZAI_E2E_DAEMON", "python")
+        .env("DAZAI_E2E_PYTHON", &python),
+    )?;
     steps.run(
         "RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps",
         || {
@@ -165,6 +187,63 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
+/// The Python reference's virtual environment, under the target directory.
+const PYTHON_VENV: &str = "target/python-venv";
+
+/// The end-to-end test binaries that run again with the Python reference as
+/// the daemon.
+const CONFORMANCE_BINARIES: [&str; 5] = [
+    "protocol",
+    "lifecycle",
+    "session",
+    "capability",
+    "reference",
+];
+
+/// The shared tests about what the reference lacks, each with the test of
+/// tests/tests/reference.rs that shows the difference by name instead.
+const RUST_ONLY: [(&str, &str); 1] = [(
+    "root_reads_the_secret_from_a_locked_daemon_but_gets_eio_from_a_secretmem_daemon",
+    "the_reference_has_no_secretmem_and_refuses_it_with_the_reason",
+)];
+
+/// The nextest filter of the reference's run: the conformance binaries but
+/// the Rust-only tests.
+fn conformance_filter() -> String {
+    let binaries: Vec<String> = CONFORMANCE_BINARIES
+        .iter()
+        .map(|binary| format!("binary({binary})"))
+        .collect();
+    let rust_only: String = RUST_ONLY
+        .iter()
+        .map(|(test, _)| format!(" - test(={test})"))
+        .collect();
+    format!("({}){rust_only}", binaries.join(" | "))
+}
+
+/// Makes the venv (with Debian's python3, which an unprivileged user may run:
+/// the reference's tests act as `nobody`) and installs pytest into it once;
+/// returns the venv's interpreter.
+fn python_venv(sh: &Shell) -> Result<String> {
+    let venv = sh.current_dir().join(PYTHON_VENV);
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        let system = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        cmd!(sh, "{system} -m venv {venv}").quiet().run()?;
+    }
+    if !succeeds(cmd!(sh, "{python} -c 'import pytest'")) {
+        println!("    installing pytest into {PYTHON_VENV} (the reference's test runner)");
+        cmd!(sh, "{python} -m pip install --quiet pytest")
+            .quiet()
+            .run()?;
+    }
+    Ok(python.display().to_string())
+}
+
 /// The rustup components the steps call, with the reason each is needed.
 const COMPONENTS: [(&str, &str, &str); 2] = [
     ("rustfmt", "fmt", "for cargo fmt --check"),
@@ -172,11 +251,15 @@ const COMPONENTS: [(&str, &str, &str); 2] = [
 ];
 
 /// The Debian packages the tests call, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("binutils", "nm and objdump: tests inspect the dazai binary"),
     (
         "python3",
-        "tests speak the protocol and the capability from a second language",
+        "tests speak the protocol and the capability from a second language; the Python reference runs on it",
+    ),
+    (
+        "python3-venv",
+        "the Python reference's tests run in a venv under target/",
     ),
     (
         "systemd",
@@ -303,11 +386,16 @@ impl Steps {
     }
 
     fn run(&mut self, title: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.run_with(title, step)
+    }
+
+    /// [`Steps::run`] for a step that yields what later steps use.
+    fn run_with<T>(&mut self, title: &str, step: impl FnOnce() -> Result<T>) -> Result<T> {
         println!("==> {title}");
         let started = Instant::now();
         let result = step();
         let took = started.elapsed();
-        result.with_context(|| {
+        let value = result.with_context(|| {
             format!(
                 "step `{title}` failed after {} (total {})",
                 human(took),
@@ -316,7 +404,7 @@ impl Steps {
         })?;
         println!("    ok in {}", human(took));
         self.done.push((title.to_string(), took));
-        Ok(())
+        Ok(value)
     }
 
     fn print_summary(&self) {
@@ -338,5 +426,26 @@ fn human(duration: Duration) -> String {
             duration.as_secs() / 60,
             duration.as_secs() % 60
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Rust-only test renamed or removed would silently run nowhere, and
+    /// its stand-in must exist to show the difference.
+    #[test]
+    fn every_rust_only_test_and_its_stand_in_exist() {
+        let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
+        let sources: String = CONFORMANCE_BINARIES
+            .iter()
+            .map(|binary| std::fs::read_to_string(tests.join(format!("{binary}.rs"))).unwrap())
+            .collect();
+        for (test, stand_in) in RUST_ONLY {
+            for name in [test, stand_in] {
+                assert!(sources.contains(&format!("fn {name}()")), "no test {name}");
+            }
+        }
     }
 }
