@@ -63,7 +63,7 @@ def unprivileged_uid():
 
 
 class Daemon:
-    def __init__(self, args=(), secrets=None, exec_=None, uid=None, preexec_fn=None, extra_env=None):
+    def __init__(self, args=(), secrets=None, exec_=None, uid=None, preexec_fn=None, extra_env=None, pass_fds=()):
         uid = os.getuid() if uid is None else uid
         self.dir = tempfile.mkdtemp(prefix="dazai-ref-test-")
         os.chmod(self.dir, 0o711)
@@ -88,6 +88,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=self.log_file,
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
             **as_user(uid),
         )
         self.pid = self.process.pid
