@@ -167,9 +167,3 @@ def connect(path=None):
     sock.settimeout(REPLY_DEADLINE)
     return sock
 
-
-def request(line, path=None):
-    """Sends one request line on a new connection and returns the reply line."""
-    with connect(path) as sock:
-        sock.sendall(f"{VERSION_TOKEN} {line}\n".encode())
-        return _read_line(sock)
