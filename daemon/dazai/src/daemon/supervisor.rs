@@ -208,9 +208,9 @@ impl Cgroup {
                     .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
             })
             .ok_or("this process has no cgroup v2 path")?;
-        let dir = root
-            .join(own.trim_start_matches('/'))
-            .join(format!("dazai-{}", std::process::id()));
+        let parent = root.join(own.trim_start_matches('/'));
+        remove_stale_cgroups(&parent);
+        let dir = parent.join(format!("dazai-{}", std::process::id()));
         fs::create_dir(&dir)
             .map_err(|e| format!("cannot create {} ({e}): no delegated cgroup", dir.display()))?;
         let kill = OpenOptions::new()
@@ -242,6 +242,35 @@ impl Cgroup {
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` or, on hybrid
 /// layouts like these machines', `/sys/fs/cgroup/unified`).
+/// A daemon that panics SIGKILLs itself while its cgroup still holds the
+/// dying tree, so it cannot remove the cgroup; the next daemon started in
+/// the same cgroup does. It removes every `dazai-PID` beside it whose daemon
+/// is gone (its own pid's is from an earlier process, by definition): left
+/// there, they pile up, and one named like a new daemon's would make it fall
+/// back to the weaker process-group kill. `rmdir` refuses a cgroup that
+/// still holds a process (EBUSY), so nothing alive is touched.
+fn remove_stale_cgroups(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("dazai-"))
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .filter(|pid| *pid > 0)
+        else {
+            continue;
+        };
+        let own_pid = u32::try_from(pid).is_ok_and(|pid| pid == std::process::id());
+        let daemon_gone = kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if own_pid || daemon_gone {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
+
 fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|line| {
