@@ -182,7 +182,12 @@ fn one_run(
     stderr: Stderr,
     run: usize,
 ) -> Result<(Sample, Duration)> {
-    let dir = scratch.dir(&format!("destroy-{victims:?}-{stderr:?}-{run}"))?;
+    // A plain name: the tree's shell script names paths in this directory.
+    let victims_name = match victims {
+        Victims::Registered(n) => format!("registered-{n}"),
+        Victims::Tree(n) => format!("tree-{n}"),
+    };
+    let dir = scratch.dir(&format!("destroy-{victims_name}-{stderr:?}-{run}"))?;
     let (registered, tree) = match victims {
         Victims::Registered(n) => (n, None),
         Victims::Tree(n) => (0, Some(n)),
@@ -282,20 +287,37 @@ fn tree_pidfds(dir: &Path, n: usize, daemon: &Daemon) -> Result<Vec<Pidfd>> {
         .trim()
         .parse()
         .context("the --exec shell's pid")?;
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-        .context("read the --exec shell's children (CONFIG_PROC_CHILDREN)")?;
-    let children: Vec<u32> = children
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("parse the --exec shell's children")?;
-    if children.len() != n {
-        bail!("the --exec shell has {} children, not {n}", children.len());
-    }
+    // A child may not have exec'd `sleep` yet, and the `mv` may not be
+    // reaped yet: wait until exactly the n sleeps are there.
+    let sleeps = loop {
+        let sleeps = sleeps_of(shell)?;
+        if sleeps.len() == n {
+            break sleeps;
+        }
+        if started.elapsed() > PATIENCE {
+            bail!("the --exec shell has {} sleeps, not {n}", sleeps.len());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     std::iter::once(shell)
-        .chain(children)
+        .chain(sleeps)
         .map(Pidfd::open)
         .collect()
+}
+
+/// The children of `shell` that run `sleep`.
+fn sleeps_of(shell: u32) -> Result<Vec<u32>> {
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .context("read the --exec shell's children (CONFIG_PROC_CHILDREN)")?;
+    let is_sleep = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "sleep")
+    };
+    Ok(children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .filter(is_sleep)
+        .collect())
 }
 
 /// What the PANIC line says was killed of the supervised tree, e.g.
