@@ -553,6 +553,7 @@ impl Env {
             name: "daemon".to_owned(),
             args: Vec::new(),
             exec: Vec::new(),
+            reference: false,
         }
     }
 
@@ -687,7 +688,17 @@ pub struct DaemonBuilder<'env> {
     name: String,
     args: Vec<String>,
     exec: Vec<String>,
+    reference: bool,
 }
+
+/// `python3 -m dazai_ref`: the reference's command.
+const REFERENCE_COMMAND: [&str; 3] = ["/usr/bin/python3", "-m", "dazai_ref"];
+
+/// The reference's environment: its package, which `cargo xtask lab` stages
+/// in the binaries' directory as `python/dazai_ref`, on its path, and no
+/// bytecode written into the read-only share.
+const REFERENCE_ENVIRONMENT: [&str; 2] =
+    ["PYTHONPATH=/lab/bin/python", "PYTHONDONTWRITEBYTECODE=1"];
 
 impl<'env> DaemonBuilder<'env> {
     /// Names its files in the run directory (default `daemon`).
@@ -708,19 +719,30 @@ impl<'env> DaemonBuilder<'env> {
         self
     }
 
+    /// The Python reference daemon (`daemon/python`) instead of the leg's
+    /// `dazai`, with the same command line; it is not counted among the
+    /// daemons the leg ran (those must all be the leg's `dazai`).
+    pub fn reference(mut self) -> Self {
+        self.reference = true;
+        self
+    }
+
     /// Starts it as `lab` with a fresh canary on stdin and waits for its ready line.
     pub fn start(self) -> Result<Daemon> {
         let canary = fresh_canary();
         let canary_file = self.env.put(&format!("{}.canary", self.name), &canary)?;
         let socket = format!("{SOCKETS}/{}/dazai.sock", self.name);
-        let mut argv: Vec<&str> = vec![
-            "/lab/bin/dazai",
-            "daemon",
-            "--socket",
-            &socket,
-            "--secret",
-            "api=fd:0",
-        ];
+        let mut argv: Vec<&str> = if self.reference {
+            [
+                ["/usr/bin/env"].as_slice(),
+                &REFERENCE_ENVIRONMENT,
+                &REFERENCE_COMMAND,
+            ]
+            .concat()
+        } else {
+            vec!["/lab/bin/dazai"]
+        };
+        argv.extend_from_slice(&["daemon", "--socket", &socket, "--secret", "api=fd:0"]);
         argv.extend(self.args.iter().map(String::as_str));
         if !self.exec.is_empty() {
             argv.push("--exec");
@@ -730,7 +752,9 @@ impl<'env> DaemonBuilder<'env> {
             .env
             .launch("lab", &self.name, Some(&canary_file), &argv)?;
         process.wait_output("dazai daemon ready:", PATIENCE)?;
-        self.env.note_daemon(process.pid)?;
+        if !self.reference {
+            self.env.note_daemon(process.pid)?;
+        }
         Ok(Daemon {
             process,
             canary,

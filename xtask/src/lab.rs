@@ -219,8 +219,28 @@ fn stage_binaries(sh: &Shell, arch: &str, bin_dir: &Path) -> Result<()> {
         std::fs::copy(&path, bin_dir.join(format!("e2e-{name}")))
             .with_context(|| format!("stage the {name} tests in {}", bin_dir.display()))?;
     }
+    stage_reference(sh, bin_dir)?;
     for built in &shipped {
         println!("    {arch}: {} sha256 {}", built.name, built.sha256);
+    }
+    Ok(())
+}
+
+/// Copies the Python reference's package (`daemon/python/dazai_ref`) into
+/// `bin_dir/python`, where the "reference" row's containers find it.
+fn stage_reference(sh: &Shell, bin_dir: &Path) -> Result<()> {
+    let package = sh.current_dir().join("daemon/python/dazai_ref");
+    let staged = bin_dir.join("python/dazai_ref");
+    std::fs::create_dir_all(&staged)?;
+    for entry in
+        std::fs::read_dir(&package).with_context(|| format!("read {}", package.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "py") {
+            let name = path.file_name().context("a file name")?;
+            std::fs::copy(&path, staged.join(name))
+                .with_context(|| format!("stage {}", path.display()))?;
+        }
     }
     Ok(())
 }

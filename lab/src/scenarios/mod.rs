@@ -5,6 +5,7 @@ pub mod confinement;
 pub mod core_dumps;
 pub mod oom;
 pub mod ptrace_snooping;
+pub mod reference;
 pub mod root_reads_memory;
 pub mod session_loss;
 pub mod swap;
@@ -65,5 +66,10 @@ pub const ALL: &[Scenario] = &[
         row: "systemd unit",
         in_vm: false,
         run: systemd_unit::run,
+    },
+    Scenario {
+        row: "reference",
+        in_vm: false,
+        run: reference::run,
     },
 ];

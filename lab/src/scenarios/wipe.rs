@@ -416,7 +416,11 @@ pub fn locked_then_wiped(
 }
 
 /// Sends `signal` (`-USR2`, `-SEGV`, …) to `pid` as `lab`, its own user.
-fn send_as_lab<'a>(env: &'a Env, pid: i32, signal: &'a str) -> impl FnOnce() -> Result<()> + 'a {
+pub fn send_as_lab<'a>(
+    env: &'a Env,
+    pid: i32,
+    signal: &'a str,
+) -> impl FnOnce() -> Result<()> + 'a {
     move || {
         let ran = env.exec("lab", &["kill", signal, &pid.to_string()])?;
         if ran.code != Some(0) {
@@ -446,6 +450,61 @@ pub fn wiped_at_last_call(
     end_it: impl FnOnce() -> Result<()>,
     v: &mut Verdict,
 ) -> Result<()> {
+    let AtLastCall { scan, result } =
+        scan_at_last_call(env, pid, canary_file, held, last, end_it, v)?;
+    let where_ = match last {
+        LastCall::SelfKill => "the self-SIGKILL",
+        LastCall::ExitGroup => "exit_group",
+    };
+    v.require(
+        scan.hits.is_empty(),
+        format!(
+            "{} canary hits at {where_} (whole, pieces of 8 bytes or more, hex, base64)",
+            scan.hits.len()
+        ),
+    );
+    let rechecked: Vec<HeldRange> = serde_json::from_value(result["held"].clone())?;
+    if !held.is_empty() {
+        let wiped = rechecked
+            .iter()
+            .filter(|r| r.mapped && r.read && r.zeroed)
+            .count();
+        v.require(
+            rechecked.len() == held.len() && wiped == held.len(),
+            format!(
+                "{wiped} of the {} range(s) that held the secret while alive are mapped, read and all zeros at the last moment they could be read (their munmap, or the end): {rechecked:?}",
+                held.len()
+            ),
+        );
+    }
+    v.figure(format!(
+        "{} hits in {} KiB",
+        scan.hits.len(),
+        scan.bytes_read / 1024
+    ));
+    Ok(())
+}
+
+/// What the observer saw at a daemon's last system call.
+pub struct AtLastCall {
+    /// Its scan of every readable mapping there.
+    pub scan: Scan,
+    /// Its whole result (the held ranges rechecked, the end).
+    pub result: serde_json::Value,
+}
+
+/// Traces `pid` (the ranges `held` while alive rechecked too), runs
+/// `end_it`, and scans the daemon at the entry of its `last` system call;
+/// requires that it stopped there, read something, and ended as `last` ends.
+pub fn scan_at_last_call(
+    env: &Env,
+    pid: i32,
+    canary_file: &str,
+    held: &[Hit],
+    last: LastCall,
+    end_it: impl FnOnce() -> Result<()>,
+    v: &mut Verdict,
+) -> Result<AtLastCall> {
     let pid_arg = pid.to_string();
     let mode = match last {
         LastCall::SelfKill => "wipe",
@@ -479,9 +538,9 @@ pub fn wiped_at_last_call(
     }
     let scan: Scan = serde_json::from_value(result["scan"].clone())?;
     let stopped_at = result["stopped_at"].as_str().unwrap_or_default();
-    let (expected_stop, expected_end, where_) = match last {
-        LastCall::SelfKill => (format!("kill({pid}, 9)"), "SIGKILL", "the self-SIGKILL"),
-        LastCall::ExitGroup => ("exit_group(".to_owned(), "exit", "exit_group"),
+    let (expected_stop, expected_end) = match last {
+        LastCall::SelfKill => (format!("kill({pid}, 9)"), "SIGKILL"),
+        LastCall::ExitGroup => ("exit_group(".to_owned(), "exit"),
     };
     v.require(
         stopped_at.starts_with(&expected_stop),
@@ -505,36 +564,10 @@ pub fn wiped_at_last_call(
             hit.mapping.describe()
         ));
     }
-    v.require(
-        scan.hits.is_empty(),
-        format!(
-            "{} canary hits at {where_} (whole, pieces of 8 bytes or more, hex, base64)",
-            scan.hits.len()
-        ),
-    );
-    let rechecked: Vec<HeldRange> = serde_json::from_value(result["held"].clone())?;
-    if !held.is_empty() {
-        let wiped = rechecked
-            .iter()
-            .filter(|r| r.mapped && r.read && r.zeroed)
-            .count();
-        v.require(
-            rechecked.len() == held.len() && wiped == held.len(),
-            format!(
-                "{wiped} of the {} range(s) that held the secret while alive are mapped, read and all zeros at the last moment they could be read (their munmap, or the end): {rechecked:?}",
-                held.len()
-            ),
-        );
-    }
     let end = result["end"].as_str().unwrap_or_default();
     v.require(
         end.contains(expected_end),
         format!("released, pid {pid} was {end}"),
     );
-    v.figure(format!(
-        "{} hits in {} KiB",
-        scan.hits.len(),
-        scan.bytes_read / 1024
-    ));
-    Ok(())
+    Ok(AtLastCall { scan, result })
 }
