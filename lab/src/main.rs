@@ -6,9 +6,10 @@
 //! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--only wipe,swap] [--run-id ID] [--verbose]
 //! ```
 //!
-//! The legs, in order: x86_64 containers on this machine's kernel, an x86_64
-//! VM and an aarch64 VM on Debian's kernels (qemu-system, TCG). Each leg
-//! tests `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
+//! The legs: x86_64 containers on this machine's kernel, first and alone;
+//! then the x86_64 and aarch64 VMs on Debian 12's and 11's kernels
+//! (qemu-system, TCG), two at a time. Each leg tests
+//! `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,7 +21,7 @@ use lab::env::{Lab, Machines};
 use lab::report::{Check, Leg, Outcome, Report};
 use lab::runner::{human_ms, Recorder, Scenario};
 use lab::vm::Vm;
-use lab::vm_assets::{DebianRelease, VmArch};
+use lab::vm_assets::{DebianRelease, VmArch, VmAssets};
 
 /// Runs every scenario in every leg and writes the evidence report.
 #[derive(clap::Parser)]
@@ -114,6 +115,7 @@ fn run(options: &Options) -> Result<bool> {
     let mut legs = Vec::new();
     let mut checks = Vec::new();
     let mut images = Vec::new();
+    let mut vm_legs = Vec::new();
     for arch in &options.arch {
         let bin_dir = bin_dir(&options.bin_root, arch)?;
         if arch == std::env::consts::ARCH {
@@ -134,18 +136,19 @@ fn run(options: &Options) -> Result<bool> {
             legs.push(leg);
             checks.extend(leg_checks);
         }
-        if !selected(options).any(|scenario| scenario.in_vm) {
-            println!("lab: no selected row runs in a VM; the {arch} VM is not booted");
-            continue;
-        }
-        for release in lab::vm_assets::DebianRelease::ALL {
-            if !options.kernel.iter().any(|k| k == release.kernel_series()) {
-                continue;
+        if selected(options).any(|scenario| scenario.in_vm) {
+            for release in DebianRelease::ALL {
+                if options.kernel.iter().any(|k| k == release.kernel_series()) {
+                    vm_legs.push((arch.clone(), release, bin_dir.clone()));
+                }
             }
-            let (leg, leg_checks) = run_vm_leg(arch, release, &bin_dir, &work, options)?;
-            legs.push(leg);
-            checks.extend(leg_checks);
+        } else {
+            println!("lab: no selected row runs in a VM; the {arch} VM is not booted");
         }
+    }
+    for (leg, leg_checks) in run_vm_legs(&vm_legs, &work, options)? {
+        legs.push(leg);
+        checks.extend(leg_checks);
     }
     let report = Report {
         run_id: options.run_id.clone(),
@@ -174,27 +177,77 @@ fn bin_dir(bin_root: &Path, arch: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Boots the VM of `arch` and runs the rows that need no container in it;
-/// a VM that does not boot is a red row of its leg, never a skip.
+/// How many VM legs run at once. A TCG guest spends much of its leg
+/// waiting (on its agent, on a negative control's 20 s), so two of them
+/// share the lab machines' 2 cores without slowing each other much.
+const VM_LEGS_AT_ONCE: usize = 2;
+
+/// Runs the VM legs `(arch, release, bin_dir)`, [`VM_LEGS_AT_ONCE`] at a
+/// time, and returns their results in the order given. Their kernels and
+/// modules are fetched first, one leg after another: they share one cache.
+fn run_vm_legs(
+    legs: &[(String, DebianRelease, PathBuf)],
+    work: &Path,
+    options: &Options,
+) -> Result<Vec<(Leg, Vec<Check>)>> {
+    let cache = options.out.join("vm-cache");
+    let mut assets: Vec<Option<Result<VmAssets>>> = legs
+        .iter()
+        .map(|(arch, release, _)| {
+            Some(vm_arch(arch).and_then(|vm_arch| {
+                lab::vm_assets::fetch(vm_arch, *release, &cache, &mut |line| {
+                    println!("lab: {line}")
+                })
+            }))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (batch, first) in legs
+        .chunks(VM_LEGS_AT_ONCE)
+        .zip((0..).step_by(VM_LEGS_AT_ONCE))
+    {
+        let batch_results = std::thread::scope(|scope| {
+            let running: Vec<_> = batch
+                .iter()
+                .zip(&mut assets[first..])
+                .map(|((arch, release, bin_dir), assets)| {
+                    let assets = assets.take().expect("each leg's assets are taken once");
+                    scope.spawn(move || run_vm_leg(arch, *release, assets, bin_dir, work, options))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|leg| {
+                    leg.join()
+                        .unwrap_or_else(|_| bail!("a VM leg's thread panicked"))
+                })
+                .collect::<Vec<_>>()
+        });
+        for result in batch_results {
+            results.push(result?);
+        }
+    }
+    Ok(results)
+}
+
+/// Boots the VM of `arch` from `assets` and runs the rows that need no
+/// container in it; a VM that does not boot is a red row of its leg, never
+/// a skip.
 fn run_vm_leg(
     arch: &str,
     release: DebianRelease,
+    assets: Result<VmAssets>,
     bin_dir: &Path,
     work: &Path,
     options: &Options,
 ) -> Result<(Leg, Vec<Check>)> {
     let started = Instant::now();
-    let vm_arch = vm_arch(arch)?;
     let leg_work = work.join(format!("vm-{arch}-{}", release.kernel_series()));
     std::fs::create_dir_all(&leg_work)?;
-    let cache = options.out.join("vm-cache");
-    let booted = lab::vm_assets::fetch(vm_arch, release, &cache, &mut |line| {
-        println!("lab: {line}")
-    })
-    .and_then(|assets| {
+    let booted = assets.and_then(|assets| {
         println!(
             "lab: booting {} with {}",
-            vm_arch.qemu_system(),
+            assets.arch.qemu_system(),
             assets.kernel_package
         );
         Vm::boot(&assets, &bin_dir.join("lab-init"), bin_dir, &leg_work)
