@@ -33,7 +33,7 @@ pub(crate) struct Options {
     /// Copy the evidence table into docs/threat-model.md (refused with --only or --arch).
     #[arg(long)]
     pub update_docs: bool,
-    /// Only these kernel series in the VM legs, e.g. 5.10 (6.1: Debian 12; 5.10: Debian 11).
+    /// Only these kernel series in the VM legs, e.g. 5.10 (6.1: Debian 12; 5.10: Debian 11; 6.12: Debian 13).
     #[arg(long, value_name = "SERIES")]
     pub kernel: Option<String>,
     /// Only these rows, comma-separated, e.g. wipe,session-loss (for working on one scenario).
@@ -45,7 +45,7 @@ pub(crate) struct Options {
 }
 
 /// The Debian packages the lab calls, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str, &str); 5] = [
+const DEBIAN_PACKAGES: [(&str, &str, &str); 6] = [
     (
         "docker.io",
         "dockerd",
@@ -69,8 +69,9 @@ const DEBIAN_PACKAGES: [(&str, &str, &str); 5] = [
     (
         "xz-utils",
         "xz",
-        "unpacking Debian's amd64 kernel for the x86_64 VM",
+        "unpacking Debian 11's and 12's amd64 kernels, and Debian 13's modules",
     ),
+    ("zstd", "zstd", "unpacking Debian 13's amd64 kernel"),
 ];
 
 /// qemu-system for the VM legs, from bookworm-backports: the machine's
@@ -258,7 +259,7 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
     let qemu_missing = QEMU_PACKAGES.iter().any(|(_, command)| !on_path(command));
     if missing.is_empty() && !qemu_missing {
         println!(
-            "    present: docker.io, mmdebstrap, openssh-client, util-linux, xz-utils, qemu-system"
+            "    present: docker.io, mmdebstrap, openssh-client, util-linux, xz-utils, zstd, qemu-system"
         );
         return Ok(());
     }

@@ -62,11 +62,15 @@ fn deb822_uri<'a>(text: &'a str, suite: &str) -> Option<&'a str> {
     })
 }
 
-/// Every `<prefix>N-<arch>` (`linux-image-6.1.0-41-amd64`) among `apt-cache
-/// search` lines, newest first by ABI number N (numerically: 9 is older
-/// than 41).
-pub(super) fn kernels_newest_first(search: &str, prefix: &str, debian_arch: &str) -> Vec<String> {
-    let suffix = format!("-{debian_arch}");
+/// Every `<prefix>N<suffix>-<arch>` (`linux-image-6.1.0-41-amd64`,
+/// `linux-image-6.12.117+deb13-amd64`) among `apt-cache search` lines,
+/// newest first by N (numerically: 9 is older than 41).
+pub(super) fn kernels_newest_first(
+    search: &str,
+    (prefix, suffix): (&str, &str),
+    debian_arch: &str,
+) -> Vec<String> {
+    let suffix = format!("{suffix}-{debian_arch}");
     let mut kernels: Vec<(u32, &str)> = search
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -235,17 +239,30 @@ linux-image-6.1.0-58-arm64-dbg - Debug symbols
 linux-image-6.1.0-41-amd64 - Linux 6.1 for 64-bit PCs (signed)
 ";
         assert_eq!(
-            kernels_newest_first(search, "linux-image-6.1.0-", "arm64"),
+            kernels_newest_first(search, ("linux-image-6.1.0-", ""), "arm64"),
             ["linux-image-6.1.0-41-arm64", "linux-image-6.1.0-9-arm64"]
         );
-        assert!(kernels_newest_first(search, "linux-image-6.1.0-", "armhf").is_empty());
+        assert!(kernels_newest_first(search, ("linux-image-6.1.0-", ""), "armhf").is_empty());
         assert_eq!(
             kernels_newest_first(
                 "linux-image-5.10.0-33-amd64 - Linux 5.10\n",
-                "linux-image-5.10.0-",
+                ("linux-image-5.10.0-", ""),
                 "amd64"
             ),
             ["linux-image-5.10.0-33-amd64"]
+        );
+        let trixie = "\
+linux-image-6.12.107+deb13-amd64 - Linux 6.12 for 64-bit PCs (signed)
+linux-image-6.12.117+deb13-amd64 - Linux 6.12 for 64-bit PCs (signed)
+linux-image-6.12.117+deb13-amd64-unsigned - Linux 6.12 for 64-bit PCs
+linux-image-6.12.117+deb13-cloud-amd64 - Linux 6.12 for x86-64 cloud
+";
+        assert_eq!(
+            kernels_newest_first(trixie, ("linux-image-6.12.", "+deb13"), "amd64"),
+            [
+                "linux-image-6.12.117+deb13-amd64",
+                "linux-image-6.12.107+deb13-amd64"
+            ]
         );
     }
 

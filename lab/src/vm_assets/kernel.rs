@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::elf::le_field;
 
@@ -31,26 +31,37 @@ pub(super) fn unpack_bzimage(bzimage: &Path, to: &Path, work: &Path) -> Result<(
         .get(start..)
         .and_then(|rest| rest.get(..length))
         .context("bzImage payload outside the file")?;
-    ensure!(
-        payload.starts_with(b"\xfd7zXZ\0"),
-        "the bzImage payload is not xz, which bookworm's kernels use"
-    );
-    let compressed = work.join("vmlinux.xz");
-    fs::write(&compressed, payload).with_context(|| format!("write {}", compressed.display()))?;
+    // bookworm's and bullseye's payloads are xz, trixie's zstd; each ends
+    // with the kernel's 4-byte size, which is neither.
+    let (compressed, tool, args): (_, _, &[&str]) = if payload.starts_with(b"\xfd7zXZ\0") {
+        (
+            work.join("vmlinux.xz"),
+            "xz",
+            &["--decompress", "--stdout", "--single-stream"],
+        )
+    } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
+        (
+            work.join("vmlinux.zst"),
+            "zstd",
+            &["--decompress", "--stdout"],
+        )
+    } else {
+        bail!("the bzImage payload is neither xz (Debian 11, 12) nor zstd (Debian 13)");
+    };
+    let stream = &payload[..payload.len().saturating_sub(4)];
+    fs::write(&compressed, stream).with_context(|| format!("write {}", compressed.display()))?;
     let out = fs::File::create(to).with_context(|| format!("create {}", to.display()))?;
-    // `--single-stream`: the payload ends with the kernel's 4-byte size,
-    // which is not xz.
-    let xz = Command::new("xz")
-        .args(["--decompress", "--stdout", "--single-stream"])
+    let unpacked = Command::new(tool)
+        .args(args)
         .arg(&compressed)
         .stdout(out)
         .output()
-        .context("run xz (xz-utils unpacks the amd64 kernel)")?;
+        .with_context(|| format!("run {tool} (it unpacks the amd64 kernel)"))?;
     ensure!(
-        xz.status.success(),
-        "xz --decompress {} failed: {}",
+        unpacked.status.success(),
+        "{tool} --decompress {} failed: {}",
         compressed.display(),
-        String::from_utf8_lossy(&xz.stderr).trim()
+        String::from_utf8_lossy(&unpacked.stderr).trim()
     );
     Ok(())
 }

@@ -32,7 +32,9 @@ use apt::{
 };
 use elf::check_machine;
 use kernel::unpack_bzimage;
-use modules::{builtin_names, load_order, modinfo_depends, module_index, MODULE_ROOTS};
+use modules::{
+    builtin_names, load_order, modinfo_depends, module_index, write_module, MODULE_ROOTS,
+};
 
 /// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
 #[derive(Clone, Debug)]
@@ -114,15 +116,19 @@ pub fn fetch(
     let apt = PrivateApt::create(arch, &work.join("apt"), &sources)?;
     run(apt.command("apt-get").arg("update")).context("apt-get update with the private state")?;
 
-    // `.` is the only regex metacharacter of the prefix.
-    let prefix = release.kernel_prefix();
-    let pattern = format!("^{}[0-9]+-{name}$", prefix.replace('.', "\\."));
+    // `.` and `+` are the only regex metacharacters of the name.
+    let (prefix, suffix) = release.kernel_name();
+    let literal = |text: &str| text.replace('.', "\\.").replace('+', "\\+");
+    let pattern = format!("^{}[0-9]+{}-{name}$", literal(prefix), literal(suffix));
     let found = run(apt
         .command("apt-cache")
         .args(["search", "--names-only", &pattern]))?;
-    let candidates = kernels_newest_first(&found, prefix, name);
+    let candidates = kernels_newest_first(&found, (prefix, suffix), name);
     if candidates.is_empty() {
-        bail!("no {prefix}*-{name} in the {} suites", release.name());
+        bail!(
+            "no {prefix}*{suffix}-{name} in the {} suites",
+            release.name()
+        );
     }
     let debs = work.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("create {}", debs.display()))?;
@@ -159,20 +165,24 @@ pub fn fetch(
         "vm assets ({name}): extracting the kernel and its modules"
     ));
     let root = work.join("root");
-    extract(&kernel_deb, &root, &["./boot/vmlinuz-*", "./lib/modules/*"])?;
-    extract(&busybox_deb, &root, &["./bin/busybox"])?;
+    let usr = release.usr();
+    extract(
+        &kernel_deb,
+        &root,
+        &["./boot/vmlinuz-*", &format!("./{usr}lib/modules/*")],
+    )?;
+    let busybox = format!("{usr}bin/busybox");
+    extract(&busybox_deb, &root, &[&format!("./{busybox}")])?;
     let kernel_release = kernel
         .strip_prefix("linux-image-")
         .context("kernel package name")?
         .to_owned();
-    let modules_dir = root.join("lib/modules").join(&kernel_release);
+    let modules_dir = root.join(format!("{usr}lib/modules")).join(&kernel_release);
     let index = module_index(&modules_dir)?;
     let builtin = builtin_names(&modules_dir.join("modules.builtin"))?;
     let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
         let path = index.get(module).with_context(|| {
-            // bookworm's 6.1 and bullseye's 5.10 kernels ship plain `.ko`;
-            // a compressed one would need decompressing here.
-            format!("module {module}: no {module}.ko in {kernel}")
+            format!("module {module}: no {module}.ko or {module}.ko.xz in {kernel}")
         })?;
         modinfo_depends(path)
     })?;
@@ -194,10 +204,10 @@ pub fn fetch(
     }
     fs::create_dir_all(dir.join("modules")).context("create the modules directory")?;
     for (module, to) in manifest.modules.iter().zip(&assets.modules) {
-        copy(&index[module], to)?;
+        write_module(&index[module], to)?;
         check_machine(arch, to)?;
     }
-    copy(&root.join("bin/busybox"), &assets.busybox)?;
+    copy(&root.join(&busybox), &assets.busybox)?;
     check_machine(arch, &assets.busybox)?;
     log(&format!(
         "vm assets ({name}): {}, modules in load order: {}",

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 
@@ -12,13 +13,42 @@ use super::elf::modinfo_section;
 /// Modules the lab loads; their dependencies are resolved from the kernel.
 pub(super) const MODULE_ROOTS: &[&str] = &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"];
 
-/// A module's name as the kernel knows it: file stem, `-` read as `_`.
+/// A module's name as the kernel knows it: file stem, `-` read as `_`
+/// (`.ko`, or `.ko.xz` as trixie ships them).
 fn module_name(file: &str) -> Option<String> {
-    let stem = file.strip_suffix(".ko")?;
+    let stem = file
+        .strip_suffix(".ko")
+        .or_else(|| file.strip_suffix(".ko.xz"))?;
     Some(stem.rsplit('/').next()?.replace('-', "_"))
 }
 
-/// Every `.ko` under `modules_dir/kernel`, by module name.
+/// A module's ELF bytes: `.ko.xz` decompressed (with xz-utils' `xz`, which
+/// the lab installs), so that neither the scan of its `.modinfo` nor the
+/// VM's `insmod` needs xz support.
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    if path.extension().is_none_or(|ext| ext != "xz") {
+        return fs::read(path).with_context(|| format!("read {}", path.display()));
+    }
+    let xz = Command::new("xz")
+        .args(["--decompress", "--stdout"])
+        .arg(path)
+        .output()
+        .context("run xz (xz-utils decompresses trixie's modules)")?;
+    ensure!(
+        xz.status.success(),
+        "xz --decompress {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&xz.stderr).trim()
+    );
+    Ok(xz.stdout)
+}
+
+/// Writes the module at `from` to `to`, decompressed.
+pub(super) fn write_module(from: &Path, to: &Path) -> Result<()> {
+    fs::write(to, read_module(from)?).with_context(|| format!("write {}", to.display()))
+}
+
+/// Every `.ko` or `.ko.xz` under `modules_dir/kernel`, by module name.
 pub(super) fn module_index(modules_dir: &Path) -> Result<HashMap<String, PathBuf>> {
     let mut index = HashMap::new();
     let mut pending = vec![modules_dir.join("kernel")];
@@ -89,7 +119,7 @@ pub(super) fn load_order(
 /// which the package does not ship (its postinst runs `depmod`), and `depmod`
 /// (kmod) is not on every host.
 pub(super) fn modinfo_depends(path: &Path) -> Result<Vec<String>> {
-    let bytes = fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let bytes = read_module(path)?;
     let modinfo = modinfo_section(&bytes).with_context(|| format!("read {}", path.display()))?;
     let depends = modinfo
         .split(|&b| b == 0)

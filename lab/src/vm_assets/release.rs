@@ -1,6 +1,7 @@
 //! The Debian releases whose kernels the VM legs boot: bookworm's 6.1, which
-//! offers `memfd_secret`, and bullseye's 5.10, which predates it — the
-//! kernel on which the daemon must fall back to the locked backend.
+//! offers `memfd_secret`; bullseye's 5.10, which predates it — the kernel on
+//! which the daemon must fall back to the locked backend; and trixie's 6.12,
+//! the newest Debian ships.
 
 /// A Debian release the lab takes a kernel (and busybox) from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,17 +10,25 @@ pub enum DebianRelease {
     Bookworm,
     /// Debian 11: Linux 5.10, no `memfd_secret` (it came in 5.14).
     Bullseye,
+    /// Debian 13: Linux 6.12; its modules are xz-compressed, its files are
+    /// under `/usr`, and its x86 bzImage holds a zstd payload.
+    Trixie,
 }
 
 impl DebianRelease {
     /// Every release, the default one first.
-    pub const ALL: [DebianRelease; 2] = [DebianRelease::Bookworm, DebianRelease::Bullseye];
+    pub const ALL: [DebianRelease; 3] = [
+        DebianRelease::Bookworm,
+        DebianRelease::Bullseye,
+        DebianRelease::Trixie,
+    ];
 
     /// The kernel series, as `--kernel` and the legs name it: `6.1`, `5.10`.
     pub fn kernel_series(self) -> &'static str {
         match self {
             DebianRelease::Bookworm => "6.1",
             DebianRelease::Bullseye => "5.10",
+            DebianRelease::Trixie => "6.12",
         }
     }
 
@@ -28,6 +37,7 @@ impl DebianRelease {
         match self {
             DebianRelease::Bookworm => "Debian 12",
             DebianRelease::Bullseye => "Debian 11",
+            DebianRelease::Trixie => "Debian 13",
         }
     }
 
@@ -37,6 +47,7 @@ impl DebianRelease {
         let (release, updates, security) = match self {
             DebianRelease::Bookworm => ("bookworm", "bookworm-updates", "bookworm-security"),
             DebianRelease::Bullseye => ("bullseye", "bullseye-updates", "bullseye-security"),
+            DebianRelease::Trixie => ("trixie", "trixie-updates", "trixie-security"),
         };
         [
             (release, "http://deb.debian.org/debian"),
@@ -45,11 +56,23 @@ impl DebianRelease {
         ]
     }
 
-    /// The kernel packages' prefix: the release's ABI series.
-    pub(super) fn kernel_prefix(self) -> &'static str {
+    /// The kernel packages' names around their ABI number N:
+    /// `PREFIX N SUFFIX-ARCH` (`linux-image-6.1.0-` 57 `-amd64`;
+    /// `linux-image-6.12.` 117 `+deb13` `-amd64`).
+    pub(super) fn kernel_name(self) -> (&'static str, &'static str) {
         match self {
-            DebianRelease::Bookworm => "linux-image-6.1.0-",
-            DebianRelease::Bullseye => "linux-image-5.10.0-",
+            DebianRelease::Bookworm => ("linux-image-6.1.0-", ""),
+            DebianRelease::Bullseye => ("linux-image-5.10.0-", ""),
+            DebianRelease::Trixie => ("linux-image-6.12.", "+deb13"),
+        }
+    }
+
+    /// Where its packages put `lib/modules` and `bin/busybox`: under
+    /// `usr/` since trixie merged `/usr`.
+    pub(super) fn usr(self) -> &'static str {
+        match self {
+            DebianRelease::Bookworm | DebianRelease::Bullseye => "",
+            DebianRelease::Trixie => "usr/",
         }
     }
 
@@ -59,6 +82,7 @@ impl DebianRelease {
         match self {
             DebianRelease::Bookworm => debian_arch.to_owned(),
             DebianRelease::Bullseye => format!("{debian_arch}-bullseye"),
+            DebianRelease::Trixie => format!("{debian_arch}-trixie"),
         }
     }
 }
