@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The legs: x86_64 containers on this machine's kernel, first and alone;
-//! then the x86_64 and aarch64 VMs on Debian 12's, 11's and 13's kernels
+//! then the x86_64 and aarch64 VMs on Debian 12's and 11's kernels (and,
+//! asked for with `--kernel 6.12`, 13's)
 //! (qemu-system, TCG), two at a time. Each leg tests
 //! `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
 
@@ -37,8 +38,9 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "x86_64,aarch64", value_parser = ["x86_64", "aarch64"])]
     arch: Vec<String>,
     /// The kernel series of the VM legs: 6.1 (Debian 12, with memfd_secret),
-    /// 5.10 (Debian 11, without: the locked backend), 6.12 (Debian 13).
-    #[arg(long, value_delimiter = ',', default_value = "6.1,5.10,6.12", value_parser = ["6.1", "5.10", "6.12"])]
+    /// 5.10 (Debian 11, without: the locked backend), 6.12 (Debian 13; not
+    /// in the default run yet, see docs/lab.md).
+    #[arg(long, value_delimiter = ',', default_value = "6.1,5.10", value_parser = ["6.1", "5.10", "6.12"])]
     kernel: Vec<String>,
     /// Only these rows, e.g. wipe,session-loss.
     #[arg(long, value_name = "ROWS", value_delimiter = ',', value_parser = row_name)]
