@@ -38,7 +38,10 @@ def test_the_secret_lies_in_locked_no_dump_pages_of_the_daemon(start_daemon):
 
 
 def test_an_env_secret_is_zeroed_in_the_daemons_original_environment(start_daemon):
-    daemon = start_daemon(secrets={"api": CANARY}, exec_=["sh", "-c", 'env > "$DIR/child.env"; exec sleep 600'])
+    daemon = start_daemon(
+        secrets={"api": CANARY},
+        exec_=["sh", "-c", 'env > "$DIR/child.env.part"; mv "$DIR/child.env.part" "$DIR/child.env"; exec sleep 600'],
+    )
     eventually("the program's environment", lambda: os.path.exists(daemon.path("child.env")))
     with open(f"/proc/{daemon.pid}/environ", "rb") as environ:
         assert CANARY.encode() not in environ.read()
