@@ -25,8 +25,8 @@ use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
-use crate::host::Sysctl;
-use crate::vm::Vm;
+use crate::host::{Swapfile, Sysctl};
+use crate::vm::{Vm, SWAP_DEVICE, SWAP_DISK_MIB};
 
 /// How long any one wait for an effect may take. It bounds a wait; it
 /// does not measure anything.
@@ -114,7 +114,7 @@ impl Lab {
         }
     }
 
-    /// Whether this leg runs in a VM (no container runtime, no SSH, no cgroup limits).
+    /// Whether this leg runs in a VM (no container runtime, no SSH).
     pub fn in_vm(&self) -> bool {
         matches!(self.machines, Machines::Vm(_))
     }
@@ -124,6 +124,24 @@ impl Lab {
         match &self.machines {
             Machines::Containers { .. } => crate::host::kernel_release(),
             Machines::Vm(vm) => vm.kernel.clone(),
+        }
+    }
+
+    /// Swap on for the guard's lifetime: a swapfile of the host for the
+    /// containers (they share its kernel), or the VM's swap disk.
+    pub fn swap_on(&self) -> Result<Swap> {
+        match &self.machines {
+            Machines::Containers { .. } => {
+                Swapfile::enable(&self.work.join("lab.swap"), SWAP_MIB).map(Swap::Host)
+            }
+            Machines::Vm(vm) => {
+                let enable = format!("mkswap {SWAP_DEVICE} >/dev/null && swapon {SWAP_DEVICE}");
+                let ran = vm.exec("root", &["/bin/sh", "-c", &enable], &[], None, PATIENCE)?;
+                if ran.code != Some(0) {
+                    bail!("swap on {SWAP_DEVICE} in the VM: {}", ran.stderr.trim());
+                }
+                Ok(Swap::Vm(Arc::clone(vm)))
+            }
         }
     }
 
@@ -138,6 +156,28 @@ impl Lab {
             core_ulimit: false,
             systemd: false,
             unconfined: false,
+        }
+    }
+}
+
+/// The size of the swap [`Lab::swap_on`] turns on (MiB).
+pub const SWAP_MIB: u64 = SWAP_DISK_MIB;
+
+/// Swap in use; off again when dropped.
+pub enum Swap {
+    /// The host's swapfile.
+    Host(Swapfile),
+    /// The VM's swap disk.
+    Vm(Arc<Vm>),
+}
+
+impl Drop for Swap {
+    fn drop(&mut self) {
+        if let Swap::Vm(vm) = self {
+            let off = ["swapoff", SWAP_DEVICE];
+            if let Err(error) = vm.exec("root", &off, &[], None, PATIENCE) {
+                eprintln!("lab: could not turn swap off in the VM: {error:#}");
+            }
         }
     }
 }
@@ -212,22 +252,26 @@ impl<'lab> EnvBuilder<'lab> {
     /// In the VM, an environment is its run directory bound at [`RUN`] and
     /// no process left from the previous one ([`Env`]'s drop resets).
     fn start_in_vm(self, vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
-        if self.memory.is_some() || self.ssh {
-            bail!(
-                "{}: cgroup limits and SSH need the container leg",
-                self.name
-            );
+        if self.ssh {
+            bail!("{}: SSH needs the container leg", self.name);
         }
         let name = &self.name;
         let bind = format!(
             "umount {RUN} 2>/dev/null; rm -rf {SOCKETS}; mkdir -p {RUN} && mount --bind /lab/work/{name} {RUN}"
         );
-        let ran = vm.exec("root", &["/bin/sh", "-c", &bind], &[], PATIENCE)?;
+        let ran = vm.exec("root", &["/bin/sh", "-c", &bind], &[], None, PATIENCE)?;
         if ran.code != Some(0) {
             bail!("bind {RUN} in the VM: {}", ran.stderr.trim());
         }
+        let cgroup = match self.memory {
+            Some((memory, with_swap)) => Some(memory_cgroup(vm, name, memory, with_swap)?),
+            None => None,
+        };
         Ok(Env {
-            machine: Machine::Vm(Arc::clone(vm)),
+            machine: Machine::Vm {
+                vm: Arc::clone(vm),
+                cgroup,
+            },
             run_dir,
             ssh_port: None,
             ssh_dir: PathBuf::new(),
@@ -336,6 +380,34 @@ impl<'lab> EnvBuilder<'lab> {
     }
 }
 
+/// The VM's counterpart of a container's memory limit: the cgroup
+/// `/sys/fs/cgroup/NAME` with `memory` bytes of RAM and `with_swap` of RAM
+/// plus swap (Docker's `--memory`, `--memory-swap`), which every process of
+/// the environment starts in. An earlier environment's group of the same
+/// name is reused, its limits written again. A kernel without swap
+/// accounting has no `memory.swap.max`: there, only RAM is limited.
+fn memory_cgroup(vm: &Vm, name: &str, memory: i64, with_swap: i64) -> Result<String> {
+    let cgroup = format!("/sys/fs/cgroup/{name}");
+    // Values and path as arguments, never spliced into the script.
+    let create = [
+        "/bin/sh",
+        "-c",
+        r#"mkdir -p "$1" && echo "$2" > "$1/memory.max" && { [ ! -e "$1/memory.swap.max" ] || echo "$3" > "$1/memory.swap.max"; }"#,
+        "sh",
+        &cgroup,
+        &memory.to_string(),
+        &(with_swap - memory).to_string(),
+    ];
+    let ran = vm.exec("root", &create, &[], None, PATIENCE)?;
+    if ran.code != Some(0) {
+        bail!(
+            "create the memory cgroup {cgroup} in the VM: {}",
+            ran.stderr.trim()
+        );
+    }
+    Ok(cgroup)
+}
+
 /// A running environment of the lab.
 pub struct Env {
     machine: Machine,
@@ -359,13 +431,17 @@ pub struct Ran {
 /// What an [`Env`] runs on.
 enum Machine {
     Container(Box<Container<GenericImage>>),
-    Vm(Arc<Vm>),
+    Vm {
+        vm: Arc<Vm>,
+        /// The memory cgroup every process of the environment starts in.
+        cgroup: Option<String>,
+    },
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         // A container ends with its processes; in the VM they are killed.
-        if let Machine::Vm(vm) = &self.machine {
+        if let Machine::Vm { vm, .. } = &self.machine {
             if let Err(error) = vm.reset() {
                 eprintln!("lab: could not reset the VM: {error:#}");
             }
@@ -388,7 +464,7 @@ impl Env {
     pub fn container_id(&self) -> Result<&str> {
         match &self.machine {
             Machine::Container(container) => Ok(container.id()),
-            Machine::Vm(_) => bail!("this needs a container; the VM leg has none"),
+            Machine::Vm { .. } => bail!("this needs a container; the VM leg has none"),
         }
     }
 
@@ -421,15 +497,53 @@ impl Env {
                     .context("docker exec")?;
                 Ok(out.into())
             }
-            Machine::Vm(vm) => vm.exec(user, argv, env, patience),
+            Machine::Vm { vm, cgroup } => vm.exec(user, argv, env, cgroup.as_deref(), patience),
         }
+    }
+
+    /// How many OOM kills the kernel counted in the environment's memory
+    /// cgroup (a container's, or the VM group of [`EnvBuilder::memory`]):
+    /// the kernel's own counter, where its log is a ring buffer that earlier
+    /// runs can wrap away.
+    pub fn oom_kills(&self) -> Result<u64> {
+        let counter_files = match &self.machine {
+            Machine::Container(container) => {
+                let id = container.id();
+                vec![
+                    // cgroup v1, docker's cgroupfs driver (these machines)
+                    format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
+                    // cgroup v2, systemd and cgroupfs drivers
+                    format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
+                    format!("/sys/fs/cgroup/docker/{id}/memory.events"),
+                ]
+                .into_iter()
+                .filter_map(|path| fs::read_to_string(path).ok())
+                .collect()
+            }
+            Machine::Vm { vm, cgroup } => {
+                let cgroup = cgroup
+                    .as_deref()
+                    .context("the environment has no memory limit")?;
+                let events = format!("{cgroup}/memory.events");
+                let ran = vm.exec("root", &["cat", &events], &[], None, PATIENCE)?;
+                vec![ran.stdout]
+            }
+        };
+        counter_files
+            .iter()
+            .find_map(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .context("no OOM-kill counter in the environment's memory cgroup")
     }
 
     /// The kernel's log as root inside sees it (the host's, for containers).
     pub fn kernel_log(&self) -> String {
         let ran = match &self.machine {
             Machine::Container(_) => Command::new("dmesg").output().map(Ran::from).ok(),
-            Machine::Vm(vm) => vm.exec("root", &["dmesg"], &[], PATIENCE).ok(),
+            Machine::Vm { vm, .. } => vm.exec("root", &["dmesg"], &[], None, PATIENCE).ok(),
         };
         ran.map(|ran| ran.stdout).unwrap_or_default()
     }
@@ -440,7 +554,7 @@ impl Env {
     pub fn set_kernel_setting(&self, path: &str, value: &str) -> Result<Option<Sysctl>> {
         match &self.machine {
             Machine::Container(_) => Sysctl::set(path, value).map(Some),
-            Machine::Vm(vm) => {
+            Machine::Vm { vm, .. } => {
                 // The value and path as arguments, never spliced into the script.
                 let write = [
                     "/bin/sh",
@@ -450,7 +564,7 @@ impl Env {
                     value,
                     path,
                 ];
-                let ran = vm.exec("root", &write, &[], PATIENCE)?;
+                let ran = vm.exec("root", &write, &[], None, PATIENCE)?;
                 if ran.code != Some(0) {
                     bail!("set {path} in the VM: {}", ran.stderr.trim());
                 }
@@ -532,7 +646,7 @@ impl Env {
                     bail!("docker exec -d lab-probe launch {name}: {status}");
                 }
             }
-            Machine::Vm(vm) => vm.spawn_detached(user, &launcher)?,
+            Machine::Vm { vm, cgroup } => vm.spawn_detached(user, &launcher, cgroup.as_deref())?,
         }
         let launched = Launched {
             name: name.to_owned(),

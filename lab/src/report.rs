@@ -222,7 +222,7 @@ impl Report {
             }
             out.push('\n');
         }
-        out.push_str("\n— : not part of that leg (SSH sessions, cgroup limits and the host's swap need the containers).\n");
+        out.push_str("\n— : not part of that leg (SSH sessions, systemd as PID 1 and Python need the containers).\n");
         out.push_str("can fail: a negative control, the row's own check pointed at a broken stand-in; \"turned red\" is the control passing.\n");
         out
     }

@@ -3,6 +3,7 @@
 //! through two channels only: a virtio-serial port on which `lab-init`'s
 //! agent runs commands, and two 9p shares (`/lab/bin` read-only, `/lab/work`)
 //! where the evidence files land, exactly as in a container's bind mounts.
+//! It also has one disk, `/dev/vda`, blank: the swap row's swap device.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,10 @@ use crate::vm_assets::{write_initramfs, DebianRelease, Entry, VmArch, VmAssets};
 
 /// How long a TCG boot may take before the lab gives up on the VM.
 const BOOT_PATIENCE: Duration = Duration::from_secs(120);
+/// The size of the VM's swap disk (sparse on the host until swapped to).
+pub const SWAP_DISK_MIB: u64 = 512;
+/// Where the swap disk is inside the VM: its only disk.
+pub const SWAP_DEVICE: &str = "/dev/vda";
 
 /// A running lab VM.
 pub struct Vm {
@@ -52,6 +57,10 @@ impl Vm {
         write_initramfs(&initrd, &initramfs_entries(assets, init, &dir)?)?;
         let socket = dir.join("agent.sock");
         let console_log = dir.join("console.log");
+        let swap_disk = dir.join("swap.img");
+        fs::File::create(&swap_disk)
+            .and_then(|disk| disk.set_len(SWAP_DISK_MIB << 20))
+            .with_context(|| format!("create {}", swap_disk.display()))?;
         let _ = fs::remove_file(&socket);
         let append = format!(
             "console={} panic=-1 quiet secretmem.enable=1",
@@ -80,6 +89,12 @@ impl Vm {
                 socket.display()
             ))
             .args(["-device", "virtserialport,chardev=agent,name=lab.agent"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=swap,cache=unsafe",
+                swap_disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=swap"])
             .stdin(Stdio::null())
             .stdout(fs::File::create(&console_log)?)
             .stderr(fs::File::create(dir.join("qemu.log"))?)
@@ -149,19 +164,24 @@ impl Vm {
         Ok(answer)
     }
 
-    /// Runs `argv` as `user` in the VM and waits for it (up to `patience`).
+    /// Runs `argv` as `user` in the VM, in `cgroup` if given, and waits
+    /// for it (up to `patience`).
     pub fn exec(
         &self,
         user: &str,
         argv: &[&str],
         env: &[(&str, &str)],
+        cgroup: Option<&str>,
         patience: Duration,
     ) -> Result<Ran> {
         let env: serde_json::Map<String, Value> = env
             .iter()
             .map(|(k, v)| (k.to_string(), Value::from(*v)))
             .collect();
-        let answer = self.request(&json!({ "exec": argv, "user": user, "env": env }), patience)?;
+        let answer = self.request(
+            &json!({ "exec": argv, "user": user, "env": env, "cgroup": cgroup }),
+            patience,
+        )?;
         Ok(Ran {
             code: answer["code"].as_i64().map(|c| c as i32),
             stdout: answer["stdout"].as_str().unwrap_or_default().to_owned(),
@@ -169,10 +189,11 @@ impl Vm {
         })
     }
 
-    /// Starts `argv` as `user` in the VM without waiting for it.
-    pub fn spawn_detached(&self, user: &str, argv: &[&str]) -> Result<()> {
+    /// Starts `argv` as `user` in the VM, in `cgroup` if given, without
+    /// waiting for it.
+    pub fn spawn_detached(&self, user: &str, argv: &[&str], cgroup: Option<&str>) -> Result<()> {
         self.request(
-            &json!({ "exec": argv, "user": user, "detach": true }),
+            &json!({ "exec": argv, "user": user, "detach": true, "cgroup": cgroup }),
             PATIENCE,
         )?;
         Ok(())

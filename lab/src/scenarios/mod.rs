@@ -19,7 +19,7 @@ use crate::runner::Scenario;
 pub const ALL: &[Scenario] = &[
     Scenario {
         row: "swap",
-        in_vm: false,
+        in_vm: true,
         run: swap::run,
     },
     Scenario {

@@ -1,24 +1,23 @@
 //! Row **OOM** — "memory pressure does not leave secrets behind" (its "what
 //! is claimed" in docs/threat-model.md).
 //!
-//! The scenario: memory-limited container: the supervised child is OOM-killed
+//! The scenario: a memory-limited environment (a container's cgroup, or a
+//! memory cgroup inside the VM): the supervised child is OOM-killed
 //! → the daemon panics by policy and wipes (a root observer scans it at its
 //! final SIGKILL: 0 hits); the daemon itself killed hard (`kill -9`) → its
 //! children die anyway (`PDEATHSIG`) — the documented limitation 'no wipe on
 //! hard crash' shown as such.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::env::{Env, Lab, Launched, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
 use crate::scenarios::wipe::{locked_then_wiped, LastCall};
 
-/// The row's scenario. The OOM kill needs a cgroup memory limit, which
-/// the container leg has; the hard crash runs in every leg.
+/// The row's scenario, in every leg: a container's memory limit, or a
+/// memory cgroup of the VM.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    if !lab.in_vm() {
-        oom_killed_child(lab, rec)?;
-    }
+    oom_killed_child(lab, rec)?;
     hard_crash(lab, rec)
 }
 
@@ -34,7 +33,7 @@ fn oom_killed_child(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     );
     rec.control(
         "the same daemon, its program killed by `kill -9` from outside instead of the OOM killer",
-        "the container's memory cgroup counted 0 new OOM kill(s)",
+        "the environment's memory cgroup counted 0 new OOM kill(s)",
         |v| panics_and_wipes(&env, ProgramEnd::KilledFromOutside, v),
     );
     Ok(())
@@ -51,9 +50,9 @@ enum ProgramEnd {
 
 /// The supervised program ends as `end` says: the daemon must panic for
 /// its end and wipe (the observer at its self-SIGKILL), and the kernel must
-/// have counted an OOM kill in the container's memory cgroup.
+/// have counted an OOM kill in the environment's memory cgroup.
 fn panics_and_wipes(env: &Env, end: ProgramEnd, v: &mut Verdict) -> Result<()> {
-    let kills_before = oom_kills_in(env)?;
+    let kills_before = env.oom_kills()?;
     // The hog waits for its cue, so the observer is on the daemon before
     // the OOM killer is.
     let hog =
@@ -81,10 +80,10 @@ fn panics_and_wipes(env: &Env, end: ProgramEnd, v: &mut Verdict) -> Result<()> {
         line.contains("supervised program killed by SIGKILL"),
         format!("the daemon logged: {line}"),
     );
-    let kills = oom_kills_in(env)?.saturating_sub(kills_before);
+    let kills = env.oom_kills()?.saturating_sub(kills_before);
     v.require(
         kills >= 1,
-        format!("the container's memory cgroup counted {kills} new OOM kill(s)"),
+        format!("the environment's memory cgroup counted {kills} new OOM kill(s)"),
     );
     v.figure("panic on OOM kill, 0 hits at its SIGKILL");
     Ok(())
@@ -196,26 +195,4 @@ fn child_dies_with(env: &Env, supervisor: &Launched, v: &mut Verdict) -> Result<
         after_ms.unwrap_or_default()
     ));
     Ok(())
-}
-
-/// The OOM kills the kernel counted in the container's memory cgroup (the
-/// kernel log is a ring buffer that earlier runs can wrap away).
-fn oom_kills_in(env: &Env) -> Result<u64> {
-    let id = env.container_id()?;
-    let counter_files = [
-        // cgroup v1, docker's cgroupfs driver (these machines)
-        format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
-        // cgroup v2, systemd and cgroupfs drivers
-        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
-        format!("/sys/fs/cgroup/docker/{id}/memory.events"),
-    ];
-    counter_files
-        .iter()
-        .find_map(|path| {
-            let text = std::fs::read_to_string(path).ok()?;
-            text.lines()
-                .find_map(|line| line.strip_prefix("oom_kill "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .with_context(|| format!("no OOM-kill counter for container {id} in its memory cgroup"))
 }

@@ -2,7 +2,8 @@
 //! claimed" in docs/threat-model.md).
 //!
 //! The scenario: `mlock` holds under real memory pressure: under a cgroup
-//! memory limit with a real swapfile, a pressure process's pages go to swap,
+//! memory limit with real swap (the host's swapfile under the containers,
+//! a swap disk in a VM), a pressure process's pages go to swap,
 //! and so do the holder's own other pages when the kernel is asked to page
 //! them out (`MADV_PAGEOUT` through `process_madvise`), while every mapping
 //! the canary lies in stays `Locked` = `Size`, `Swap: 0`.
@@ -11,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::env::{Env, Lab, PATIENCE};
-use crate::host::Swapfile;
+use crate::env::{Env, Lab, PATIENCE, SWAP_MIB};
 use crate::runner::{Recorder, Verdict};
 use crate::stand_in::hold_probe;
 use lab_guest::procfs::{status_field, Mapping};
@@ -23,8 +23,8 @@ const PRESSURE_MIB: u64 = 300;
 
 /// The row's scenario.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
-    // Swapped off and removed when this function returns, however it returns.
-    let _swap = Swapfile::enable(&lab.work.join("lab.swap"), 512)?;
+    // Swapped off when this function returns, however it returns.
+    let _swap = lab.swap_on()?;
     let env = lab
         .env("swap")
         .cap_add("SYS_PTRACE")
@@ -38,8 +38,7 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         "the secret stays locked in RAM while the cgroup swaps",
         |v| {
             v.note(format!(
-                "a {} MiB swapfile is on; the container is limited to {LIMIT_MIB} MiB of RAM",
-                512
+                "{SWAP_MIB} MiB of swap are on; the environment is limited to {LIMIT_MIB} MiB of RAM"
             ));
             let pressure = env.launch(
                 "lab",

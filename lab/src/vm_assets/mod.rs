@@ -56,8 +56,8 @@ pub struct VmAssets {
     pub vmlinuz: PathBuf,
     /// Module files (uncompressed `.ko`) in the order they must be loaded:
     /// dependencies first, built-ins skipped. They are the virtio PCI
-    /// transport, `virtio_console` (virtio-serial ports) and 9p over virtio,
-    /// which Debian builds as modules.
+    /// transport, `virtio_console` (virtio-serial ports), 9p over virtio and
+    /// `virtio_blk` (the swap disk), which Debian builds as modules.
     pub modules: Vec<PathBuf>,
     /// `/bin/busybox` from Debian's `busybox-static` of the architecture.
     pub busybox: PathBuf,
@@ -76,6 +76,9 @@ struct Manifest {
     busybox_package: String,
     /// Module names in load order; each is `modules/<name>.ko`.
     modules: Vec<String>,
+    /// The modules asked for: a cache made for other ones is fetched again.
+    #[serde(default)]
+    module_roots: Vec<String>,
 }
 
 /// Downloads (once; cached under `cache_dir/<debian_arch>[-bullseye]/`) the
@@ -192,6 +195,7 @@ pub fn fetch(
         busybox_package: package_version(&busybox_deb)?,
         kernel_release,
         modules: order,
+        module_roots: MODULE_ROOTS.iter().map(|root| root.to_string()).collect(),
     };
     let assets = assets(arch, release, &dir, &manifest);
     let image = root.join(format!("boot/vmlinuz-{}", manifest.kernel_release));
@@ -221,11 +225,15 @@ pub fn fetch(
     Ok(assets)
 }
 
-/// The assets of a complete cache, or `None` if anything is missing or the
-/// manifest is unreadable (a fetch that died while writing it): fetch again.
+/// The assets of a complete cache, or `None` if anything is missing, the
+/// manifest is unreadable (a fetch that died while writing it) or it was
+/// made for other modules: fetch again.
 fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> {
     let json = fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let manifest: Manifest = serde_json::from_str(&json).ok()?;
+    if manifest.module_roots != MODULE_ROOTS {
+        return None;
+    }
     let assets = assets(arch, release, dir, &manifest);
     let complete = [&assets.vmlinuz, &assets.busybox]
         .into_iter()

@@ -11,7 +11,13 @@ use anyhow::{ensure, Context, Result};
 use super::elf::modinfo_section;
 
 /// Modules the lab loads; their dependencies are resolved from the kernel.
-pub(super) const MODULE_ROOTS: &[&str] = &["virtio_pci", "virtio_console", "9pnet_virtio", "9p"];
+pub(super) const MODULE_ROOTS: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "virtio_blk",
+];
 
 /// A module's name as the kernel knows it: file stem, `-` read as `_`
 /// (`.ko`, or `.ko.xz` as trixie ships them).
@@ -153,6 +159,7 @@ mod tests {
             ("9p", &["9pnet", "fscache", "netfs"][..]),
             ("fscache", &["netfs"][..]),
             ("netfs", &[][..]),
+            ("virtio_blk", &["virtio", "virtio_ring"][..]),
         ]);
         let builtin = HashSet::from(["virtio".to_owned(), "virtio_ring".to_owned()]);
         let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
@@ -170,7 +177,8 @@ mod tests {
                 "9pnet_virtio",
                 "netfs",
                 "fscache",
-                "9p"
+                "9p",
+                "virtio_blk"
             ]
         );
         let cyclic = load_order(&["a"], &HashSet::new(), &mut |module| {

@@ -2,16 +2,20 @@
 //! under test (no container runtime, no shell needed by the host).
 //!
 //! In order:
-//! 1. mount what a minimal Linux needs and write the two users (`root`, `lab`);
+//! 1. mount what a minimal Linux needs (cgroup v2 with the memory controller
+//!    handed to child groups) and write the two users (`root`, `lab`);
 //! 2. load the kernel modules listed in `/lab/modules` (virtio PCI, 9p,
-//!    virtio-serial: Debian builds them as modules) and install busybox's applets;
+//!    virtio-serial, virtio-blk for the swap disk: Debian builds them as
+//!    modules) and install busybox's applets;
 //! 3. mount the host's shares: `/lab/bin` (read-only) and `/lab/work`;
 //! 4. fork the agent, which serves the host on the virtio-serial port
 //!    `lab.agent` (one JSON request per line, one JSON answer per line),
 //!    while PID 1 reaps every orphan and powers off when the agent ends.
 //!
-//! Requests: `{"exec": [ARGV], "user": "lab"|"root", "env": {..}, "detach": bool}`
-//! → `{"code", "signal", "stdout", "stderr"}` (or `{"pid"}` when detached);
+//! Requests: `{"exec": [ARGV], "user": "lab"|"root", "env": {..}, "detach": bool,
+//! "cgroup": "/sys/fs/cgroup/NAME"}` → `{"code", "signal", "stdout", "stderr"}`
+//! (or `{"pid"}` when detached); with `cgroup`, the program starts in that
+//! group, as a container's processes start in the container's;
 //! `{"hello": true}` → `{"kernel", "arch"}`; `{"reset": true}` kills every
 //! process but init and the agent (an environment's end, like a container's);
 //! `{"poweroff": true}` ends the VM.
@@ -35,6 +39,8 @@ use serde_json::{json, Value};
 const PORT_NAME: &str = "lab.agent";
 /// The uid and gid of `lab`, the daemon's non-root user (as in the container image).
 const LAB_UID: u32 = 1000;
+/// Where cgroup v2 is mounted; the agent's own group is its root.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 fn main() {
     if let Err(error) = set_up() {
@@ -60,7 +66,7 @@ fn set_up() -> Result<()> {
 }
 
 fn mount_system() -> Result<()> {
-    let mounts: [(&str, &str, &str, Option<&str>); 6] = [
+    let mounts: [(&str, &str, &str, Option<&str>); 7] = [
         ("proc", "/proc", "proc", None),
         ("sysfs", "/sys", "sysfs", None),
         ("devtmpfs", "/dev", "devtmpfs", None),
@@ -72,6 +78,7 @@ fn mount_system() -> Result<()> {
         ),
         ("tmpfs", "/tmp", "tmpfs", Some("mode=1777")),
         ("tmpfs", "/run", "tmpfs", Some("mode=0755")),
+        ("cgroup2", CGROUP_ROOT, "cgroup2", None),
     ];
     for (source, target, fstype, data) in mounts {
         fs::create_dir_all(target)?;
@@ -80,7 +87,9 @@ fn mount_system() -> Result<()> {
     }
     // rexpect and ssh-like tests open /dev/ptmx.
     let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
-    Ok(())
+    // Child groups may then limit memory (an environment's `.memory()`).
+    fs::write(format!("{CGROUP_ROOT}/cgroup.subtree_control"), "+memory")
+        .context("enable the memory controller for child cgroups")
 }
 
 fn write_users() -> Result<()> {
@@ -225,6 +234,25 @@ fn answer(writer: &mut File, response: &Value) -> Result<()> {
     writer.write_all(&line).context("write to the agent port")
 }
 
+/// Spawns `command` inside `cgroup`: the agent joins the group, forks the
+/// child there, and returns to the root group. A child cannot join by
+/// itself once it runs as `lab` (moving a process needs write access to the
+/// root group's `cgroup.procs`), and joining before the fork leaves no
+/// moment at which the child runs outside its group.
+fn spawn_in_cgroup(command: &mut Command, cgroup: &str) -> Result<Child> {
+    let join = |group: &str| {
+        fs::write(
+            format!("{group}/cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .with_context(|| format!("move the agent into {group}"))
+    };
+    join(cgroup)?;
+    let child = command.spawn();
+    join(CGROUP_ROOT)?;
+    Ok(child?)
+}
+
 /// `/dev/vportNpM` of the port named [`PORT_NAME`].
 fn agent_port() -> Result<PathBuf> {
     for entry in fs::read_dir("/sys/class/virtio-ports").context("no virtio-serial ports")? {
@@ -276,17 +304,25 @@ fn handle(request: &Value, detached: &mut Vec<Child>) -> Result<Value> {
     let extra: HashMap<String, String> =
         serde_json::from_value(request.get("env").cloned().unwrap_or(json!({})))?;
     command.envs(extra);
-    if request["detach"].as_bool().unwrap_or(false) {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {program}"))?;
+    let detach = request["detach"].as_bool().unwrap_or(false);
+    if detach {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+    } else {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let child = match request["cgroup"].as_str() {
+        Some(cgroup) => spawn_in_cgroup(&mut command, cgroup),
+        None => command.spawn().map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("spawn {program}"))?;
+    if detach {
         let pid = child.id();
         detached.push(child);
         return Ok(json!({ "pid": pid }));
     }
-    let out = command.output().with_context(|| format!("run {program}"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("run {program}"))?;
     Ok(json!({
         "code": out.status.code(),
         "signal": out.status.signal(),
