@@ -27,6 +27,7 @@ use testcontainers::{Container, GenericImage, ImageExt};
 
 use crate::host::{Swapfile, Sysctl};
 use crate::vm::{Vm, SWAP_DEVICE, SWAP_DISK_MIB};
+use crate::vm_assets::SSHD;
 
 /// How long any one wait for an effect may take. It bounds a wait; it
 /// does not measure anything.
@@ -39,7 +40,8 @@ pub const RUN: &str = "/lab/run";
 /// The daemons' sockets live below here, each in a directory it creates 0700 for `lab`.
 pub const SOCKETS: &str = "/home/lab/sockets";
 
-/// Milliseconds since the epoch: host and containers share the kernel's clock.
+/// Milliseconds since the epoch: host and containers share the kernel's
+/// clock; a VM's is set from the host's at boot (`Vm::clock_uncertainty_ms`).
 pub fn unix_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -80,6 +82,9 @@ pub fn vm_leg(arch: &str, release: crate::vm_assets::DebianRelease) -> String {
 pub struct Lab {
     /// Host directory holding `dazai`, `lab-probe`, `lab-observer` (at [`BIN`]).
     pub bin_dir: PathBuf,
+    /// The `dazai` of this machine's architecture, for a client on the host
+    /// (the heartbeat forwarded over SSH).
+    pub host_dazai: PathBuf,
     /// Host scratch directory of this run (a VM sees it at `/lab/work`).
     pub work: PathBuf,
     /// The architecture of the binaries and the kernel: `x86_64`, `aarch64`.
@@ -114,7 +119,7 @@ impl Lab {
         }
     }
 
-    /// Whether this leg runs in a VM (no container runtime, no SSH).
+    /// Whether this leg runs in a VM (no container runtime).
     pub fn in_vm(&self) -> bool {
         matches!(self.machines, Machines::Vm(_))
     }
@@ -207,7 +212,8 @@ impl<'lab> EnvBuilder<'lab> {
         self
     }
 
-    /// Publishes sshd's port on 127.0.0.1 (never on other addresses).
+    /// Publishes sshd's port on 127.0.0.1 (never on other addresses); in a
+    /// VM, starts its sshd behind the port QEMU forwards.
     pub fn ssh(mut self) -> Self {
         self.ssh = true;
         self
@@ -252,9 +258,6 @@ impl<'lab> EnvBuilder<'lab> {
     /// In the VM, an environment is its run directory bound at [`RUN`] and
     /// no process left from the previous one ([`Env`]'s drop resets).
     fn start_in_vm(self, vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
-        if self.ssh {
-            bail!("{}: SSH needs the container leg", self.name);
-        }
         let name = &self.name;
         let bind = format!(
             "umount {RUN} 2>/dev/null; rm -rf {SOCKETS}; mkdir -p {RUN} && mount --bind /lab/work/{name} {RUN}"
@@ -267,16 +270,22 @@ impl<'lab> EnvBuilder<'lab> {
             Some((memory, with_swap)) => Some(memory_cgroup(vm, name, memory, with_swap)?),
             None => None,
         };
-        Ok(Env {
+        let env = Env {
             machine: Machine::Vm {
                 vm: Arc::clone(vm),
                 cgroup,
             },
             run_dir,
-            ssh_port: None,
-            ssh_dir: PathBuf::new(),
+            ssh_port: self.ssh.then_some(vm.ssh_port),
+            ssh_dir: vm.ssh_dir.clone(),
             daemons_seen: Arc::clone(&self.lab.daemons_seen),
-        })
+        };
+        if self.ssh {
+            // Like the container's sshd, it ends with the environment.
+            let sshd = env.launch("root", "sshd", None, &[SSHD, "-D", "-e"])?;
+            sshd.wait_output("Server listening", PATIENCE)?;
+        }
+        Ok(env)
     }
 
     /// Starts the container (the image must exist: no registry lookup).
@@ -704,8 +713,12 @@ impl Env {
         Ok(command)
     }
 
-    /// Blocks all SSH traffic in the container's network namespace (needs `NET_ADMIN`).
+    /// Blocks all SSH traffic: iptables in the container's network namespace
+    /// (needs `NET_ADMIN`), or the VM's network card's link set down.
     pub fn cut_network(&self) -> Result<()> {
+        if let Machine::Vm { vm, .. } = &self.machine {
+            return vm.set_link(false);
+        }
         let ran = self.sh(
             "root",
             "iptables -I INPUT -p tcp --dport 22 -j DROP && iptables -I OUTPUT -p tcp --sport 22 -j DROP",
@@ -716,8 +729,11 @@ impl Env {
         Ok(())
     }
 
-    /// Removes the rules of [`cut_network`](Self::cut_network).
+    /// Undoes [`cut_network`](Self::cut_network).
     pub fn restore_network(&self) -> Result<()> {
+        if let Machine::Vm { vm, .. } = &self.machine {
+            return vm.set_link(true);
+        }
         self.sh(
             "root",
             "iptables -D INPUT -p tcp --dport 22 -j DROP; iptables -D OUTPUT -p tcp --sport 22 -j DROP",

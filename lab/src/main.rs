@@ -118,6 +118,7 @@ fn run(options: &Options) -> Result<bool> {
     let mut checks = Vec::new();
     let mut images = Vec::new();
     let mut vm_legs = Vec::new();
+    let host_dazai = host_dazai(options)?;
     for arch in &options.arch {
         let bin_dir = bin_dir(&options.bin_root, arch)?;
         if arch == std::env::consts::ARCH {
@@ -130,6 +131,7 @@ fn run(options: &Options) -> Result<bool> {
                     ssh_dir: make_ssh_key(&leg_work)?,
                 },
                 bin_dir: bin_dir.clone(),
+                host_dazai: host_dazai.clone(),
                 work: leg_work,
                 arch: arch.clone(),
                 daemons_seen: Default::default(),
@@ -163,6 +165,12 @@ fn run(options: &Options) -> Result<bool> {
     print_summary(&report);
     let _ = std::fs::remove_dir_all(&work);
     Ok(report.is_green())
+}
+
+/// The `dazai` of this machine's architecture, which cargo xtask lab
+/// always stages: a client on the host.
+fn host_dazai(options: &Options) -> Result<PathBuf> {
+    Ok(bin_dir(&options.bin_root, std::env::consts::ARCH)?.join("dazai"))
 }
 
 /// `<bin-root>/<arch>/bin`, checked to hold every binary a leg needs.
@@ -252,20 +260,29 @@ fn run_vm_leg(
             assets.arch.qemu_system(),
             assets.kernel_package
         );
-        Vm::boot(&assets, &bin_dir.join("lab-init"), bin_dir, &leg_work)
+        let ssh_dir = make_ssh_key(&leg_work)?;
+        Vm::boot(
+            &assets,
+            &bin_dir.join("lab-init"),
+            bin_dir,
+            &leg_work,
+            &ssh_dir,
+        )
     });
     let lab = match booted {
         Ok(vm) => {
             println!(
-                "lab: {} up in {} on kernel {} ({})",
+                "lab: {} up in {} on kernel {} ({}); its clock set from the host's within {} ms",
                 lab::env::vm_leg(arch, release),
                 human_ms(started.elapsed().as_millis() as u64),
                 vm.kernel,
-                vm.kernel_package
+                vm.kernel_package,
+                vm.clock_uncertainty_ms
             );
             Lab {
                 machines: Machines::Vm(Arc::new(vm)),
                 bin_dir: bin_dir.to_path_buf(),
+                host_dazai: host_dazai(options)?,
                 work: leg_work,
                 arch: arch.to_owned(),
                 daemons_seen: Default::default(),

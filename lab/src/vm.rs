@@ -3,7 +3,11 @@
 //! through two channels only: a virtio-serial port on which `lab-init`'s
 //! agent runs commands, and two 9p shares (`/lab/bin` read-only, `/lab/work`)
 //! where the evidence files land, exactly as in a container's bind mounts.
-//! It also has one disk, `/dev/vda`, blank: the swap row's swap device.
+//! It also has one disk, `/dev/vda`, blank: the swap row's swap device; and
+//! one network card on QEMU's user network, which reaches nothing but
+//! forwards a port of the host's 127.0.0.1 to the VM's sshd (Debian's, see
+//! `vm_assets`). The QEMU monitor cuts that card's link for the session
+//! loss row (`set_link`), as a cable pulled out.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +20,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::env::{wait_for, Ran, PATIENCE};
+use crate::env::{unix_ms, wait_for, Ran, PATIENCE};
+use crate::host::run;
 use crate::vm_assets::{write_initramfs, DebianRelease, Entry, VmArch, VmAssets};
 
 /// How long a TCG boot may take before the lab gives up on the VM.
@@ -38,6 +43,16 @@ pub struct Vm {
     pub kernel_package: String,
     /// Everything the VM printed on its serial console.
     pub console_log: PathBuf,
+    /// The host's 127.0.0.1 port forwarded to the VM's port 22.
+    pub ssh_port: u16,
+    /// The SSH key pair whose public key the VM's sshd accepts for `lab`.
+    pub ssh_dir: PathBuf,
+    /// How far the VM's clock may be from the host's, in ms: it is set
+    /// from the host's at boot, and an end the VM records is compared with
+    /// a moment the host took (session loss latencies).
+    pub clock_uncertainty_ms: u128,
+    /// QEMU's human monitor (HMP) socket.
+    monitor: PathBuf,
     qemu: Mutex<Child>,
     agent: Mutex<Agent>,
 }
@@ -49,12 +64,24 @@ struct Agent {
 
 impl Vm {
     /// Boots `assets`' kernel with an initramfs holding `init` as `/init`;
-    /// shares `bin_dir` at `/lab/bin` and `work` at `/lab/work`.
-    pub fn boot(assets: &VmAssets, init: &Path, bin_dir: &Path, work: &Path) -> Result<Vm> {
+    /// shares `bin_dir` at `/lab/bin` and `work` at `/lab/work`; its sshd
+    /// accepts the key of `ssh_dir` (at `/lab/ssh`, as in the containers).
+    pub fn boot(
+        assets: &VmAssets,
+        init: &Path,
+        bin_dir: &Path,
+        work: &Path,
+        ssh_dir: &Path,
+    ) -> Result<Vm> {
         let dir = work.join(format!("vm-{}", assets.arch.rust_arch()));
         fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.gz");
-        write_initramfs(&initrd, &initramfs_entries(assets, init, &dir)?)?;
+        let mut entries = initramfs_entries(assets, init, &dir)?;
+        entries.extend(ssh_entries(assets, ssh_dir, &dir)?);
+        write_initramfs(&initrd, &with_directories(entries))?;
+        let ssh_port = free_local_port()?;
+        let monitor = dir.join("monitor.sock");
+        let _ = fs::remove_file(&monitor);
         let socket = dir.join("agent.sock");
         let console_log = dir.join("console.log");
         let swap_disk = dir.join("swap.img");
@@ -95,6 +122,14 @@ impl Vm {
                 swap_disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=swap"])
+            // restrict=on: the guest reaches nothing; forwards still work.
+            .arg("-netdev")
+            .arg(format!(
+                "user,id={NIC},restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+            ))
+            .args(["-device", &format!("virtio-net-pci,netdev={NIC}")])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&console_log)?)
             .stderr(fs::File::create(dir.join("qemu.log"))?)
@@ -116,6 +151,10 @@ impl Vm {
             release: assets.release,
             kernel_package: assets.kernel_package.clone(),
             console_log,
+            ssh_port,
+            ssh_dir: ssh_dir.to_path_buf(),
+            clock_uncertainty_ms: 0,
+            monitor,
             qemu,
             agent: Mutex::new(agent),
         };
@@ -123,6 +162,7 @@ impl Vm {
             .request(&json!({ "hello": true }), BOOT_PATIENCE)
             .context("the VM did not come up")?;
         vm.kernel = hello["kernel"].as_str().unwrap_or_default().to_owned();
+        vm.clock_uncertainty_ms = vm.set_clock().context("set the VM's clock")?;
         if hello["arch"] != assets.arch.rust_arch() {
             bail!(
                 "the VM says it is {}, not {}",
@@ -205,6 +245,52 @@ impl Vm {
         Ok(())
     }
 
+    /// Sets the VM's clock to the host's, then reads it back between two
+    /// readings of the host's: returns how far apart the two clocks can be
+    /// (the setting's and the reading's round trips), after checking that
+    /// the VM's reading lies within those bounds.
+    fn set_clock(&self) -> Result<u128> {
+        let sent = unix_ms();
+        self.request(&json!({ "set_clock": sent as u64 }), PATIENCE)?;
+        let set_round_trip = unix_ms() - sent;
+        let before = unix_ms();
+        let read = self.request(&json!({ "clock": true }), PATIENCE)?;
+        let after = unix_ms();
+        let guest = u128::from(read["clock"].as_u64().context("the VM's clock")?);
+        // Set late by at most one round trip, read between before and after.
+        let earliest = before.saturating_sub(set_round_trip);
+        if guest < earliest || guest > after {
+            bail!("the VM's clock reads {guest}, outside [{earliest}, {after}] of the host's");
+        }
+        Ok(set_round_trip + (after - before))
+    }
+
+    /// Sets the link of the VM's network card up or down, through the QEMU
+    /// monitor: down, no packet passes either way and no connection is told.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        let mut monitor =
+            UnixStream::connect(&self.monitor).context("connect to the QEMU monitor")?;
+        monitor.set_read_timeout(Some(PATIENCE))?;
+        let mut reader = BufReader::new(monitor.try_clone()?);
+        read_to_prompt(&mut reader)?;
+        let state = if up { "on" } else { "off" };
+        writeln!(monitor, "set_link {NIC} {state}")?;
+        let said = read_to_prompt(&mut reader)?;
+        // The monitor echoes the command and prompts again; anything more
+        // is its complaint.
+        let complaint: Vec<&str> = said
+            .lines()
+            .map(|line| line.trim_matches(|c: char| c.is_whitespace() || c.is_control()))
+            .filter(|line| {
+                !line.is_empty() && !line.contains("set_link") && !line.ends_with("(qemu)")
+            })
+            .collect();
+        if !complaint.is_empty() {
+            bail!("QEMU monitor, set_link {state}: {}", complaint.join(" / "));
+        }
+        Ok(())
+    }
+
     /// The last lines of the serial console, for an error message.
     fn console_tail(&self) -> String {
         let text = fs::read_to_string(&self.console_log).unwrap_or_default();
@@ -228,6 +314,101 @@ impl Drop for Vm {
             let _ = qemu.wait();
         }
     }
+}
+
+/// The QEMU id of the VM's network card.
+const NIC: &str = "lab-nic";
+
+/// What the monitor printed up to its next `(qemu) ` prompt, escape
+/// sequences and all.
+fn read_to_prompt(reader: &mut BufReader<UnixStream>) -> Result<String> {
+    let mut said = Vec::new();
+    while !said.ends_with(b"(qemu) ") {
+        let mut byte = [0u8];
+        std::io::Read::read_exact(reader, &mut byte).context("read the QEMU monitor")?;
+        said.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&said).into_owned())
+}
+
+/// A port of 127.0.0.1 nothing listens on now, for QEMU's forward to sshd.
+fn free_local_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Debian's sshd and what it loads, its configuration (the containers' own,
+/// with a host key made for this VM) and the `lab` key it accepts.
+fn ssh_entries(assets: &VmAssets, ssh_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+    let host_key = dir.join("ssh_host_ed25519_key");
+    let _ = fs::remove_file(&host_key);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ningen-lab-vm", "-f"])
+        .arg(&host_key))
+    .context("make the VM's host key")?;
+    let config = dir.join("sshd_config");
+    fs::write(
+        &config,
+        format!(
+            "{}HostKey /etc/ssh/ssh_host_ed25519_key\nPidFile /run/sshd.pid\nPrintMotd no\nPrintLastLog no\n",
+            include_str!("../images/lab-sshd.conf")
+        ),
+    )?;
+    let mut entries = vec![
+        Entry::File {
+            path: "/etc/ssh/sshd_config".into(),
+            source: config,
+            mode: 0o644,
+        },
+        Entry::File {
+            path: "/etc/ssh/ssh_host_ed25519_key".into(),
+            source: host_key,
+            mode: 0o600,
+        },
+        Entry::File {
+            path: "/lab/ssh/authorized_keys".into(),
+            source: ssh_dir.join("authorized_keys"),
+            mode: 0o644,
+        },
+    ];
+    for (path, source) in &assets.openssh {
+        entries.push(Entry::File {
+            path: path.clone(),
+            source: source.clone(),
+            mode: 0o755,
+        });
+    }
+    Ok(entries)
+}
+
+/// `entries` with a directory entry (0755) before the first entry inside
+/// each directory none of them names.
+fn with_directories(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut dirs = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = match &entry {
+            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {
+                path.trim_start_matches('/').to_owned()
+            }
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if dirs.insert(dir.clone()) {
+                out.push(Entry::Dir {
+                    path: format!("/{dir}"),
+                    mode: 0o755,
+                });
+            }
+        }
+        // A directory named after one inside it was placed is there already.
+        if matches!(entry, Entry::Dir { .. }) && !dirs.insert(path) {
+            continue;
+        }
+        out.push(entry);
+    }
+    out
 }
 
 /// `/init`, busybox, the modules in load order and their list.

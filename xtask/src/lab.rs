@@ -115,6 +115,11 @@ pub(crate) fn run(sh: &Shell, options: &Options) -> Result<String> {
         step(&format!("build with cross for {arch}: the shipped dazai, the guest programs, the daemon's tests"));
         stage_binaries(sh, arch, &target.join("lab").join(arch).join("bin"))?;
     }
+    let host = std::env::consts::ARCH;
+    if !arches.contains(&host) {
+        step(&format!("build with cross for {host}: its dazai is the host's client of the forwarded heartbeat"));
+        stage_binaries(sh, host, &target.join("lab").join(host).join("bin"))?;
+    }
     cmd!(sh, "cargo build -p lab --bin lab").run()?;
 
     step("run the legs");

@@ -29,7 +29,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         row: "session loss",
-        in_vm: false,
+        in_vm: true,
         run: session_loss::run,
     },
     Scenario {

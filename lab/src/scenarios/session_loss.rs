@@ -1,12 +1,13 @@
 //! Row **session loss** — "losing the session runs the panic" (its "what is
 //! claimed" in docs/threat-model.md).
 //!
-//! The scenario: real SSH session dropped: sshd in a container; `dazai
-//! client` inside the session; drops: client killed (`kill -9` of the host
-//! `ssh`), `exit`, network cut (iptables DROP in the container's netns + sshd
-//! ClientAlive), the heartbeat forwarded over SSH with `--ping-timeout` and
-//! the link cut; with a pty AND without one (`ssh host cmd`); evidence:
-//! daemon gone, registered processes gone, latency in ms.
+//! The scenario: real SSH session dropped: Debian's sshd in a container, or
+//! in a VM behind QEMU's forwarded port; `dazai client` inside the session;
+//! drops: client killed (`kill -9` of the host `ssh`), `exit`, network cut
+//! (iptables DROP in the container's netns, or the VM's link set down by the
+//! QEMU monitor, then sshd's ClientAlive), the heartbeat forwarded over SSH
+//! with `--ping-timeout` and the link cut; with a pty AND without one (`ssh
+//! host cmd`); evidence: daemon gone, registered processes gone, latency in ms.
 
 use std::io::Write;
 use std::process::{Child, Stdio};
@@ -25,7 +26,8 @@ enum Drop {
     KillClient,
     /// `exit` typed into the login shell.
     Exit,
-    /// iptables DROP in the container; sshd's ClientAlive ends the session.
+    /// No packet passes (iptables DROP in the container, the VM's link
+    /// down); sshd's ClientAlive ends the session.
     CutNetwork,
 }
 
@@ -140,21 +142,28 @@ fn session_dropped(
     attached?;
     alive_before_the_drop(&daemon, &registered, v);
     let dropped_at = unix_ms();
-    match drop {
-        Drop::KillClient => stop(&mut session),
-        Drop::Exit => {
-            let stdin = session.stdin.as_mut().context("ssh stdin")?;
-            writeln!(stdin, "exit")?;
+    let dropped = match drop {
+        Drop::KillClient => {
+            stop(&mut session);
+            Ok(())
         }
-        Drop::CutNetwork => env.cut_network()?,
-    }
-    let outcome = evidence_of_panic(
-        &daemon,
-        &registered,
-        dropped_at,
-        "PANIC: heartbeat connection closed",
-        v,
-    );
+        Drop::Exit => session
+            .stdin
+            .as_mut()
+            .context("ssh stdin")
+            .and_then(|stdin| Ok(writeln!(stdin, "exit")?)),
+        Drop::CutNetwork => env.cut_network(),
+    };
+    // The network is restored even when cutting it failed half-way.
+    let outcome = dropped.and_then(|()| {
+        evidence_of_panic(
+            &daemon,
+            &registered,
+            dropped_at,
+            "PANIC: heartbeat connection closed",
+            v,
+        )
+    });
     stop(&mut session);
     if let Drop::CutNetwork = drop {
         env.restore_network()?;
@@ -246,7 +255,7 @@ fn forwarded_heartbeat_cut(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> 
             local.exists().then_some(())
         })?;
         let log = std::fs::File::create(env.run_dir.join("host-client.log"))?;
-        let client = std::process::Command::new(lab.bin_dir.join("dazai"))
+        let client = std::process::Command::new(&lab.host_dazai)
             .arg("client")
             .arg("--socket")
             .arg(&local)

@@ -27,6 +27,14 @@ impl VmArch {
         }
     }
 
+    /// The GNU triplet Debian names its library directories after.
+    pub fn gnu_triplet(self) -> &'static str {
+        match self {
+            VmArch::Aarch64 => "aarch64-linux-gnu",
+            VmArch::X86_64 => "x86_64-linux-gnu",
+        }
+    }
+
     /// The target whose binaries are static, so they run in a busybox initramfs.
     pub fn musl_target(self) -> &'static str {
         match self {

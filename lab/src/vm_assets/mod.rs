@@ -14,6 +14,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod release;
+mod sshd;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::host::run;
 pub use arch::VmArch;
 pub use initramfs::{write_initramfs, Entry};
 pub use release::DebianRelease;
+pub use sshd::SSHD;
 
 use apt::{
     extract, kernels_newest_first, package_version, sources_list, PrivateApt, HOST_SOURCES, KEYRING,
@@ -35,6 +37,7 @@ use kernel::unpack_bzimage;
 use modules::{
     builtin_names, load_order, modinfo_depends, module_index, write_module, MODULE_ROOTS,
 };
+use sshd::take_sshd;
 
 /// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
 #[derive(Clone, Debug)]
@@ -56,13 +59,19 @@ pub struct VmAssets {
     pub vmlinuz: PathBuf,
     /// Module files (uncompressed `.ko`) in the order they must be loaded:
     /// dependencies first, built-ins skipped. They are the virtio PCI
-    /// transport, `virtio_console` (virtio-serial ports), 9p over virtio and
-    /// `virtio_blk` (the swap disk), which Debian builds as modules.
+    /// transport, `virtio_console` (virtio-serial ports), 9p over virtio,
+    /// `virtio_blk` (the swap disk) and `virtio_net` (SSH from the host),
+    /// which Debian builds as modules.
     pub modules: Vec<PathBuf>,
     /// `/bin/busybox` from Debian's `busybox-static` of the architecture.
     pub busybox: PathBuf,
     /// The exact package and version busybox came from, for the evidence report.
     pub busybox_package: String,
+    /// Debian's sshd, its loader and libraries, from a root filesystem of
+    /// the architecture and release: (path inside the VM, file in the cache).
+    pub openssh: Vec<(String, PathBuf)>,
+    /// The exact `openssh-server` version, for the evidence report.
+    pub openssh_package: String,
 }
 
 /// Written last: its presence marks a complete cache.
@@ -79,6 +88,11 @@ struct Manifest {
     /// The modules asked for: a cache made for other ones is fetched again.
     #[serde(default)]
     module_roots: Vec<String>,
+    /// Paths inside the VM of sshd and what it loads; each is `openssh/<path>`.
+    #[serde(default)]
+    openssh_files: Vec<String>,
+    #[serde(default)]
+    openssh_package: String,
 }
 
 /// Downloads (once; cached under `cache_dir/<debian_arch>[-bullseye]/`) the
@@ -165,6 +179,17 @@ pub fn fetch(
     let busybox_deb = apt.download("busybox-static", &debs)?;
 
     log(&format!(
+        "vm assets ({name}): mmdebstrap --variant=extract of {} for its sshd",
+        release.name()
+    ));
+    let (openssh_files, openssh_package) = take_sshd(
+        arch,
+        release,
+        &sources,
+        &work.join("rootfs"),
+        &dir.join("openssh"),
+    )?;
+    log(&format!(
         "vm assets ({name}): extracting the kernel and its modules"
     ));
     let root = work.join("root");
@@ -196,6 +221,8 @@ pub fn fetch(
         kernel_release,
         modules: order,
         module_roots: MODULE_ROOTS.iter().map(|root| root.to_string()).collect(),
+        openssh_files,
+        openssh_package,
     };
     let assets = assets(arch, release, &dir, &manifest);
     let image = root.join(format!("boot/vmlinuz-{}", manifest.kernel_release));
@@ -238,8 +265,9 @@ fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> 
     let complete = [&assets.vmlinuz, &assets.busybox]
         .into_iter()
         .chain(&assets.modules)
+        .chain(assets.openssh.iter().map(|(_, file)| file))
         .all(|path| path.is_file());
-    complete.then_some(assets)
+    (complete && !assets.openssh.is_empty()).then_some(assets)
 }
 
 /// Where each asset of `manifest` lives in the cache directory `dir`.
@@ -257,6 +285,17 @@ fn assets(arch: VmArch, release: DebianRelease, dir: &Path, manifest: &Manifest)
             .collect(),
         busybox: dir.join("busybox"),
         busybox_package: manifest.busybox_package.clone(),
+        openssh: manifest
+            .openssh_files
+            .iter()
+            .map(|path| {
+                (
+                    path.clone(),
+                    dir.join("openssh").join(path.trim_start_matches('/')),
+                )
+            })
+            .collect(),
+        openssh_package: manifest.openssh_package.clone(),
     }
 }
 

@@ -17,6 +17,7 @@ pub(super) const MODULE_ROOTS: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "virtio_blk",
+    "virtio_net",
 ];
 
 /// A module's name as the kernel knows it: file stem, `-` read as `_`
@@ -160,6 +161,9 @@ mod tests {
             ("fscache", &["netfs"][..]),
             ("netfs", &[][..]),
             ("virtio_blk", &["virtio", "virtio_ring"][..]),
+            ("virtio_net", &["net_failover", "virtio", "virtio_ring"][..]),
+            ("net_failover", &["failover"][..]),
+            ("failover", &[][..]),
         ]);
         let builtin = HashSet::from(["virtio".to_owned(), "virtio_ring".to_owned()]);
         let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
@@ -178,7 +182,10 @@ mod tests {
                 "netfs",
                 "fscache",
                 "9p",
-                "virtio_blk"
+                "virtio_blk",
+                "failover",
+                "net_failover",
+                "virtio_net"
             ]
         );
         let cyclic = load_order(&["a"], &HashSet::new(), &mut |module| {

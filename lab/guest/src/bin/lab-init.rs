@@ -7,7 +7,9 @@
 //! 2. load the kernel modules listed in `/lab/modules` (virtio PCI, 9p,
 //!    virtio-serial, virtio-blk for the swap disk: Debian builds them as
 //!    modules) and install busybox's applets;
-//! 3. mount the host's shares: `/lab/bin` (read-only) and `/lab/work`;
+//! 3. mount the host's shares: `/lab/bin` (read-only) and `/lab/work`, and
+//!    bring up the network card QEMU forwards the host's SSH port to (sshd
+//!    itself starts with an environment that asks for it);
 //! 4. fork the agent, which serves the host on the virtio-serial port
 //!    `lab.agent` (one JSON request per line, one JSON answer per line),
 //!    while PID 1 reaps every orphan and powers off when the agent ends.
@@ -16,7 +18,10 @@
 //! "cgroup": "/sys/fs/cgroup/NAME"}` → `{"code", "signal", "stdout", "stderr"}`
 //! (or `{"pid"}` when detached); with `cgroup`, the program starts in that
 //! group, as a container's processes start in the container's;
-//! `{"hello": true}` → `{"kernel", "arch"}`; `{"reset": true}` kills every
+//! `{"hello": true}` → `{"kernel", "arch"}`; `{"set_clock": MS}` sets the
+//! clock to MS milliseconds since the epoch and `{"clock": true}` reads it
+//! (→ `{"clock": MS}`): latencies the host measures against the VM's records
+//! need one clock; `{"reset": true}` kills every
 //! process but init and the agent (an environment's end, like a container's);
 //! `{"poweroff": true}` ends the VM.
 
@@ -61,6 +66,7 @@ fn set_up() -> Result<()> {
     install_busybox()?;
     mount_share("bin", "/lab/bin", MsFlags::MS_RDONLY)?;
     mount_share("work", "/lab/work", MsFlags::empty())?;
+    bring_up_network()?;
     allow_core_dumps()?;
     Ok(())
 }
@@ -96,9 +102,18 @@ fn write_users() -> Result<()> {
     fs::create_dir_all("/etc")?;
     fs::write(
         "/etc/passwd",
-        format!("root:x:0:0:root:/root:/bin/sh\nlab:x:{LAB_UID}:{LAB_UID}:lab:/home/lab:/bin/sh\n"),
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\n\
+             lab:x:{LAB_UID}:{LAB_UID}:lab:/home/lab:/bin/sh\n\
+             sshd:x:100:65534::/run/sshd:/bin/false\n"
+        ),
     )?;
-    fs::write("/etc/group", format!("root:x:0:\nlab:x:{LAB_UID}:\n"))?;
+    fs::write(
+        "/etc/group",
+        format!("root:x:0:\nlab:x:{LAB_UID}:\nnogroup:x:65534:\n"),
+    )?;
+    // sshd's privilege separation: its unprivileged child chroots here.
+    fs::create_dir_all("/run/sshd")?;
     fs::create_dir_all("/root")?;
     fs::create_dir_all("/home/lab")?;
     nix::unistd::chown("/home/lab", Some(LAB_UID.into()), Some(LAB_UID.into()))?;
@@ -128,6 +143,30 @@ fn install_busybox() -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("busybox --install: {status}");
+    }
+    Ok(())
+}
+
+/// QEMU's user network: the guest is 10.0.2.15 and the host's forwarded
+/// connections arrive from 10.0.2.2 on the same subnet (no route needed).
+fn bring_up_network() -> Result<()> {
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.0.2.15/24", "dev", "eth0"],
+    ] {
+        let out = Command::new("/bin/busybox")
+            .arg("ip")
+            .args(args)
+            .output()
+            .context("run busybox ip")?;
+        if !out.status.success() {
+            bail!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
     Ok(())
 }
@@ -272,6 +311,18 @@ fn handle(request: &Value, detached: &mut Vec<Child>) -> Result<Value> {
             "kernel": uname.release().to_string_lossy(),
             "arch": uname.machine().to_string_lossy(),
         }));
+    }
+    if let Some(ms) = request.get("set_clock") {
+        let ms = ms.as_u64().context("set_clock takes milliseconds")?;
+        let now = nix::sys::time::TimeSpec::from(std::time::Duration::from_millis(ms));
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)
+            .context("clock_settime")?;
+    }
+    if request.get("set_clock").is_some() || request.get("clock").is_some() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return Ok(json!({ "clock": now.as_millis() as u64 }));
     }
     if request.get("reset").is_some() {
         // kill(-1) spares PID 1 and the caller: every process a scenario
