@@ -188,6 +188,7 @@ pub fn fetch(
         &sources,
         &work.join("rootfs"),
         &dir.join("openssh"),
+        log,
     )?;
     log(&format!(
         "vm assets ({name}): extracting the kernel and its modules"

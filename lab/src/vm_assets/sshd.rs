@@ -2,8 +2,9 @@
 //! root filesystem of the VM's architecture and release that mmdebstrap
 //! builds. `--variant=extract` unpacks the packages and runs none of their
 //! maintainer scripts, so no program of the foreign architecture runs on the
-//! host (no qemu-user). From that tree the lab takes `sshd`, its dynamic
-//! loader and the libraries they need, read from the ELF files themselves,
+//! host (no qemu-user). From that tree the lab takes `sshd` (and, since
+//! OpenSSH 9.8, the programs it runs per connection), their dynamic loader
+//! and the libraries they need, read from the ELF files themselves,
 //! and places them where the loader looks inside the VM: the loader at its
 //! `PT_INTERP` path, every library in `/lib/<triplet>`.
 
@@ -18,7 +19,6 @@ use flate2::read::GzDecoder;
 
 use super::elf::{check_machine, interpreter, needed_libraries};
 use super::{DebianRelease, VmArch};
-use crate::host::run;
 
 /// Where sshd is inside the VM (and in Debian's tree).
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -27,33 +27,51 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 /// apt `sources`, one-line style), copies sshd and what it loads into `to`
 /// at their paths inside the VM, and returns those paths with the exact
 /// `openssh-server` version.
+///
+/// A mirror can lack a suite's pool for an architecture (seen: every arm64
+/// package of bullseye-security answers 404): then the tree is built again
+/// without the security suite, and `log` says so.
 pub(super) fn take_sshd(
     arch: VmArch,
     release: DebianRelease,
     sources: &str,
     tree: &Path,
     to: &Path,
+    log: &mut dyn FnMut(&str),
 ) -> Result<(Vec<String>, String)> {
-    let suite = release.suites()[0].0;
-    let mut mmdebstrap = Command::new("mmdebstrap");
-    mmdebstrap
-        .args(["--quiet", "--variant=extract", "--include=openssh-server"])
-        .arg(format!("--arch={}", arch.debian_arch()))
-        .args(["--format=directory", suite])
-        .arg(tree)
-        .args(sources.lines());
-    run(&mut mmdebstrap).context("mmdebstrap the VM's root filesystem")?;
-
-    let sshd = resolve_in(tree, SSHD)?;
-    check_machine(arch, &sshd)?;
+    if let Err(error) = mmdebstrap(arch, release, sources, tree) {
+        let without_security: String = sources
+            .lines()
+            .filter(|line| !line.contains("-security "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        log(&format!(
+            "vm assets ({}): {error:#}; again without the security suite",
+            arch.debian_arch()
+        ));
+        fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;
+        mmdebstrap(arch, release, &without_security, tree)?;
+    }
+    let sshd = find_in_tree(tree, SSHD)?;
     let sshd_bytes = fs::read(&sshd).with_context(|| format!("read {}", sshd.display()))?;
     let loader = interpreter(&sshd_bytes)?.context("sshd is not dynamically linked")?;
-    let mut files = vec![
-        (SSHD.to_owned(), sshd),
-        (loader.clone(), resolve_in(tree, &loader)?),
-    ];
+    let mut files = vec![(loader.clone(), find_in_tree(tree, &loader)?)];
+    let mut wanted = VecDeque::new();
+    for program in PROGRAMS {
+        let Ok(host) = find_in_tree(tree, program) else {
+            ensure!(*program != SSHD, "no {SSHD} in the root filesystem");
+            continue;
+        };
+        check_machine(arch, &host)?;
+        let bytes = fs::read(&host).with_context(|| format!("read {}", host.display()))?;
+        wanted.extend(needed_libraries(&bytes)?);
+        files.push((program.to_string(), host));
+    }
+    // Before glibc 2.34 (bullseye), reading /etc/passwd loads this module.
+    if find_library(tree, arch, NSS_FILES).is_ok() {
+        wanted.push_back(NSS_FILES.to_owned());
+    }
     let lib_dir = format!("/lib/{}", arch.gnu_triplet());
-    let mut wanted: VecDeque<String> = needed_libraries(&sshd_bytes)?.into();
     while let Some(name) = wanted.pop_front() {
         let guest = format!("{lib_dir}/{name}");
         if files.iter().any(|(path, _)| *path == guest) {
@@ -75,6 +93,56 @@ pub(super) fn take_sshd(
     Ok((files.into_iter().map(|(guest, _)| guest).collect(), version))
 }
 
+/// sshd, and the programs it runs for each connection since OpenSSH 9.8
+/// (`sshd-session`) and 10.0 (`sshd-auth`), where they are.
+const PROGRAMS: &[&str] = &[
+    SSHD,
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+];
+
+/// glibc's module for `/etc/passwd` and `/etc/group`, loaded at run time
+/// by glibc before 2.34 and built into its libc since.
+const NSS_FILES: &str = "libnss_files.so.2";
+
+/// The host path of the file `path` names inside the tree, or, on a
+/// release that merged `/usr` (whose tree extracted without base-files
+/// lacks the `/lib -> usr/lib` links), of `/usr` + `path`.
+fn find_in_tree(tree: &Path, path: &str) -> Result<PathBuf> {
+    resolve_in(tree, path)
+        .or_else(|error| resolve_in(tree, &format!("/usr{path}")).map_err(|_| error))
+}
+
+/// `mmdebstrap --variant=extract` of openssh-server and what it depends on.
+fn mmdebstrap(arch: VmArch, release: DebianRelease, sources: &str, tree: &Path) -> Result<()> {
+    let mut mmdebstrap = Command::new("mmdebstrap");
+    mmdebstrap
+        .args(["--quiet", "--variant=extract", "--include=openssh-server"])
+        .arg(format!("--arch={}", arch.debian_arch()))
+        .args(["--format=directory", release.suites()[0].0])
+        .arg(tree)
+        .args(sources.lines());
+    let ran = mmdebstrap.output().context("run mmdebstrap")?;
+    if !ran.status.success() {
+        // apt's own lines name what failed; mmdebstrap's last line does not.
+        let said = String::from_utf8_lossy(&ran.stderr);
+        let errors: Vec<&str> = said
+            .lines()
+            .filter(|line| {
+                line.starts_with("E:") || line.starts_with("Err:") || line.contains("404")
+            })
+            .take(4)
+            .collect();
+        bail!(
+            "mmdebstrap {} for {}: {}",
+            release.suites()[0].0,
+            arch.debian_arch(),
+            errors.join(" / ")
+        );
+    }
+    Ok(())
+}
+
 /// The library `name` among the tree's library directories, as the loader
 /// would search them.
 fn find_library(tree: &Path, arch: VmArch, name: &str) -> Result<PathBuf> {
@@ -86,7 +154,7 @@ fn find_library(tree: &Path, arch: VmArch, name: &str) -> Result<PathBuf> {
         "/usr/lib".to_owned(),
     ];
     dirs.iter()
-        .find_map(|dir| resolve_in(tree, &format!("{dir}/{name}")).ok())
+        .find_map(|dir| find_in_tree(tree, &format!("{dir}/{name}")).ok())
         .with_context(|| format!("no {name} in the root filesystem's library directories"))
 }
 

@@ -112,6 +112,11 @@ fn write_users() -> Result<()> {
         "/etc/group",
         format!("root:x:0:\nlab:x:{LAB_UID}:\nnogroup:x:65534:\n"),
     )?;
+    // glibc before 2.34 (bullseye's sshd) would look for `compat` without it.
+    fs::write(
+        "/etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nshadow: files\n",
+    )?;
     // sshd's privilege separation: its unprivileged child chroots here.
     fs::create_dir_all("/run/sshd")?;
     fs::create_dir_all("/root")?;
