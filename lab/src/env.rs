@@ -67,16 +67,6 @@ pub fn wait_for<T>(
     }
 }
 
-/// The name of the VM leg of `arch` on `release`'s kernel: the default
-/// release's keeps the plain name (`x86_64 VM`) reports and releases have
-/// always used; another names its kernel (`x86_64 VM 5.10 (Debian 11)`).
-pub fn vm_leg(arch: &str, release: crate::vm_assets::DebianRelease) -> String {
-    match release {
-        crate::vm_assets::DebianRelease::Bookworm => format!("{arch} VM"),
-        other => format!("{arch} VM {} ({})", other.kernel_series(), other.name()),
-    }
-}
-
 /// One leg of the lab: the binaries under test, a host work directory and
 /// the machines the environments run on.
 pub struct Lab {
@@ -115,7 +105,7 @@ impl Lab {
     pub fn leg(&self) -> String {
         match &self.machines {
             Machines::Containers { .. } => format!("{} containers", self.arch),
-            Machines::Vm(vm) => vm_leg(&self.arch, vm.release),
+            Machines::Vm(vm) => vm.booted.leg(&self.arch),
         }
     }
 

@@ -31,14 +31,68 @@ pub const SWAP_DISK_MIB: u64 = 512;
 /// Where the swap disk is inside the VM: its only disk.
 pub const SWAP_DEVICE: &str = "/dev/vda";
 
+/// What a VM leg boots: a Debian release's kernel, and whether its command
+/// line turns `memfd_secret` on (`secretmem.enable=1`): 6.1 leaves it off
+/// unless asked, as a user's unconfigured Debian 12 does; 6.5 and later
+/// have it on; 5.10 has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmKernel {
+    /// The release the kernel comes from.
+    pub release: DebianRelease,
+    /// `secretmem.enable=1` on the kernel command line.
+    pub secretmem_enable: bool,
+}
+
+impl VmKernel {
+    /// Every kernel a VM leg can boot, the default one first.
+    pub const ALL: [VmKernel; 4] = [
+        VmKernel::of(DebianRelease::Bookworm),
+        VmKernel::of(DebianRelease::Bullseye),
+        VmKernel::of(DebianRelease::Trixie),
+        VmKernel {
+            release: DebianRelease::Bookworm,
+            secretmem_enable: false,
+        },
+    ];
+
+    /// `release`'s kernel with `secretmem.enable=1`.
+    const fn of(release: DebianRelease) -> VmKernel {
+        VmKernel {
+            release,
+            secretmem_enable: true,
+        }
+    }
+
+    /// As `--kernel` names it: `6.1`, `5.10`, `6.12`, `6.1-secretmem-off`.
+    pub fn series(self) -> String {
+        let series = self.release.kernel_series();
+        if self.secretmem_enable {
+            series.to_owned()
+        } else {
+            format!("{series}-secretmem-off")
+        }
+    }
+
+    /// The leg's name in the report: `x86_64 VM` (Debian 12's 6.1, the
+    /// default), `aarch64 VM 5.10 (Debian 11)`, `x86_64 VM 6.1 secretmem off (Debian 12)`.
+    pub fn leg(self, arch: &str) -> String {
+        if self == VmKernel::ALL[0] {
+            return format!("{arch} VM");
+        }
+        let series = self.release.kernel_series();
+        let off = if self.secretmem_enable { "" } else { " secretmem off" };
+        format!("{arch} VM {series}{off} ({})", self.release.name())
+    }
+}
+
 /// A running lab VM.
 pub struct Vm {
     /// Its architecture.
     pub arch: VmArch,
     /// `uname -r` inside it.
     pub kernel: String,
-    /// The Debian release its kernel comes from.
-    pub release: DebianRelease,
+    /// What it booted.
+    pub booted: VmKernel,
     /// The Debian package the kernel came from.
     pub kernel_package: String,
     /// Everything the VM printed on its serial console.
@@ -67,6 +121,7 @@ impl Vm {
     /// shares `bin_dir` at `/lab/bin` and `work` at `/lab/work`; its sshd
     /// accepts the key of `ssh_dir` (at `/lab/ssh`, as in the containers).
     pub fn boot(
+        booted: VmKernel,
         assets: &VmAssets,
         init: &Path,
         bin_dir: &Path,
@@ -89,10 +144,10 @@ impl Vm {
             .and_then(|disk| disk.set_len(SWAP_DISK_MIB << 20))
             .with_context(|| format!("create {}", swap_disk.display()))?;
         let _ = fs::remove_file(&socket);
-        let append = format!(
-            "console={} panic=-1 quiet secretmem.enable=1",
-            assets.arch.console()
-        );
+        let mut append = format!("console={} panic=-1 quiet", assets.arch.console());
+        if booted.secretmem_enable {
+            append.push_str(" secretmem.enable=1");
+        }
         let qemu = Command::new(assets.arch.qemu_system())
             .args(assets.arch.machine_args())
             .arg("-kernel")
@@ -148,7 +203,7 @@ impl Vm {
         let mut vm = Vm {
             arch: assets.arch,
             kernel: String::new(),
-            release: assets.release,
+            booted,
             kernel_package: assets.kernel_package.clone(),
             console_log,
             ssh_port,

@@ -33,7 +33,7 @@ pub(crate) struct Options {
     /// Copy the evidence table into docs/threat-model.md (refused with --only or --arch).
     #[arg(long)]
     pub update_docs: bool,
-    /// Only these kernel series in the VM legs, e.g. 5.10 (6.1: Debian 12; 5.10: Debian 11; 6.12: Debian 13).
+    /// Only these kernels in the VM legs, e.g. 5.10 (6.1: Debian 12; 5.10: Debian 11; 6.12: Debian 13; 6.1-secretmem-off: Debian 12 without secretmem.enable=1).
     #[arg(long, value_name = "SERIES")]
     pub kernel: Option<String>,
     /// Only these rows, comma-separated, e.g. wipe,session-loss (for working on one scenario).
