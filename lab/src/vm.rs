@@ -80,7 +80,11 @@ impl VmKernel {
             return format!("{arch} VM");
         }
         let series = self.release.kernel_series();
-        let off = if self.secretmem_enable { "" } else { " secretmem off" };
+        let off = if self.secretmem_enable {
+            ""
+        } else {
+            " secretmem off"
+        };
         format!("{arch} VM {series}{off} ({})", self.release.name())
     }
 }

@@ -39,9 +39,17 @@ const REQUIRED_LEGS: [(&str, &[&str]); 2] = [
             "x86_64 containers",
             "x86_64 VM",
             "x86_64 VM 5.10 (Debian 11)",
+            "x86_64 VM 6.1 secretmem off (Debian 12)",
         ],
     ),
-    ("aarch64", &["aarch64 VM", "aarch64 VM 5.10 (Debian 11)"]),
+    (
+        "aarch64",
+        &[
+            "aarch64 VM",
+            "aarch64 VM 5.10 (Debian 11)",
+            "aarch64 VM 6.1 secretmem off (Debian 12)",
+        ],
+    ),
 ];
 
 /// One executable to ship.
