@@ -11,7 +11,7 @@
 //!    musl, release, `--features seccomp`: `target/built/<target>/dazai`), the
 //!    lab's guest programs and the daemon's integration tests, staged in
 //!    `target/lab/<arch>/bin`;
-//! 4. run every leg (`lab`: x86_64 containers, then per architecture a VM on 6.1 and one on 5.10) →
+//! 4. run every leg (`lab`: x86_64 containers, then per architecture VMs on 6.1 with and without secretmem.enable=1 and on 5.10) →
 //!    `target/lab/report.{json,md}`;
 //! 5. the lab's own tests (the report's shape and its rules: a row without a negative control is red);
 //! 6. with `--update-docs`, copy the evidence into docs/threat-model.md.
