@@ -41,7 +41,7 @@ pub const RUN: &str = "/lab/run";
 pub const SOCKETS: &str = "/home/lab/sockets";
 
 /// Milliseconds since the epoch: host and containers share the kernel's
-/// clock; a VM's is set from the host's at boot (`Vm::clock_uncertainty_ms`).
+/// clock; a VM's is set from the host's ([`Env::clock_uncertainty_ms`]).
 pub fn unix_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,6 +256,8 @@ impl<'lab> EnvBuilder<'lab> {
         if ran.code != Some(0) {
             bail!("bind {RUN} in the VM: {}", ran.stderr.trim());
         }
+        // Each environment starts on a clock freshly set from the host's.
+        vm.set_clock().context("set the VM's clock")?;
         let cgroup = match self.memory {
             Some((memory, with_swap)) => Some(memory_cgroup(vm, name, memory, with_swap)?),
             None => None,
@@ -497,6 +499,16 @@ impl Env {
                 Ok(out.into())
             }
             Machine::Vm { vm, cgroup } => vm.exec(user, argv, env, cgroup.as_deref(), patience),
+        }
+    }
+
+    /// How far the clock of what runs inside may be from the host's, in
+    /// ms: 0 in a container (one kernel, one clock); a VM's clock is set
+    /// from the host's when the environment starts, within this bound.
+    pub fn clock_uncertainty_ms(&self) -> u128 {
+        match &self.machine {
+            Machine::Container(_) => 0,
+            Machine::Vm { vm, .. } => vm.clock_uncertainty_ms(),
         }
     }
 

@@ -292,7 +292,7 @@ fn run_vm_leg(
                 human_ms(started.elapsed().as_millis() as u64),
                 vm.kernel,
                 vm.kernel_package,
-                vm.clock_uncertainty_ms
+                vm.clock_uncertainty_ms()
             );
             Lab {
                 machines: Machines::Vm(Arc::new(vm)),

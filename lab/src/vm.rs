@@ -105,10 +105,11 @@ pub struct Vm {
     pub ssh_port: u16,
     /// The SSH key pair whose public key the VM's sshd accepts for `lab`.
     pub ssh_dir: PathBuf,
-    /// How far the VM's clock may be from the host's, in ms: it is set
-    /// from the host's at boot, and an end the VM records is compared with
-    /// a moment the host took (session loss latencies).
-    pub clock_uncertainty_ms: u128,
+    /// How far the VM's clock may be from the host's, in ms, since it was
+    /// last set from the host's (at boot and at each environment's start):
+    /// an end the VM records is compared with a moment the host took
+    /// (session loss latencies).
+    clock_uncertainty_ms: std::sync::atomic::AtomicU64,
     /// QEMU's human monitor (HMP) socket.
     monitor: PathBuf,
     qemu: Mutex<Child>,
@@ -212,7 +213,7 @@ impl Vm {
             console_log,
             ssh_port,
             ssh_dir: ssh_dir.to_path_buf(),
-            clock_uncertainty_ms: 0,
+            clock_uncertainty_ms: Default::default(),
             monitor,
             qemu,
             agent: Mutex::new(agent),
@@ -221,7 +222,7 @@ impl Vm {
             .request(&json!({ "hello": true }), BOOT_PATIENCE)
             .context("the VM did not come up")?;
         vm.kernel = hello["kernel"].as_str().unwrap_or_default().to_owned();
-        vm.clock_uncertainty_ms = vm.set_clock().context("set the VM's clock")?;
+        vm.set_clock().context("set the VM's clock")?;
         if hello["arch"] != assets.arch.rust_arch() {
             bail!(
                 "the VM says it is {}, not {}",
@@ -305,10 +306,10 @@ impl Vm {
     }
 
     /// Sets the VM's clock to the host's, then reads it back between two
-    /// readings of the host's: returns how far apart the two clocks can be
+    /// readings of the host's; records how far apart the two clocks can be
     /// (the setting's and the reading's round trips), after checking that
     /// the VM's reading lies within those bounds.
-    fn set_clock(&self) -> Result<u128> {
+    pub fn set_clock(&self) -> Result<()> {
         let sent = unix_ms();
         self.request(&json!({ "set_clock": sent as u64 }), PATIENCE)?;
         let set_round_trip = unix_ms() - sent;
@@ -321,7 +322,20 @@ impl Vm {
         if guest < earliest || guest > after {
             bail!("the VM's clock reads {guest}, outside [{earliest}, {after}] of the host's");
         }
-        Ok(set_round_trip + (after - before))
+        let uncertainty = set_round_trip + (after - before);
+        self.clock_uncertainty_ms.store(
+            u64::try_from(uncertainty).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// How far the VM's clock may be from the host's, in ms (see [`Vm::set_clock`]).
+    pub fn clock_uncertainty_ms(&self) -> u128 {
+        u128::from(
+            self.clock_uncertainty_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Sets the link of the VM's network card up or down, through the QEMU

@@ -141,7 +141,7 @@ fn session_dropped(
     }
     attached?;
     alive_before_the_drop(&daemon, &registered, v);
-    let dropped_at = unix_ms();
+    let dropped_at = DropMoment::now(env);
     let dropped = match drop {
         Drop::KillClient => {
             stop(&mut session);
@@ -184,13 +184,55 @@ fn alive_before_the_drop(daemon: &Daemon, registered: &crate::env::Launched, v: 
     );
 }
 
+/// When the host dropped the session, on the host's clock, and how far the
+/// clock the ends are recorded on may be from it (0 in a container; a VM's
+/// is set from the host's, within a bound).
+#[derive(Clone, Copy)]
+struct DropMoment {
+    unix_ms: u128,
+    uncertainty_ms: u128,
+}
+
+impl DropMoment {
+    fn now(env: &Env) -> Self {
+        DropMoment {
+            unix_ms: unix_ms(),
+            uncertainty_ms: env.clock_uncertainty_ms(),
+        }
+    }
+
+    /// Whether an end recorded at `ended_at` can have come after the drop:
+    /// only an end earlier by more than the clocks' uncertainty came first.
+    fn precedes(self, ended_at: u128) -> bool {
+        ended_at + self.uncertainty_ms >= self.unix_ms
+    }
+
+    /// `N ms` after the drop, or how long before it an end came.
+    fn until(self, ended_at: u128) -> String {
+        let within = match self.uncertainty_ms {
+            0 => String::new(),
+            ms => format!(" (the clocks within {ms} ms)"),
+        };
+        match ended_at.checked_sub(self.unix_ms) {
+            Some(ms) => format!("{ms} ms{within}"),
+            None if self.precedes(ended_at) => {
+                format!("-{} ms{within}", self.unix_ms - ended_at)
+            }
+            None => format!(
+                "-{} ms (it ended before the drop){within}",
+                self.unix_ms - ended_at
+            ),
+        }
+    }
+}
+
 /// After the drop: the daemon and the registered process must both be gone,
-/// each after the drop (a negative latency is an end that came first), the
-/// daemon by its panic for `reason`.
+/// each after the drop (an end earlier than the drop by more than the
+/// clocks' uncertainty came first), the daemon by its panic for `reason`.
 fn evidence_of_panic(
     daemon: &Daemon,
     registered: &crate::env::Launched,
-    dropped_at: u128,
+    dropped: DropMoment,
     reason: &str,
     v: &mut Verdict,
 ) -> Result<()> {
@@ -204,37 +246,31 @@ fn evidence_of_panic(
         );
         return Ok(());
     };
-    let latency = ending.unix_ms.checked_sub(dropped_at);
     v.require(
-        ending.signal() == Some(9) && latency.is_some(),
+        ending.signal() == Some(9) && dropped.precedes(ending.unix_ms),
         format!(
             "daemon gone after the drop ({}): {}",
             ending.how,
-            since_the_drop(ending.unix_ms, dropped_at)
+            dropped.until(ending.unix_ms)
         ),
     );
     let line = daemon.panic_line().unwrap_or_default();
     v.require(line.contains(reason), format!("the daemon logged: {line}"));
     let killed = registered.wait_end(PATIENCE)?;
     v.require(
-        killed.signal() == Some(9) && killed.unix_ms >= dropped_at,
+        killed.signal() == Some(9) && dropped.precedes(killed.unix_ms),
         format!(
             "registered process {} gone ({}) {} after the drop",
             registered.pid,
             killed.how,
-            since_the_drop(killed.unix_ms, dropped_at)
+            dropped.until(killed.unix_ms)
         ),
     );
-    v.figure(format!("{} ms", latency.unwrap_or_default()));
+    v.figure(format!(
+        "{} ms",
+        ending.unix_ms.saturating_sub(dropped.unix_ms)
+    ));
     Ok(())
-}
-
-/// `N ms`, or how long *before* the drop an end came.
-fn since_the_drop(ended_at: u128, dropped_at: u128) -> String {
-    match ended_at.checked_sub(dropped_at) {
-        Some(ms) => format!("{ms} ms"),
-        None => format!("-{} ms (it ended before the drop)", dropped_at - ended_at),
-    }
 }
 
 fn forwarded_heartbeat_cut(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> {
@@ -283,7 +319,7 @@ fn forwarded_heartbeat_cut(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> 
             "the daemon lives 2 s into a working forwarded heartbeat",
         );
         alive_before_the_drop(&daemon, &registered, v);
-        let cut_at = unix_ms();
+        let cut_at = DropMoment::now(env);
         env.cut_network()?;
         // The ping timeout, not a closed connection: no FIN ever arrives.
         evidence_of_panic(&daemon, &registered, cut_at, "PANIC: no PING for 2s", v)
