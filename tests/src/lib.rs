@@ -124,6 +124,16 @@ pub fn refused_start(socket: &Path, pidfile: &Path) -> String {
     stderr
 }
 
+/// The start of a supervised program's script that makes a tree: the
+/// program, a child of it, and a grandchild that left the process group with
+/// `setsid`. Each writes its pid to a file (`program.pid`, `child.pid`,
+/// `escaped.pid`); the caller ends the script (`wait`, or an exit).
+pub const SUPERVISED_TREE: &str = r#"
+echo $$ > "$DIR/program.pid"
+sleep 600 & echo $! > "$DIR/child.pid"
+setsid sh -c 'echo $$ > "$DIR/escaped.pid"; exec sleep 600' &
+"#;
+
 /// Polls `condition` until it holds or [`PATIENCE`] runs out.
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use dazai_e2e::{
     daemon_command, dazai, eventually, exists, is_alive, refused_start, signal, stop,
-    DaemonBuilder, Implementation,
+    DaemonBuilder, Implementation, SUPERVISED_TREE,
 };
 use nix::sys::signal::Signal;
 
@@ -45,6 +45,38 @@ fn the_daemon_exits_with_the_supervised_programs_status() {
 
     assert_eq!(daemon.wait_exit().code(), Some(7));
     assert!(!exists(&daemon.socket));
+}
+
+/// A supervised tree never outlives its program: what the program leaves
+/// running could hold a secret it fetched.
+#[test]
+fn the_programs_exit_kills_what_it_left_running() {
+    let script =
+        format!(r#"{SUPERVISED_TREE}until [ -s "$DIR/escaped.pid" ]; do sleep 0.01; done; exit 5"#);
+    let mut daemon = DaemonBuilder::new()
+        .secret("api", "canary-leftovers")
+        .exec_shell(&script)
+        .start();
+    let child = daemon.read_pid_file("child.pid");
+    let escaped = daemon.read_pid_file("escaped.pid");
+
+    assert_eq!(daemon.wait_exit().code(), Some(5), "{}", daemon.log());
+
+    eventually("the program's background child to be killed", || {
+        !is_alive(child)
+    });
+    // Only the cgroup reaches a process that called setsid (see the session
+    // suite); the log says whether the daemon had one.
+    let log = daemon.log();
+    if log.contains("left running in process group") && log.contains("and its cgroup;") {
+        eventually("the setsid grandchild to be killed", || !is_alive(escaped));
+    } else {
+        signal(escaped, Signal::SIGKILL);
+    }
+    assert!(
+        log.contains("exited with status 5; wiped 1 secrets; killed anything it left running"),
+        "{log}"
+    );
 }
 
 #[test]

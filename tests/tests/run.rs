@@ -189,14 +189,18 @@ fn fifty_gets_at_the_programs_first_instant_all_succeed() {
 
 /// The program's pid (written to `$DIR/program.pid`) and the daemon's.
 fn pids_of_run(dir: &std::path::Path) -> (i32, i32) {
-    let read = |name: &str| -> i32 {
-        let path = dir.join(name);
-        eventually(&format!("{name} to be written"), || {
-            fs::read_to_string(&path).is_ok_and(|t| t.ends_with('\n'))
-        });
-        fs::read_to_string(&path).unwrap().trim().parse().unwrap()
-    };
-    (read("program.pid"), read("run.pid"))
+    (
+        read_pid(&dir.join("program.pid")),
+        read_pid(&dir.join("run.pid")),
+    )
+}
+
+/// The pid in `path`, once it is written whole.
+fn read_pid(path: &std::path::Path) -> i32 {
+    eventually(&format!("{} to be written", path.display()), || {
+        fs::read_to_string(path).is_ok_and(|t| t.ends_with('\n'))
+    });
+    fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
 const SLEEPER: &str = r#"echo $$ > "$DIR/program.pid"; exec sleep 600"#;
@@ -210,12 +214,18 @@ fn spawn_sleeper_run(dir: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
+/// `timeout` signals `dazai run`, which relays to PROGRAM only: a shell
+/// waiting on a background job dies and leaves the job, which the daemon
+/// must then kill.
 #[test]
 fn timeout_around_run_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("timeout");
     command.arg("2").arg(dazai_e2e::dazai_bin());
-    let run = run_command(dir.path(), SLEEPER);
+    let run = run_command(
+        dir.path(),
+        r#"echo $$ > "$DIR/program.pid"; sleep 600 & echo $! > "$DIR/child.pid"; wait"#,
+    );
     command.args(run.get_args());
     for (key, value) in run.get_envs() {
         match value {
@@ -225,12 +235,14 @@ fn timeout_around_run_leaves_no_process_behind() {
     }
     let mut timeout = command.stdin(Stdio::null()).spawn().unwrap();
     let (program, daemon) = pids_of_run(dir.path());
+    let child = read_pid(&dir.path().join("child.pid"));
 
     let status = wait_exit(&mut timeout);
 
     assert_eq!(status.code(), Some(124), "timeout reports the time-out");
     eventually("the program to end", || !is_alive(program));
     eventually("the daemon to end", || !is_alive(daemon));
+    eventually("the program's background job to end", || !is_alive(child));
 }
 
 #[test]

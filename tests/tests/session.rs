@@ -4,23 +4,14 @@ use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use dazai_e2e::{dazai, eventually, is_alive, signal, wait_exit, DaemonBuilder};
+use dazai_e2e::{dazai, eventually, is_alive, signal, wait_exit, DaemonBuilder, SUPERVISED_TREE};
 use nix::sys::signal::Signal;
-
-/// A supervised tree: the program, a child of it, and a grandchild that left
-/// the process group with `setsid`. Each writes its pid to a file.
-const TREE: &str = r#"
-echo $$ > "$DIR/program.pid"
-sleep 600 & echo $! > "$DIR/child.pid"
-setsid sh -c 'echo $$ > "$DIR/escaped.pid"; exec sleep 600' &
-wait
-"#;
 
 #[test]
 fn killing_the_client_kills_the_supervised_tree_and_the_daemon() {
     let mut daemon = DaemonBuilder::new()
         .secret("api", "canary-kill-client")
-        .exec_shell(TREE)
+        .exec_shell(&format!("{SUPERVISED_TREE}wait"))
         .start();
     let program = daemon.read_pid_file("program.pid");
     let child = daemon.read_pid_file("child.pid");

@@ -701,8 +701,7 @@ class Daemon:
         killed = self.registry.kill_all()
         tree = "none"
         if self.supervised is not None:
-            cgroup_killed = self.supervised.kill_all()
-            tree = f"process group {self.supervised.pgid}" + (" and its cgroup" if cgroup_killed else "")
+            tree = self.supervised.describe_kill(self.supervised.kill_all())
         self.log.always(
             f"PANIC: {reason}; killed registered [{', '.join(map(str, killed))}] and supervised {tree}; "
             f"wiped {wiped} secrets; SIGKILL self"
@@ -713,24 +712,24 @@ class Daemon:
     def _on_child_status(self):
         if self.supervised is None:
             return None
-        status = self.supervised.try_reap()
-        if status is None:
+        ended = self.supervised.ended()
+        if ended is None:
             return None
-        if os.WIFSIGNALED(status):
-            number = os.WTERMSIG(status)
-            if number in CRASH_OR_KILL:
-                self._panic(Reason(f"supervised program killed by {name(number)}"))
-            return self._end_one_shot(f"was stopped by {name(number)}", 128 + number)
-        if os.WIFEXITED(status):
-            code = os.WEXITSTATUS(status)
-            return self._end_one_shot(f"exited with status {code}", code)
-        return None
+        how, number = ended
+        if how == "exited":
+            return self._end_one_shot(f"exited with status {number}", number)
+        if number in CRASH_OR_KILL:
+            self._panic(Reason(f"supervised program killed by {name(number)}"))
+        return self._end_one_shot(f"was stopped by {name(number)}", 128 + number)
 
     def _end_one_shot(self, how, code):
         wiped = self.vault.wipe_all()
+        tree = self.supervised.describe_kill(self.supervised.end())
         self.endpoint.remove()
-        self.supervised.remove_cgroup()
-        self.log.line(f"supervised program {how}; wiped {wiped} secrets; exiting with {code}")
+        self.log.line(
+            f"supervised program {how}; wiped {wiped} secrets; killed anything it left running in {tree}; "
+            f"exiting with {code}"
+        )
         return code
 
     def _clean_shutdown(self, why):

@@ -123,6 +123,10 @@ class Supervised:
     def kill_mechanism(self):
         return "cgroup.kill + process group" if self.cgroup else "process group"
 
+    def describe_kill(self, cgroup_killed):
+        """What a kill of the tree reached, for the log."""
+        return f"process group {self.pgid}" + (" and its cgroup" if cgroup_killed else "")
+
     def kill_all(self):
         """SIGKILLs the whole tree; returns whether cgroup.kill was written."""
         cgroup_killed = self.cgroup is not None and self.cgroup.kill()
@@ -144,17 +148,30 @@ class Supervised:
             return False
         return os.read(self._report, 1) == RELEASED
 
-    def try_reap(self):
-        """The shim's wait status if it has ended, else None."""
+    def ended(self):
+        """How the shim ended, ("exited", code) or ("signal", number), or None.
+
+        The shim is left a zombie, so its pid, which is also the tree's
+        process group id, cannot go to a new process before end() signals
+        that group.
+        """
         try:
-            pid, status = os.waitpid(self.shim, os.WNOHANG)
+            info = os.waitid(os.P_PID, self.shim, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return None
-        return status if pid == self.shim else None
+        if info is None:
+            return None
+        return ("exited" if info.si_code == os.CLD_EXITED else "signal", info.si_status)
 
-    def remove_cgroup(self):
+    def end(self):
+        """The program has ended: SIGKILLs what it left running (it could hold a
+        secret it fetched), reaps the shim and removes the cgroup; returns
+        whether cgroup.kill was written."""
+        cgroup_killed = self.kill_all()
+        os.waitpid(self.shim, 0)
         if self.cgroup is not None:
             self.cgroup.remove()
+        return cgroup_killed
 
 
 def _read_report(fd):

@@ -118,7 +118,8 @@ def test_the_daemon_exits_with_the_programs_status_or_128_plus_its_signal(start_
     stopped = start_daemon(secrets={"api": CANARY}, exec_=["sh", "-c", RECORD_PID])
     os.kill(stopped.read_pid_file("program.pid"), signal.SIGTERM)
     assert stopped.wait_exit() == 128 + signal.SIGTERM
-    assert "supervised program was stopped by SIGTERM; wiped 1 secrets; exiting with 143" in stopped.log()
+    assert "supervised program was stopped by SIGTERM; wiped 1 secrets; killed anything it left running" in stopped.log()
+    assert "; exiting with 143" in stopped.log()
 
 
 def test_a_program_killed_by_sigkill_runs_the_panic(start_daemon):

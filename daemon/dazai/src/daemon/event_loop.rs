@@ -1009,7 +1009,7 @@ impl EventLoop {
     /// signal N); a crash, or SIGKILL (the OOM killer's signal, which the
     /// daemon cannot tell from any other), panics.
     fn on_child_status(&mut self) -> Option<u8> {
-        match self.supervised.as_ref()?.try_reap()? {
+        match self.supervised.as_ref()?.ended()? {
             WaitStatus::Signaled(_, signal, _) if is_crash_or_kill(signal) => {
                 self.panic(PanicReason::ChildKilled(signal))
             }
@@ -1023,16 +1023,18 @@ impl EventLoop {
         }
     }
 
-    /// The supervised program is gone: wipe, remove socket, pidfile and cgroup,
-    /// and exit with `code`.
+    /// The supervised program is gone: wipe, kill what it left running,
+    /// remove socket, pidfile and cgroup, and exit with `code`.
     fn end_one_shot(&mut self, how: fmt::Arguments<'_>, code: u8) -> u8 {
         let wiped = self.vault.wipe_all();
+        let leftovers = self
+            .supervised
+            .as_mut()
+            .map(|supervised| format!("; killed anything it left running in {}", supervised.end()))
+            .unwrap_or_default();
         self.endpoint.remove();
-        if let Some(supervised) = &self.supervised {
-            supervised.remove_cgroup();
-        }
         self.log.line(format_args!(
-            "supervised program {how}; wiped {wiped} secrets; exiting with {code}"
+            "supervised program {how}; wiped {wiped} secrets{leftovers}; exiting with {code}"
         ));
         code
     }

@@ -77,11 +77,7 @@ pub fn panic_sequence(
     let registered_killed = registry.kill_all();
     let tree = supervised.map(Supervised::kill_all);
     // 3. One line saying why and what was done.
-    let tree = match tree {
-        Some(kill) if kill.cgroup_killed => format!("process group {} and its cgroup", kill.pgid),
-        Some(kill) => format!("process group {}", kill.pgid),
-        None => "none".to_owned(),
-    };
+    let tree = tree.map_or_else(|| "none".to_owned(), |kill| kill.to_string());
     log.always(format_args!(
         "PANIC: {reason}; killed registered {registered_killed:?} and supervised {tree}; wiped {wiped} secrets; SIGKILL self"
     ));

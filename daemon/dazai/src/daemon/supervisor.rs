@@ -18,7 +18,7 @@ use std::process::Command;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, getppid, pipe2, setpgid, ForkResult, Pid};
 
 use super::capability::TreeEnd;
@@ -65,6 +65,16 @@ pub struct GroupKill {
     pub pgid: i32,
     /// Whether `cgroup.kill` was written (reaches members that left the group).
     pub cgroup_killed: bool,
+}
+
+impl std::fmt::Display for GroupKill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process group {}", self.pgid)?;
+        if self.cgroup_killed {
+            write!(f, " and its cgroup")?;
+        }
+        Ok(())
+    }
 }
 
 impl Supervised {
@@ -181,19 +191,29 @@ impl Supervised {
         matches!(self.report.read(&mut byte), Ok(1) if byte[0] == RELEASED)
     }
 
-    /// The shim's exit status, if it has ended.
-    pub fn try_reap(&self) -> Option<WaitStatus> {
-        match waitpid(self.shim, Some(WaitPidFlag::WNOHANG)) {
+    /// The shim's exit status, if it has ended. The shim is left a zombie,
+    /// so its pid, which is also the tree's process group id, cannot be
+    /// handed to a new process before [`Self::end`] signals that group.
+    pub fn ended(&self) -> Option<WaitStatus> {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.shim), peek) {
             Ok(WaitStatus::StillAlive) | Err(_) => None,
             Ok(status) => Some(status),
         }
     }
 
-    /// Removes the (empty) cgroup once the program has ended.
-    pub fn remove_cgroup(&self) {
+    /// The program has ended: SIGKILLs whatever it left running (a
+    /// background job, a process that called `setsid`), which could hold a
+    /// secret it fetched and must not outlive the run; then reaps the shim and
+    /// removes the cgroup (which stays, for the next daemon to remove, while
+    /// the kernel is still ending its members).
+    pub fn end(&mut self) -> GroupKill {
+        let killed = self.kill_all();
+        let _ = waitpid(self.shim, None);
         if let Some(cgroup) = &self.cgroup {
             let _ = fs::remove_dir(&cgroup.dir);
         }
+        killed
     }
 }
 
