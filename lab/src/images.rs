@@ -38,7 +38,7 @@ const CROSS_DOCKERFILE: &str = include_str!("../images/cross.Dockerfile");
 const SYSTEMD_DOCKERFILE: &str = include_str!("../images/systemd.Dockerfile");
 
 /// First 16 hex digits of the SHA-256 of `parts`.
-fn input_hash(parts: &[&str]) -> String {
+pub fn input_hash(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());

@@ -2,11 +2,11 @@
 //! figure) and one entry of the report; an error inside a check is a red
 //! row carrying the error as its evidence, never a skip.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::env::Lab;
+use crate::env::{Lab, CONTROL_PATIENCE, PATIENCE};
 use crate::report::{Check, Outcome};
 
 /// What a check observed, built up fact by fact.
@@ -15,6 +15,7 @@ pub struct Verdict {
     outcome: Outcome,
     figure: String,
     evidence: Vec<String>,
+    patience: Duration,
 }
 
 impl Default for Verdict {
@@ -30,7 +31,25 @@ impl Verdict {
             outcome: Outcome::Pass,
             figure: String::new(),
             evidence: Vec::new(),
+            patience: PATIENCE,
         }
+    }
+
+    /// The verdict of a check run against a negative control's stand-in: it
+    /// waits [`CONTROL_PATIENCE`] for the effect whose absence makes it red.
+    fn against_a_stand_in() -> Self {
+        Self {
+            patience: CONTROL_PATIENCE,
+            ..Self::new()
+        }
+    }
+
+    /// How long to wait for the effect the claim is about (the daemon's
+    /// end after a drop, a child's death), when its never coming is the red:
+    /// [`PATIENCE`] for the product, [`CONTROL_PATIENCE`] for a stand-in.
+    /// Waits for anything else (a heartbeat to attach) take `PATIENCE`.
+    pub fn patience(&self) -> Duration {
+        self.patience
     }
 
     /// Records an observed fact the claim rests on; if `held` is false the check is red.
@@ -148,7 +167,7 @@ impl Recorder {
         body: impl FnOnce(&mut Verdict) -> Result<()>,
     ) {
         self.check(&format!("can fail: {stand_in}"), |v| {
-            let mut broken = Verdict::new();
+            let mut broken = Verdict::against_a_stand_in();
             body(&mut broken)?;
             let failed_for_reason = broken
                 .evidence()

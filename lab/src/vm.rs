@@ -264,6 +264,16 @@ impl Vm {
         Ok(answer)
     }
 
+    /// Runs `argv` as root to set the VM up; a non-zero exit is an error
+    /// naming `what` and carrying the command's stderr.
+    pub fn set_up(&self, what: &str, argv: &[&str]) -> Result<Ran> {
+        let ran = self.exec("root", argv, &[], None, PATIENCE)?;
+        if ran.code != Some(0) {
+            bail!("{what} in the VM: {}", ran.stderr.trim());
+        }
+        Ok(ran)
+    }
+
     /// Runs `argv` as `user` in the VM, in `cgroup` if given, and waits
     /// for it (up to `patience`).
     pub fn exec(

@@ -172,7 +172,7 @@ fn child_dies_with(env: &Env, supervisor: &Launched, v: &mut Verdict) -> Result<
         ending.signal() == Some(9),
         format!("pid {} ended: {}", supervisor.pid, ending.how),
     );
-    let gone_ms: Option<u128> = watcher.wait_end(PATIENCE).ok().and_then(|_| {
+    let gone_ms: Option<u128> = watcher.wait_end(v.patience()).ok().and_then(|_| {
         watcher
             .out()
             .lines()
@@ -187,7 +187,7 @@ fn child_dies_with(env: &Env, supervisor: &Launched, v: &mut Verdict) -> Result<
         gone_ms.is_some(),
         match after_ms {
             Some(ms) => format!("its supervised child (pid {child}), alive before the kill, was gone {ms} ms after it (PDEATHSIG)"),
-            None => format!("its supervised child (pid {child}) was still alive {} s after the kill", PATIENCE.as_secs()),
+            None => format!("its supervised child (pid {child}) was still alive {} s after the kill", v.patience().as_secs()),
         },
     );
     v.figure(format!(

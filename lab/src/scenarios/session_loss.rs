@@ -236,13 +236,11 @@ fn evidence_of_panic(
     reason: &str,
     v: &mut Verdict,
 ) -> Result<()> {
-    let Ok(ending) = daemon.process.wait_end(PATIENCE) else {
+    let Ok(ending) = daemon.process.wait_end(v.patience()) else {
+        let patience = v.patience().as_secs();
         v.require(
             false,
-            format!(
-                "daemon gone after the drop: still alive {} s after it",
-                PATIENCE.as_secs()
-            ),
+            format!("daemon gone after the drop: still alive {patience} s after it"),
         );
         return Ok(());
     };

@@ -16,6 +16,7 @@ mod modules;
 mod release;
 mod sshd;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::host::run;
+use crate::images::{input_hash, sha256_file};
 
 pub use arch::VmArch;
 pub use initramfs::{write_initramfs, Entry};
@@ -85,20 +87,86 @@ struct Manifest {
     busybox_package: String,
     /// Module names in load order; each is `modules/<name>.ko`.
     modules: Vec<String>,
-    /// The modules asked for: a cache made for other ones is fetched again.
-    #[serde(default)]
-    module_roots: Vec<String>,
     /// Paths inside the VM of sshd and what it loads; each is `openssh/<path>`.
-    #[serde(default)]
     openssh_files: Vec<String>,
-    #[serde(default)]
     openssh_package: String,
+    /// The SHA-256 of every file of the cache (path relative to it): a file
+    /// changed or cut short since is a cache to fetch again.
+    sha256: BTreeMap<String, String>,
 }
 
-/// Downloads (once; cached under `cache_dir/<debian_arch>[-bullseye]/`) the
-/// newest kernel of `release`'s series (`linux-image-6.1.0-*-<arch>`,
-/// `linux-image-5.10.0-*-<arch>`) and its `busybox-static` for `arch`, and
-/// extracts what the lab needs. Remove that directory to fetch a newer kernel.
+/// The source of this module, compiled in: how the assets are chosen and
+/// cut out of Debian's packages is part of what a cache is made from.
+const RECIPE: &[&str] = &[
+    include_str!("mod.rs"),
+    include_str!("apt.rs"),
+    include_str!("elf.rs"),
+    include_str!("kernel.rs"),
+    include_str!("modules.rs"),
+    include_str!("release.rs"),
+    include_str!("sshd.rs"),
+];
+
+/// The cache directory of `arch` and `release` for these inputs:
+/// `<debian_arch>[-<release>]-<hash>`, the hash over the apt sources (the
+/// host's mirror) and [`RECIPE`]. Changing either makes a new cache.
+fn cache_dir_for(cache_dir: &Path, arch: VmArch, release: DebianRelease, sources: &str) -> PathBuf {
+    let name = release.cache_name(arch.debian_arch());
+    let mut inputs = vec![name.as_str(), sources];
+    inputs.extend_from_slice(RECIPE);
+    cache_dir.join(format!("{name}-{}", input_hash(&inputs)))
+}
+
+/// Removes the caches of `dir`'s architecture and release made from other
+/// inputs (other hashes, or none: the caches before they had one).
+fn remove_other_caches(dir: &Path, arch: VmArch, release: DebianRelease) -> Result<()> {
+    let name = release.cache_name(arch.debian_arch());
+    let (Some(parent), Some(own)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let other = file_name.to_string_lossy();
+        let hashed = other
+            .strip_prefix(&format!("{name}-"))
+            .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        if file_name != own && (other == name || hashed) {
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of every file below `dir` but the manifest, by path relative to it.
+fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut hashes = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).with_context(|| format!("read {}", next.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir)?.to_string_lossy().into_owned();
+                if relative != MANIFEST {
+                    hashes.insert(relative, sha256_file(&path)?);
+                }
+            }
+        }
+    }
+    Ok(hashes)
+}
+
+/// Downloads the newest kernel of `release`'s series
+/// (`linux-image-6.1.0-*-<arch>`, `linux-image-5.10.0-*-<arch>`), its
+/// `busybox-static` and its sshd for `arch`, and extracts what the lab needs,
+/// once for each content of its inputs (see [`cache_dir_for`]); a cache whose
+/// files no longer hash as recorded is fetched again. Remove the cache
+/// directory to fetch a newer kernel.
 ///
 /// apt runs with a private state, cache and sources list (and `arch` as its
 /// only architecture), so the host's apt configuration, lists and dpkg
@@ -110,18 +178,20 @@ pub fn fetch(
     log: &mut dyn FnMut(&str),
 ) -> Result<VmAssets> {
     let name = arch.debian_arch();
-    let dir = cache_dir.join(release.cache_name(name));
+    let host = fs::read_to_string(HOST_SOURCES).unwrap_or_default();
+    let sources = sources_list(&host, release);
+    let dir = cache_dir_for(cache_dir, arch, release, &sources);
     if let Some(assets) = cached(arch, release, &dir) {
         log(&format!("vm assets ({name}): cached in {}", dir.display()));
         return Ok(assets);
     }
-    // A directory without a complete manifest is a fetch that died half-way.
+    // A directory that does not check out is a fetch that died half-way, or
+    // a file changed since.
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
+    remove_other_caches(&dir, arch, release)?;
     let work = dir.join("work");
-    let host = fs::read_to_string(HOST_SOURCES).unwrap_or_default();
-    let sources = sources_list(&host, release);
     log(&format!(
         "vm assets ({name}): apt-get update (private state in {}): {}",
         work.display(),
@@ -216,14 +286,14 @@ pub fn fetch(
         modinfo_depends(path)
     })?;
 
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         kernel_package: package_version(&kernel_deb)?,
         busybox_package: package_version(&busybox_deb)?,
         kernel_release,
         modules: order,
-        module_roots: MODULE_ROOTS.iter().map(|root| root.to_string()).collect(),
         openssh_files,
         openssh_package,
+        sha256: BTreeMap::new(),
     };
     let assets = assets(arch, release, &dir, &manifest);
     let image = root.join(format!("boot/vmlinuz-{}", manifest.kernel_release));
@@ -247,19 +317,20 @@ pub fn fetch(
         manifest.modules.join(" ")
     ));
 
+    fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
+    manifest.sha256 = hash_files(&dir)?;
     let json = serde_json::to_string_pretty(&manifest).context("serialize the manifest")?;
     fs::write(dir.join(MANIFEST), json).context("write the manifest")?;
-    fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
     Ok(assets)
 }
 
-/// The assets of a complete cache, or `None` if anything is missing, the
-/// manifest is unreadable (a fetch that died while writing it) or it was
-/// made for other modules: fetch again.
+/// The assets of a complete cache, or `None` if the manifest is unreadable
+/// (a fetch that died while writing it), or the files are not exactly those
+/// it hashed: fetch again.
 fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> {
     let json = fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let manifest: Manifest = serde_json::from_str(&json).ok()?;
-    if manifest.module_roots != MODULE_ROOTS {
+    if manifest.sha256.is_empty() || hash_files(dir).ok()? != manifest.sha256 {
         return None;
     }
     let assets = assets(arch, release, dir, &manifest);
@@ -305,4 +376,86 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
     fs::copy(from, to)
         .with_context(|| format!("copy {} to {}", from.display(), to.display()))
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache of one module and one sshd file, its manifest written as
+    /// `fetch` writes it.
+    fn make_cache(dir: &Path) {
+        for (path, text) in [
+            ("vmlinuz", "kernel"),
+            ("busybox", "busybox"),
+            ("modules/virtio_pci.ko", "module"),
+            ("openssh/usr/sbin/sshd", "sshd"),
+        ] {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        let manifest = Manifest {
+            kernel_release: "6.1.0-41-amd64".into(),
+            kernel_package: "linux-image-6.1.0-41-amd64 6.1.158-1".into(),
+            busybox_package: "busybox-static 1:1.35.0-4+b3".into(),
+            modules: vec!["virtio_pci".into()],
+            openssh_files: vec!["/usr/sbin/sshd".into()],
+            openssh_package: "openssh-server 1:9.2p1-2+deb12u7".into(),
+            sha256: hash_files(dir).unwrap(),
+        };
+        fs::write(
+            dir.join(MANIFEST),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_cache_is_used_only_while_its_files_hash_as_recorded() {
+        let cache = tempfile::tempdir().unwrap();
+        let (arch, release) = (VmArch::X86_64, DebianRelease::Bookworm);
+        make_cache(cache.path());
+        assert!(cached(arch, release, cache.path()).is_some());
+
+        fs::write(cache.path().join("modules/virtio_pci.ko"), "modulE").unwrap();
+        assert!(
+            cached(arch, release, cache.path()).is_none(),
+            "a changed file"
+        );
+
+        make_cache(cache.path());
+        fs::write(cache.path().join("openssh/usr/sbin/extra"), "").unwrap();
+        assert!(
+            cached(arch, release, cache.path()).is_none(),
+            "an added file"
+        );
+
+        fs::remove_file(cache.path().join("openssh/usr/sbin/extra")).unwrap();
+        assert!(cached(arch, release, cache.path()).is_some());
+        fs::remove_file(cache.path().join("busybox")).unwrap();
+        assert!(
+            cached(arch, release, cache.path()).is_none(),
+            "a missing file"
+        );
+    }
+
+    #[test]
+    fn other_inputs_give_another_cache_and_replace_the_old_one() {
+        let cache = tempfile::tempdir().unwrap();
+        let (arch, release) = (VmArch::X86_64, DebianRelease::Bookworm);
+        let mirror = cache_dir_for(cache.path(), arch, release, "deb http://a/ bookworm main");
+        let other = cache_dir_for(cache.path(), arch, release, "deb http://b/ bookworm main");
+        assert_ne!(mirror, other);
+        let bullseye = cache_dir_for(cache.path(), arch, DebianRelease::Bullseye, "");
+        let unhashed = cache.path().join("amd64");
+        for dir in [&mirror, &other, &bullseye, &unhashed] {
+            fs::create_dir_all(dir).unwrap();
+        }
+
+        remove_other_caches(&mirror, arch, release).unwrap();
+
+        assert!(mirror.is_dir() && bullseye.is_dir());
+        assert!(!other.exists() && !unhashed.exists());
+    }
 }
