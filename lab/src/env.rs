@@ -27,7 +27,7 @@ use testcontainers::{Container, GenericImage, ImageExt};
 
 use crate::host::{Swapfile, Sysctl};
 use crate::vm::{Vm, SWAP_DEVICE, SWAP_DISK_MIB};
-use crate::vm_assets::SSHD;
+use crate::vm_assets::{PYTHON, SSHD};
 
 /// How long any one wait for an effect may take. It bounds a wait; it
 /// does not measure anything.
@@ -819,7 +819,7 @@ pub struct DaemonBuilder<'env> {
 }
 
 /// `python3 -m dazai_ref`: the reference's command.
-const REFERENCE_COMMAND: [&str; 3] = ["/usr/bin/python3", "-m", "dazai_ref"];
+const REFERENCE_COMMAND: [&str; 3] = [PYTHON, "-m", "dazai_ref"];
 
 /// The reference's environment: its package, which `cargo xtask lab` stages
 /// in the binaries' directory as `python/dazai_ref`, on its path, and no
@@ -861,7 +861,8 @@ impl<'env> DaemonBuilder<'env> {
         let socket = format!("{SOCKETS}/{}/dazai.sock", self.name);
         let mut argv: Vec<&str> = if self.reference {
             [
-                ["/usr/bin/env"].as_slice(),
+                // busybox's in a VM, Debian's in a container (merged /usr).
+                ["/bin/env"].as_slice(),
                 &REFERENCE_ENVIRONMENT,
                 &REFERENCE_COMMAND,
             ]

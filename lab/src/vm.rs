@@ -135,9 +135,9 @@ impl Vm {
     ) -> Result<Vm> {
         let dir = work.join(format!("vm-{}", assets.arch.rust_arch()));
         fs::create_dir_all(&dir)?;
-        let initrd = dir.join("initrd.gz");
+        let initrd = dir.join("initrd.cpio");
         let mut entries = initramfs_entries(assets, init, &dir)?;
-        entries.extend(ssh_entries(assets, ssh_dir, &dir)?);
+        entries.extend(ssh_entries(ssh_dir, &dir)?);
         write_initramfs(&initrd, &with_directories(entries))?;
         let ssh_port = free_local_port()?;
         let monitor = dir.join("monitor.sock");
@@ -420,9 +420,9 @@ fn free_local_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Debian's sshd and what it loads, its configuration (the containers' own,
-/// with a host key made for this VM) and the `lab` key it accepts.
-fn ssh_entries(assets: &VmAssets, ssh_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+/// sshd's configuration (the containers' own, with a host key made for
+/// this VM) and the `lab` key it accepts.
+fn ssh_entries(ssh_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
     let host_key = dir.join("ssh_host_ed25519_key");
     let _ = fs::remove_file(&host_key);
     run(Command::new("ssh-keygen")
@@ -437,7 +437,7 @@ fn ssh_entries(assets: &VmAssets, ssh_dir: &Path, dir: &Path) -> Result<Vec<Entr
             include_str!("../images/lab-sshd.conf")
         ),
     )?;
-    let mut entries = vec![
+    let entries = vec![
         Entry::File {
             path: "/etc/ssh/sshd_config".into(),
             source: config,
@@ -454,13 +454,6 @@ fn ssh_entries(assets: &VmAssets, ssh_dir: &Path, dir: &Path) -> Result<Vec<Entr
             mode: 0o644,
         },
     ];
-    for (path, source) in &assets.openssh {
-        entries.push(Entry::File {
-            path: path.clone(),
-            source: source.clone(),
-            mode: 0o755,
-        });
-    }
     Ok(entries)
 }
 
@@ -494,7 +487,8 @@ fn with_directories(entries: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
-/// `/init`, busybox, the modules in load order and their list.
+/// `/init`, busybox, the modules in load order and their list, and the
+/// userland taken from Debian (sshd, Python).
 fn initramfs_entries(assets: &VmAssets, init: &Path, dir: &Path) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = [
         "/bin",
@@ -548,6 +542,13 @@ fn initramfs_entries(assets: &VmAssets, init: &Path, dir: &Path) -> Result<Vec<E
         source: list_file,
         mode: 0o644,
     });
+    for (path, source) in &assets.userland {
+        entries.push(Entry::File {
+            path: path.clone(),
+            source: source.clone(),
+            mode: 0o755,
+        });
+    }
     Ok(entries)
 }
 

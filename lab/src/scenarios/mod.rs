@@ -69,7 +69,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         row: "reference",
-        in_vm: false,
+        in_vm: true,
         run: reference::run,
     },
 ];

@@ -20,13 +20,14 @@
 //! control makes the scanner blind on purpose (its needle a canary nobody
 //! holds) and must turn the live check red.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::env::{
     fresh_canary, wait_for, Daemon, DaemonBuilder, Env, Lab, Launched, PATIENCE, RUN,
 };
 use crate::runner::{Recorder, Verdict};
 use crate::scenarios::wipe::{every_copy_is_locked, scan_at_last_call, LastCall};
+use crate::vm_assets::PYTHON;
 
 /// The reason the live check turns red: no copy outside locked memory.
 const BLIND: &str = "copies outside locked, no-dump memory: 0";
@@ -61,7 +62,7 @@ fn start_with_agent<'env>(
 ) -> Result<(Daemon, Launched, i32)> {
     let daemon = daemon
         .named(name)
-        .exec(&["/usr/bin/python3", "-c", &agent_script(name)])
+        .exec(&[PYTHON, "-c", &agent_script(name)])
         .start()?;
     let client = daemon.attach_client(env)?;
     let agent = wait_for("the Python agent's pid", PATIENCE, || {
@@ -74,9 +75,27 @@ fn start_with_agent<'env>(
     Ok((daemon, client, agent))
 }
 
-/// The row's scenario.
+/// The oldest Python the reference runs on (`requires-python` of
+/// daemon/python/pyproject.toml).
+const REFERENCE_PYTHON: (u32, u32) = (3, 11);
+
+/// The row's scenario. It needs Debian's Python to be one the reference runs
+/// on: a leg whose release has an older one (Debian 11's 3.9) runs no check
+/// of this row, and says why.
 pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     let env = lab.env("reference").cap_add("SYS_PTRACE").start()?;
+    let python = python_version(&env)?;
+    if python < REFERENCE_PYTHON {
+        println!(
+            "lab: leg {}: no reference row: its Python is {}.{}, the reference needs {}.{} or newer",
+            lab.leg(),
+            python.0,
+            python.1,
+            REFERENCE_PYTHON.0,
+            REFERENCE_PYTHON.1
+        );
+        return Ok(());
+    }
     let (daemon, _client, agent) = start_with_agent(&env, "reference", env.daemon().reference())?;
     rec.check(
         "the Python reference daemon keeps every copy of the secret it holds in locked, no-dump memory",
@@ -128,6 +147,27 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// `(3, 11)`: the version of the environment's `python3`.
+fn python_version(env: &Env) -> Result<(u32, u32)> {
+    let ran = env.exec(
+        "lab",
+        &[
+            PYTHON,
+            "-c",
+            "import sys; print(sys.version_info[0], sys.version_info[1])",
+        ],
+    )?;
+    let numbers: Vec<u32> = ran
+        .stdout
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match numbers[..] {
+        [major, minor] => Ok((major, minor)),
+        _ => bail!("{PYTHON} said no version: {}", ran.stderr.trim()),
+    }
 }
 
 /// Scans the live process `pid` for the canary in `canary_file` and

@@ -56,9 +56,10 @@ impl VmArch {
     /// Measured under TCG on the lab's machines (docs/lab.md): `neoverse-n1`
     /// boots ≈ 1.5 s faster than `max` on aarch64; on x86_64 `q35` and `pc`
     /// are within noise of each other, and `q35` gives virtio its PCIe.
-    /// `-nic none`: the guest gets no network, so the lab's traffic stays on
-    /// the host. `-no-reboot` turns the kernel's `panic=-1` reboot into a qemu
-    /// exit, so a dead guest never hangs the lab.
+    /// `-nic none`: no default network card; the one the lab adds (for SSH)
+    /// is QEMU's user network with `restrict=on`, so the guest reaches
+    /// nothing. `-no-reboot` turns the kernel's `panic=-1` reboot into a
+    /// qemu exit, so a dead guest never hangs the lab.
     pub fn machine_args(self) -> Vec<&'static str> {
         let (machine, cpu) = match self {
             VmArch::Aarch64 => ("virt", "neoverse-n1"),

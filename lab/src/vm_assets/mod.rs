@@ -14,7 +14,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod release;
-mod sshd;
+mod userland;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,7 +29,7 @@ use crate::images::{input_hash, sha256_file};
 pub use arch::VmArch;
 pub use initramfs::{write_initramfs, Entry};
 pub use release::DebianRelease;
-pub use sshd::SSHD;
+pub use userland::{PYTHON, SSHD};
 
 use apt::{
     extract, kernels_newest_first, package_version, sources_list, PrivateApt, HOST_SOURCES, KEYRING,
@@ -39,7 +39,7 @@ use kernel::unpack_bzimage;
 use modules::{
     builtin_names, load_order, modinfo_depends, module_index, write_module, MODULE_ROOTS,
 };
-use sshd::take_sshd;
+use userland::take_userland;
 
 /// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
 #[derive(Clone, Debug)]
@@ -69,11 +69,14 @@ pub struct VmAssets {
     pub busybox: PathBuf,
     /// The exact package and version busybox came from, for the evidence report.
     pub busybox_package: String,
-    /// Debian's sshd, its loader and libraries, from a root filesystem of
-    /// the architecture and release: (path inside the VM, file in the cache).
-    pub openssh: Vec<(String, PathBuf)>,
+    /// Debian's sshd and Python (with its standard library), their loader
+    /// and libraries, from a root filesystem of the architecture and
+    /// release: (path inside the VM, file in the cache).
+    pub userland: Vec<(String, PathBuf)>,
     /// The exact `openssh-server` version, for the evidence report.
     pub openssh_package: String,
+    /// The exact Python package and version (`python3.11 3.11.2-6+deb12u8`).
+    pub python_package: String,
 }
 
 /// Written last: its presence marks a complete cache.
@@ -87,9 +90,11 @@ struct Manifest {
     busybox_package: String,
     /// Module names in load order; each is `modules/<name>.ko`.
     modules: Vec<String>,
-    /// Paths inside the VM of sshd and what it loads; each is `openssh/<path>`.
-    openssh_files: Vec<String>,
+    /// Paths inside the VM of sshd, Python and what they load; each is
+    /// `userland/<path>`.
+    userland_files: Vec<String>,
     openssh_package: String,
+    python_package: String,
     /// The SHA-256 of every file of the cache (path relative to it): a file
     /// changed or cut short since is a cache to fetch again.
     sha256: BTreeMap<String, String>,
@@ -104,7 +109,7 @@ const RECIPE: &[&str] = &[
     include_str!("kernel.rs"),
     include_str!("modules.rs"),
     include_str!("release.rs"),
-    include_str!("sshd.rs"),
+    include_str!("userland.rs"),
 ];
 
 /// The cache directory of `arch` and `release` for these inputs:
@@ -249,15 +254,15 @@ pub fn fetch(
     let busybox_deb = apt.download("busybox-static", &debs)?;
 
     log(&format!(
-        "vm assets ({name}): mmdebstrap --variant=extract of {} for its sshd",
+        "vm assets ({name}): mmdebstrap --variant=extract of {} for its sshd and Python",
         release.name()
     ));
-    let (openssh_files, openssh_package) = take_sshd(
+    let userland = take_userland(
         arch,
         release,
         &sources,
         &work.join("rootfs"),
-        &dir.join("openssh"),
+        &dir.join("userland"),
         log,
     )?;
     log(&format!(
@@ -291,8 +296,9 @@ pub fn fetch(
         busybox_package: package_version(&busybox_deb)?,
         kernel_release,
         modules: order,
-        openssh_files,
-        openssh_package,
+        userland_files: userland.files,
+        openssh_package: userland.openssh_package,
+        python_package: userland.python_package,
         sha256: BTreeMap::new(),
     };
     let assets = assets(arch, release, &dir, &manifest);
@@ -337,9 +343,9 @@ fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> 
     let complete = [&assets.vmlinuz, &assets.busybox]
         .into_iter()
         .chain(&assets.modules)
-        .chain(assets.openssh.iter().map(|(_, file)| file))
+        .chain(assets.userland.iter().map(|(_, file)| file))
         .all(|path| path.is_file());
-    (complete && !assets.openssh.is_empty()).then_some(assets)
+    (complete && !assets.userland.is_empty()).then_some(assets)
 }
 
 /// Where each asset of `manifest` lives in the cache directory `dir`.
@@ -357,17 +363,18 @@ fn assets(arch: VmArch, release: DebianRelease, dir: &Path, manifest: &Manifest)
             .collect(),
         busybox: dir.join("busybox"),
         busybox_package: manifest.busybox_package.clone(),
-        openssh: manifest
-            .openssh_files
+        userland: manifest
+            .userland_files
             .iter()
             .map(|path| {
                 (
                     path.clone(),
-                    dir.join("openssh").join(path.trim_start_matches('/')),
+                    dir.join("userland").join(path.trim_start_matches('/')),
                 )
             })
             .collect(),
         openssh_package: manifest.openssh_package.clone(),
+        python_package: manifest.python_package.clone(),
     }
 }
 
@@ -389,7 +396,7 @@ mod tests {
             ("vmlinuz", "kernel"),
             ("busybox", "busybox"),
             ("modules/virtio_pci.ko", "module"),
-            ("openssh/usr/sbin/sshd", "sshd"),
+            ("userland/usr/sbin/sshd", "sshd"),
         ] {
             let path = dir.join(path);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -400,8 +407,9 @@ mod tests {
             kernel_package: "linux-image-6.1.0-41-amd64 6.1.158-1".into(),
             busybox_package: "busybox-static 1:1.35.0-4+b3".into(),
             modules: vec!["virtio_pci".into()],
-            openssh_files: vec!["/usr/sbin/sshd".into()],
+            userland_files: vec!["/usr/sbin/sshd".into()],
             openssh_package: "openssh-server 1:9.2p1-2+deb12u7".into(),
+            python_package: "python3.11 3.11.2-6+deb12u8".into(),
             sha256: hash_files(dir).unwrap(),
         };
         fs::write(
@@ -425,13 +433,13 @@ mod tests {
         );
 
         make_cache(cache.path());
-        fs::write(cache.path().join("openssh/usr/sbin/extra"), "").unwrap();
+        fs::write(cache.path().join("userland/usr/sbin/extra"), "").unwrap();
         assert!(
             cached(arch, release, cache.path()).is_none(),
             "an added file"
         );
 
-        fs::remove_file(cache.path().join("openssh/usr/sbin/extra")).unwrap();
+        fs::remove_file(cache.path().join("userland/usr/sbin/extra")).unwrap();
         assert!(cached(arch, release, cache.path()).is_some());
         fs::remove_file(cache.path().join("busybox")).unwrap();
         assert!(
