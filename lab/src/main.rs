@@ -40,9 +40,8 @@ struct Options {
     /// The kernels of the VM legs: 6.1 (Debian 12, booted with
     /// secretmem.enable=1: memfd_secret), 5.10 (Debian 11, without it: the
     /// locked backend), 6.12 (Debian 13), 6.1-secretmem-off (Debian 12 as
-    /// booted by default: the locked backend). 6.12 is not in the default
-    /// run (docs/lab.md says why).
-    #[arg(long, value_delimiter = ',', default_value = "6.1,5.10,6.1-secretmem-off", value_parser = ["6.1", "5.10", "6.12", "6.1-secretmem-off"])]
+    /// booted by default: the locked backend).
+    #[arg(long, value_delimiter = ',', default_value = "6.1,5.10,6.1-secretmem-off,6.12", value_parser = ["6.1", "5.10", "6.12", "6.1-secretmem-off"])]
     kernel: Vec<String>,
     /// Only these rows, e.g. wipe,session-loss.
     #[arg(long, value_name = "ROWS", value_delimiter = ',', value_parser = row_name)]

@@ -40,6 +40,7 @@ const REQUIRED_LEGS: [(&str, &[&str]); 2] = [
             "x86_64 VM",
             "x86_64 VM 5.10 (Debian 11)",
             "x86_64 VM 6.1 secretmem off (Debian 12)",
+            "x86_64 VM 6.12 (Debian 13)",
         ],
     ),
     (
@@ -48,6 +49,7 @@ const REQUIRED_LEGS: [(&str, &[&str]); 2] = [
             "aarch64 VM",
             "aarch64 VM 5.10 (Debian 11)",
             "aarch64 VM 6.1 secretmem off (Debian 12)",
+            "aarch64 VM 6.12 (Debian 13)",
         ],
     ),
 ];

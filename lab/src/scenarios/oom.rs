@@ -10,7 +10,7 @@
 
 use anyhow::Result;
 
-use crate::env::{Env, Lab, Launched, PATIENCE, RUN};
+use crate::env::{wait_for, Env, Lab, Launched, PATIENCE, RUN};
 use crate::runner::{Recorder, Verdict};
 use crate::scenarios::wipe::{locked_then_wiped, LastCall};
 
@@ -90,8 +90,18 @@ fn panics_and_wipes(env: &Env, end: ProgramEnd, v: &mut Verdict) -> Result<()> {
 }
 
 /// The descendant of `pid` running `program`, found through the kernel's
-/// `/proc/PID/task/PID/children` and `/proc/PID/cmdline`, not the daemon's word.
+/// `/proc/PID/task/PID/children` and `/proc/PID/cmdline`, not the daemon's
+/// word; waited for, since a shell forks and execs it only after it starts
+/// (a run looked 168 ms after the launch and found none yet).
 fn descendant_running(env: &Env, pid: i32, program: &str) -> Result<i64> {
+    let what = format!("a descendant of pid {pid} running {program}");
+    wait_for(&what, PATIENCE, || {
+        find_descendant_running(env, pid, program).ok().flatten()
+    })
+}
+
+/// [`descendant_running`], looked for once.
+fn find_descendant_running(env: &Env, pid: i32, program: &str) -> Result<Option<i64>> {
     let mut generation = vec![i64::from(pid)];
     for _ in 0..4 {
         let mut next = Vec::new();
@@ -108,12 +118,12 @@ fn descendant_running(env: &Env, pid: i32, program: &str) -> Result<i64> {
         for child in &next {
             let cmdline = env.exec("root", &["cat", &format!("/proc/{child}/cmdline")])?;
             if cmdline.stdout.split('\0').next() == Some(program) {
-                return Ok(*child);
+                return Ok(Some(*child));
             }
         }
         generation = next;
     }
-    anyhow::bail!("no descendant of pid {pid} runs {program}")
+    Ok(None)
 }
 
 fn hard_crash(lab: &Lab, rec: &mut Recorder) -> Result<()> {
