@@ -168,10 +168,10 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Downloads the newest kernel of `release`'s series
 /// (`linux-image-6.1.0-*-<arch>`, `linux-image-5.10.0-*-<arch>`), its
-/// `busybox-static` and its sshd for `arch`, and extracts what the lab needs,
-/// once for each content of its inputs (see [`cache_dir_for`]); a cache whose
-/// files no longer hash as recorded is fetched again. Remove the cache
-/// directory to fetch a newer kernel.
+/// `busybox-static`, sshd and Python for `arch`, and extracts what the lab
+/// needs, once for each content of its inputs (the cache directory is named
+/// by their hash); a cache whose files no longer hash as recorded is fetched
+/// again. Remove the cache directory to fetch a newer kernel.
 ///
 /// apt runs with a private state, cache and sources list (and `arch` as its
 /// only architecture), so the host's apt configuration, lists and dpkg
@@ -187,7 +187,13 @@ pub fn fetch(
     let sources = sources_list(&host, release);
     let dir = cache_dir_for(cache_dir, arch, release, &sources);
     if let Some(assets) = cached(arch, release, &dir) {
-        log(&format!("vm assets ({name}): cached in {}", dir.display()));
+        log(&format!(
+            "vm assets ({name}): cached in {}: {}, {}, {}",
+            dir.display(),
+            assets.kernel_package,
+            assets.openssh_package,
+            assets.python_package
+        ));
         return Ok(assets);
     }
     // A directory that does not check out is a fetch that died half-way, or
@@ -318,8 +324,10 @@ pub fn fetch(
     copy(&root.join(&busybox), &assets.busybox)?;
     check_machine(arch, &assets.busybox)?;
     log(&format!(
-        "vm assets ({name}): {}, modules in load order: {}",
+        "vm assets ({name}): {}, {}, {}, modules in load order: {}",
         manifest.kernel_package,
+        manifest.openssh_package,
+        manifest.python_package,
         manifest.modules.join(" ")
     ));
 
