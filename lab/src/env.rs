@@ -216,8 +216,10 @@ impl<'lab> EnvBuilder<'lab> {
         self
     }
 
-    /// systemd as PID 1 (the systemd image), which needs `CAP_SYS_ADMIN`, a
-    /// private cgroup namespace, no seccomp profile and `/run` on tmpfs.
+    /// systemd as PID 1: in the containers, the systemd image, which needs
+    /// `CAP_SYS_ADMIN`, a private cgroup namespace, no seccomp profile and
+    /// `/run` on tmpfs; in a VM leg, a VM of the same kernel booted from
+    /// Debian's root filesystem with systemd ([`Vm::boot_systemd`]).
     pub fn systemd(mut self) -> Self {
         self.systemd = true;
         self
@@ -253,8 +255,19 @@ impl<'lab> EnvBuilder<'lab> {
     }
 
     /// In the VM, an environment is its run directory bound at [`RUN`] and
-    /// no process left from the previous one ([`Env`]'s drop resets).
-    fn start_in_vm(self, vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
+    /// no process left from the previous one ([`Env`]'s drop resets). One
+    /// with systemd as PID 1 is a VM of its own, booted from the release's
+    /// systemd root filesystem, and powered off with the environment.
+    fn start_in_vm(self, leg_vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
+        let vm = &if self.systemd {
+            Arc::new(
+                leg_vm
+                    .boot_systemd()
+                    .context("boot the VM whose PID 1 is systemd")?,
+            )
+        } else {
+            Arc::clone(leg_vm)
+        };
         let name = &self.name;
         let bind = format!(
             "umount {RUN} 2>/dev/null; rm -rf {SOCKETS}; mkdir -p {RUN} && mount --bind /lab/work/{name} {RUN}"

@@ -98,3 +98,66 @@ pub fn run(command: &mut Command) -> Result<String> {
     }
     String::from_utf8(out.stdout).with_context(|| format!("output of {command:?}"))
 }
+
+/// binfmt_misc's directory: where the kernel lists the interpreters it
+/// runs foreign binaries with.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
+/// Binaries of a foreign architecture runnable through qemu-user for the
+/// guard's lifetime (binfmt_misc), so that mmdebstrap can run the maintainer
+/// scripts of that architecture's packages. What the guard mounted or
+/// registered, it unmounts and unregisters when dropped; what was there
+/// before stays.
+pub struct ForeignBinaries {
+    registered: Option<PathBuf>,
+    mounted: bool,
+}
+
+impl ForeignBinaries {
+    /// `arch` as Rust names it (`aarch64`); on this machine's own
+    /// architecture there is nothing to do.
+    pub fn runnable(arch: &str) -> Result<Self> {
+        let mut guard = Self {
+            registered: None,
+            mounted: false,
+        };
+        if arch == std::env::consts::ARCH {
+            return Ok(guard);
+        }
+        if !Path::new(BINFMT_MISC).join("register").exists() {
+            run(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_MISC]))
+                .context("mount binfmt_misc")?;
+            guard.mounted = true;
+        }
+        let entry = Path::new(BINFMT_MISC).join(format!("qemu-{arch}"));
+        if !entry.exists() {
+            // qemu-user-static's own rule, with the F flag: the interpreter
+            // is opened now, so it runs inside mmdebstrap's chroot too.
+            let rule = format!("/usr/lib/binfmt.d/qemu-{arch}.conf");
+            let rule = fs::read_to_string(&rule)
+                .with_context(|| format!("read {rule} (qemu-user-static)"))?;
+            fs::write(Path::new(BINFMT_MISC).join("register"), rule.trim())
+                .with_context(|| format!("register qemu-{arch} with binfmt_misc"))?;
+            guard.registered = Some(entry);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for ForeignBinaries {
+    fn drop(&mut self) {
+        if let Some(entry) = &self.registered {
+            if let Err(e) = fs::write(entry, "-1") {
+                eprintln!(
+                    "lab: could not unregister {} ({e}); echo -1 > it by hand",
+                    entry.display()
+                );
+            }
+        }
+        if self.mounted {
+            if let Err(e) = run(Command::new("umount").arg(BINFMT_MISC)) {
+                eprintln!("lab: could not unmount {BINFMT_MISC} ({e:#}); do it by hand");
+            }
+        }
+    }
+}

@@ -141,14 +141,10 @@ fn run(options: &Options) -> Result<bool> {
             legs.push(leg);
             checks.extend(leg_checks);
         }
-        if selected(options).any(|scenario| scenario.in_vm) {
-            for kernel in VmKernel::ALL {
-                if options.kernel.contains(&kernel.series()) {
-                    vm_legs.push((arch.clone(), kernel, bin_dir.clone()));
-                }
+        for kernel in VmKernel::ALL {
+            if options.kernel.contains(&kernel.series()) {
+                vm_legs.push((arch.clone(), kernel, bin_dir.clone()));
             }
-        } else {
-            println!("lab: no selected row runs in a VM; the {arch} VM is not booted");
         }
     }
     for (leg, leg_checks) in run_vm_legs(&vm_legs, &work, options)? {
@@ -320,9 +316,6 @@ fn run_leg(lab: &Lab, options: &Options) -> Result<(Leg, Vec<Check>)> {
     println!("lab: leg {name}: kernel {}", lab.kernel());
     let mut checks = Vec::new();
     for scenario in selected(options) {
-        if lab.in_vm() && !scenario.in_vm {
-            continue;
-        }
         let mut rec = Recorder::new(scenario.row, &name, options.verbose);
         if let Err(error) = (scenario.run)(lab, &mut rec) {
             rec.row_failed(&format!("the {} scenario runs", scenario.row), &error);

@@ -202,9 +202,6 @@ impl Recorder {
 pub struct Scenario {
     /// The row's name in docs/threat-model.md.
     pub row: &'static str,
-    /// Whether it runs in the VM legs too (SSH sessions, systemd as PID 1
-    /// and Python need containers).
-    pub in_vm: bool,
     /// Runs every check of the row.
     pub run: fn(&Lab, &mut Recorder) -> Result<()>,
 }

@@ -28,8 +28,10 @@ use crate::vm_assets::{write_initramfs, DebianRelease, Entry, VmArch, VmAssets};
 const BOOT_PATIENCE: Duration = Duration::from_secs(120);
 /// The size of the VM's swap disk (sparse on the host until swapped to).
 pub const SWAP_DISK_MIB: u64 = 512;
-/// Where the swap disk is inside the VM: its only disk.
+/// Where the swap disk is inside the VM: its first disk.
 pub const SWAP_DEVICE: &str = "/dev/vda";
+/// Where a VM booted for systemd has its root filesystem: its second disk.
+const SYSTEMD_ROOT_DEVICE: &str = "/dev/vdb";
 
 /// What a VM leg boots: a Debian release's kernel, and whether its command
 /// line turns `memfd_secret` on (`secretmem.enable=1`): 6.1 leaves it off
@@ -112,6 +114,8 @@ pub struct Vm {
     clock_uncertainty_ms: std::sync::atomic::AtomicU64,
     /// QEMU's human monitor (HMP) socket.
     monitor: PathBuf,
+    /// What it booted from, to boot its systemd sibling ([`Vm::boot_systemd`]).
+    recipe: Recipe,
     qemu: Mutex<Child>,
     agent: Mutex<Agent>,
 }
@@ -119,6 +123,18 @@ pub struct Vm {
 struct Agent {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+}
+
+/// What a VM boots: the kernel and userland, the init, and the host's
+/// directories it shares.
+#[derive(Clone)]
+struct Recipe {
+    booted: VmKernel,
+    assets: VmAssets,
+    init: PathBuf,
+    bin_dir: PathBuf,
+    work: PathBuf,
+    ssh_dir: PathBuf,
 }
 
 impl Vm {
@@ -133,7 +149,37 @@ impl Vm {
         work: &Path,
         ssh_dir: &Path,
     ) -> Result<Vm> {
-        let dir = work.join(format!("vm-{}", assets.arch.rust_arch()));
+        let recipe = Recipe {
+            booted,
+            assets: assets.clone(),
+            init: init.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            work: work.to_path_buf(),
+            ssh_dir: ssh_dir.to_path_buf(),
+        };
+        Self::start(&recipe, false)
+    }
+
+    /// Boots another VM of the same kernel and shares whose PID 1 is
+    /// Debian's systemd, on the release's root filesystem
+    /// ([`VmAssets::systemd_root`]), which no run ever changes: the VM's
+    /// writes stay in a QEMU snapshot. Its agent runs as a systemd service.
+    pub fn boot_systemd(&self) -> Result<Vm> {
+        Self::start(&self.recipe, true)
+    }
+
+    fn start(recipe: &Recipe, systemd: bool) -> Result<Vm> {
+        let Recipe {
+            booted,
+            assets,
+            init,
+            bin_dir,
+            work,
+            ssh_dir,
+        } = recipe;
+        let booted = *booted;
+        let suffix = if systemd { "-systemd" } else { "" };
+        let dir = work.join(format!("vm-{}{suffix}", assets.arch.rust_arch()));
         fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.cpio");
         let mut entries = initramfs_entries(assets, init, &dir)?;
@@ -152,6 +198,19 @@ impl Vm {
         let mut append = format!("console={} panic=-1 quiet", assets.arch.console());
         if booted.secretmem_enable {
             append.push_str(" secretmem.enable=1");
+        }
+        let mut root_disk = Vec::new();
+        if systemd {
+            append.push_str(&format!(" lab.root={SYSTEMD_ROOT_DEVICE}"));
+            root_disk = vec![
+                "-drive".to_owned(),
+                format!(
+                    "file={},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+                    assets.systemd_root.display()
+                ),
+                "-device".to_owned(),
+                "virtio-blk-pci,drive=root".to_owned(),
+            ];
         }
         let qemu = Command::new(assets.arch.qemu_system())
             .args(assets.arch.machine_args())
@@ -182,6 +241,7 @@ impl Vm {
                 swap_disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=swap"])
+            .args(&root_disk)
             // restrict=on: the guest reaches nothing; forwards still work.
             .arg("-netdev")
             .arg(format!(
@@ -212,9 +272,10 @@ impl Vm {
             kernel_package: assets.kernel_package.clone(),
             console_log,
             ssh_port,
-            ssh_dir: ssh_dir.to_path_buf(),
+            ssh_dir: ssh_dir.clone(),
             clock_uncertainty_ms: Default::default(),
             monitor,
+            recipe: recipe.clone(),
             qemu,
             agent: Mutex::new(agent),
         };

@@ -232,10 +232,8 @@ fn verifying_legs(report: &Value, artifact: &Artifact, sha256: &str) -> Result<V
             );
         }
         let of_leg: Vec<&Value> = checks.iter().filter(|c| c["leg"] == *name).collect();
-        let in_vm = name.contains(" VM");
         let missing: Vec<&str> = lab::scenarios::ALL
             .iter()
-            .filter(|scenario| scenario.in_vm || !in_vm)
             .map(|scenario| scenario.row)
             .filter(|row| !of_leg.iter().any(|c| c["row"] == *row))
             .collect();
@@ -396,8 +394,7 @@ mod tests {
                     "dazai_sha256": sha, "tools_sha256": { "dazai-mcp": mcp_sha },
                 }));
                 // Every row the leg runs, one of them a limit shown.
-                let in_vm = leg.contains(" VM");
-                for scenario in lab::scenarios::ALL.iter().filter(|s| s.in_vm || !in_vm) {
+                for scenario in lab::scenarios::ALL {
                     let outcome = if scenario.row == "OOM" {
                         "limit"
                     } else {

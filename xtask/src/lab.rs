@@ -4,7 +4,8 @@
 //!
 //! In order, each step announced on one line:
 //! 1. prerequisites: on Debian as root, install what is missing (docker.io,
-//!    mmdebstrap, openssh-client, qemu-system from bookworm-backports);
+//!    mmdebstrap, openssh-client, qemu-user-static, qemu-system from
+//!    bookworm-backports, …);
 //!    otherwise name it and stop — a missing prerequisite is a failure, never a skip;
 //! 2. `dockerd`: start it if it is not running (and stop it again at the end);
 //! 3. for each architecture, build with `cross` the shipped `dazai` (static
@@ -45,7 +46,7 @@ pub(crate) struct Options {
 }
 
 /// The Debian packages the lab calls, with the reason each is needed.
-const DEBIAN_PACKAGES: [(&str, &str, &str); 6] = [
+const DEBIAN_PACKAGES: [(&str, &str, &str); 9] = [
     (
         "docker.io",
         "dockerd",
@@ -72,6 +73,21 @@ const DEBIAN_PACKAGES: [(&str, &str, &str); 6] = [
         "unpacking Debian 11's and 12's amd64 kernels, and Debian 13's modules",
     ),
     ("zstd", "zstd", "unpacking Debian 13's amd64 kernel"),
+    (
+        "qemu-user-static",
+        "qemu-aarch64-static",
+        "running the arm64 packages' maintainer scripts while building the aarch64 VMs' systemd root filesystems (never a test)",
+    ),
+    (
+        "arch-test",
+        "arch-test",
+        "mmdebstrap's check that arm64 binaries run before it builds a tree of them",
+    ),
+    (
+        "e2fsprogs",
+        "mkfs.ext4",
+        "the ext4 images of the VMs' systemd root filesystems",
+    ),
 ];
 
 /// qemu-system for the VM legs, from bookworm-backports: the machine's
@@ -264,7 +280,7 @@ fn ensure_prerequisites(sh: &Shell) -> Result<()> {
     let qemu_missing = QEMU_PACKAGES.iter().any(|(_, command)| !on_path(command));
     if missing.is_empty() && !qemu_missing {
         println!(
-            "    present: docker.io, mmdebstrap, openssh-client, util-linux, xz-utils, zstd, qemu-system"
+            "    present: docker.io, mmdebstrap, openssh-client, util-linux, xz-utils, zstd, qemu-user-static, arch-test, e2fsprogs, qemu-system"
         );
         return Ok(());
     }

@@ -19,57 +19,46 @@ use crate::runner::Scenario;
 pub const ALL: &[Scenario] = &[
     Scenario {
         row: "swap",
-        in_vm: true,
         run: swap::run,
     },
     Scenario {
         row: "core dumps",
-        in_vm: true,
         run: core_dumps::run,
     },
     Scenario {
         row: "session loss",
-        in_vm: true,
         run: session_loss::run,
     },
     Scenario {
         row: "wipe",
-        in_vm: true,
         run: wipe::run,
     },
     Scenario {
         row: "confinement",
-        in_vm: true,
         run: confinement::run,
     },
     Scenario {
         row: "ptrace snooping",
-        in_vm: true,
         run: ptrace_snooping::run,
     },
     Scenario {
         row: "OOM",
-        in_vm: true,
         run: oom::run,
     },
     Scenario {
         row: "root reads memory",
-        in_vm: true,
         run: root_reads_memory::run,
     },
     Scenario {
         row: "who may obtain a secret",
-        in_vm: true,
         run: who_may_obtain::run,
     },
     Scenario {
         row: "systemd unit",
-        in_vm: false,
         run: systemd_unit::run,
     },
     Scenario {
         row: "reference",
-        in_vm: true,
         run: reference::run,
     },
 ];

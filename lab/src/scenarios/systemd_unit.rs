@@ -21,6 +21,10 @@ use crate::runner::{Recorder, Verdict};
 /// binary where the lab keeps it.
 const USAGE: &str = include_str!("../../../docs/usage.md");
 
+/// How long systemd may take to boot: in a VM under TCG, udev's coldplug
+/// and the first start of every unit take tens of seconds.
+const BOOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// The executor the units start looks for a tools file in the user's home.
 const TOOLS: &str =
     "[[tool]]\nname = \"version\"\ndescription = \"a fixed text\"\nkind = \"static\"\nvalue = \"1\"\n";
@@ -98,9 +102,10 @@ fn install_leaky_unit<'env>(env: &'env Env, uid: &str, canary: &[u8]) -> Result<
 /// Waits for `systemctl is-system-running --wait` to answer (until systemd
 /// has made its socket, systemctl cannot reach it at all); returns its state.
 fn wait_until_booted(env: &Env) -> Result<String> {
-    let state = wait_for("systemd (PID 1) to finish booting", PATIENCE, || {
+    let state = wait_for("systemd (PID 1) to finish booting", BOOT_PATIENCE, || {
+        let is_running = ["systemctl", "is-system-running", "--wait"];
         let booted = env
-            .exec("root", &["systemctl", "is-system-running", "--wait"])
+            .exec_with_env("root", &is_running, &[], BOOT_PATIENCE)
             .ok()?;
         let state = booted.stdout.trim().to_owned();
         // "offline": systemctl could not reach PID 1 yet (under load its

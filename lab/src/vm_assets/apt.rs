@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::{DebianRelease, VmArch};
 use crate::host::run;
@@ -28,6 +28,74 @@ pub(super) fn sources_list(host_deb822: &str, release: DebianRelease) -> String 
             format!("deb [signed-by={KEYRING}] {uri} {suite} main\n")
         })
         .collect()
+}
+
+/// Builds a root filesystem of `arch` and `release` in the directory `tree`
+/// with `mmdebstrap OPTIONS`, from the apt `sources` (one-line style).
+///
+/// A mirror can lack a suite's pool for an architecture (seen: every arm64
+/// package of bullseye-security answers 404): then the tree is built again
+/// without the security suite, and `log` says so.
+pub(super) fn mmdebstrap(
+    arch: VmArch,
+    release: DebianRelease,
+    sources: &str,
+    options: &[&str],
+    tree: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let Err(error) = mmdebstrap_once(arch, release, sources, options, tree) else {
+        return Ok(());
+    };
+    let without_security: String = sources
+        .lines()
+        .filter(|line| !line.contains("-security "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    log(&format!(
+        "vm assets ({}): {error:#}; again without the security suite",
+        arch.debian_arch()
+    ));
+    if tree.exists() {
+        fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;
+    }
+    mmdebstrap_once(arch, release, &without_security, options, tree)
+}
+
+fn mmdebstrap_once(
+    arch: VmArch,
+    release: DebianRelease,
+    sources: &str,
+    options: &[&str],
+    tree: &Path,
+) -> Result<()> {
+    let suite = release.suites()[0].0;
+    let ran = Command::new("mmdebstrap")
+        .arg("--quiet")
+        .args(options)
+        .arg(format!("--arch={}", arch.debian_arch()))
+        .args(["--format=directory", suite])
+        .arg(tree)
+        .args(sources.lines())
+        .output()
+        .context("run mmdebstrap")?;
+    if !ran.status.success() {
+        // apt's own lines name what failed; mmdebstrap's last line does not.
+        let said = String::from_utf8_lossy(&ran.stderr);
+        let errors: Vec<&str> = said
+            .lines()
+            .filter(|line| {
+                line.starts_with("E:") || line.starts_with("Err:") || line.contains("404")
+            })
+            .take(4)
+            .collect();
+        bail!(
+            "mmdebstrap {suite} for {}: {}",
+            arch.debian_arch(),
+            errors.join(" / ")
+        );
+    }
+    Ok(())
 }
 
 /// The first URI of the first `deb` stanza of `text` that lists `suite`.

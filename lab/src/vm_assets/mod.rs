@@ -14,6 +14,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod release;
+mod rootfs;
 mod userland;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,9 @@ use elf::check_machine;
 use kernel::unpack_bzimage;
 use modules::{
     builtin_names, load_order, modinfo_depends, module_index, write_module, MODULE_ROOTS,
+    MODULE_ROOTS_IF_PRESENT,
 };
+use rootfs::build_systemd_root;
 use userland::take_userland;
 
 /// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
@@ -77,7 +80,15 @@ pub struct VmAssets {
     pub openssh_package: String,
     /// The exact Python package and version (`python3.11 3.11.2-6+deb12u8`).
     pub python_package: String,
+    /// An ext4 image of Debian with systemd, of the architecture and
+    /// release, for a VM whose PID 1 is systemd (see `rootfs.rs`).
+    pub systemd_root: PathBuf,
+    /// The exact systemd package and version in it.
+    pub systemd_package: String,
 }
+
+/// The ext4 image with systemd, in the cache.
+const SYSTEMD_ROOT: &str = "systemd-root.ext4";
 
 /// Written last: its presence marks a complete cache.
 const MANIFEST: &str = "assets.json";
@@ -95,6 +106,7 @@ struct Manifest {
     userland_files: Vec<String>,
     openssh_package: String,
     python_package: String,
+    systemd_package: String,
     /// The SHA-256 of every file of the cache (path relative to it): a file
     /// changed or cut short since is a cache to fetch again.
     sha256: BTreeMap<String, String>,
@@ -109,6 +121,7 @@ const RECIPE: &[&str] = &[
     include_str!("kernel.rs"),
     include_str!("modules.rs"),
     include_str!("release.rs"),
+    include_str!("rootfs.rs"),
     include_str!("userland.rs"),
 ];
 
@@ -188,11 +201,12 @@ pub fn fetch(
     let dir = cache_dir_for(cache_dir, arch, release, &sources);
     if let Some(assets) = cached(arch, release, &dir) {
         log(&format!(
-            "vm assets ({name}): cached in {}: {}, {}, {}",
+            "vm assets ({name}): cached in {}: {}, {}, {}, {}",
             dir.display(),
             assets.kernel_package,
             assets.openssh_package,
-            assets.python_package
+            assets.python_package,
+            assets.systemd_package
         ));
         return Ok(assets);
     }
@@ -272,6 +286,18 @@ pub fn fetch(
         log,
     )?;
     log(&format!(
+        "vm assets ({name}): mmdebstrap --variant=minbase of {} with systemd, into an ext4 image",
+        release.name()
+    ));
+    let systemd_package = build_systemd_root(
+        arch,
+        release,
+        &sources,
+        &work.join("systemd-root"),
+        &dir.join(SYSTEMD_ROOT),
+        log,
+    )?;
+    log(&format!(
         "vm assets ({name}): extracting the kernel and its modules"
     ));
     let root = work.join("root");
@@ -290,7 +316,16 @@ pub fn fetch(
     let modules_dir = root.join(format!("{usr}lib/modules")).join(&kernel_release);
     let index = module_index(&modules_dir)?;
     let builtin = builtin_names(&modules_dir.join("modules.builtin"))?;
-    let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
+    let roots: Vec<&str> = MODULE_ROOTS
+        .iter()
+        .chain(
+            MODULE_ROOTS_IF_PRESENT
+                .iter()
+                .filter(|m| index.contains_key(**m)),
+        )
+        .copied()
+        .collect();
+    let order = load_order(&roots, &builtin, &mut |module| {
         let path = index.get(module).with_context(|| {
             format!("module {module}: no {module}.ko or {module}.ko.xz in {kernel}")
         })?;
@@ -305,6 +340,7 @@ pub fn fetch(
         userland_files: userland.files,
         openssh_package: userland.openssh_package,
         python_package: userland.python_package,
+        systemd_package,
         sha256: BTreeMap::new(),
     };
     let assets = assets(arch, release, &dir, &manifest);
@@ -324,10 +360,11 @@ pub fn fetch(
     copy(&root.join(&busybox), &assets.busybox)?;
     check_machine(arch, &assets.busybox)?;
     log(&format!(
-        "vm assets ({name}): {}, {}, {}, modules in load order: {}",
+        "vm assets ({name}): {}, {}, {}, {}, modules in load order: {}",
         manifest.kernel_package,
         manifest.openssh_package,
         manifest.python_package,
+        manifest.systemd_package,
         manifest.modules.join(" ")
     ));
 
@@ -348,7 +385,7 @@ fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> 
         return None;
     }
     let assets = assets(arch, release, dir, &manifest);
-    let complete = [&assets.vmlinuz, &assets.busybox]
+    let complete = [&assets.vmlinuz, &assets.busybox, &assets.systemd_root]
         .into_iter()
         .chain(&assets.modules)
         .chain(assets.userland.iter().map(|(_, file)| file))
@@ -383,6 +420,8 @@ fn assets(arch: VmArch, release: DebianRelease, dir: &Path, manifest: &Manifest)
             .collect(),
         openssh_package: manifest.openssh_package.clone(),
         python_package: manifest.python_package.clone(),
+        systemd_root: dir.join(SYSTEMD_ROOT),
+        systemd_package: manifest.systemd_package.clone(),
     }
 }
 
@@ -405,6 +444,7 @@ mod tests {
             ("busybox", "busybox"),
             ("modules/virtio_pci.ko", "module"),
             ("userland/usr/sbin/sshd", "sshd"),
+            (SYSTEMD_ROOT, "ext4"),
         ] {
             let path = dir.join(path);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -418,6 +458,7 @@ mod tests {
             userland_files: vec!["/usr/sbin/sshd".into()],
             openssh_package: "openssh-server 1:9.2p1-2+deb12u7".into(),
             python_package: "python3.11 3.11.2-6+deb12u8".into(),
+            systemd_package: "systemd 252.38-1~deb12u1".into(),
             sha256: hash_files(dir).unwrap(),
         };
         fs::write(

@@ -18,7 +18,13 @@ pub(super) const MODULE_ROOTS: &[&str] = &[
     "9p",
     "virtio_blk",
     "virtio_net",
+    // The root filesystem of a VM that boots systemd.
+    "ext4",
 ];
+
+/// Modules loaded where the kernel builds them as modules: ext4 before 6.11
+/// asks the crypto API for crc32c at every mount, which 6.12 no longer does.
+pub(super) const MODULE_ROOTS_IF_PRESENT: &[&str] = &["crc32c_generic"];
 
 /// A module's name as the kernel knows it: file stem, `-` read as `_`
 /// (`.ko`, or `.ko.xz` as trixie ships them).
@@ -164,6 +170,10 @@ mod tests {
             ("virtio_net", &["net_failover", "virtio", "virtio_ring"][..]),
             ("net_failover", &["failover"][..]),
             ("failover", &[][..]),
+            ("ext4", &["jbd2", "mbcache", "crc16"][..]),
+            ("jbd2", &[][..]),
+            ("mbcache", &[][..]),
+            ("crc16", &[][..]),
         ]);
         let builtin = HashSet::from(["virtio".to_owned(), "virtio_ring".to_owned()]);
         let order = load_order(MODULE_ROOTS, &builtin, &mut |module| {
@@ -185,7 +195,11 @@ mod tests {
                 "virtio_blk",
                 "failover",
                 "net_failover",
-                "virtio_net"
+                "virtio_net",
+                "jbd2",
+                "mbcache",
+                "crc16",
+                "ext4"
             ]
         );
         let cyclic = load_order(&["a"], &HashSet::new(), &mut |module| {

@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use flate2::read::GzDecoder;
 
+use super::apt::mmdebstrap;
 use super::elf::{check_machine, interpreter, needed_libraries};
 use super::{DebianRelease, VmArch};
 
@@ -41,10 +41,6 @@ pub(super) struct Userland {
 /// Builds the root filesystem of `arch` and `release` in `tree` (from the
 /// apt `sources`, one-line style) and copies sshd, Python and what they
 /// load into `to` at their paths inside the VM.
-///
-/// A mirror can lack a suite's pool for an architecture (seen: every arm64
-/// package of bullseye-security answers 404): then the tree is built again
-/// without the security suite, and `log` says so.
 pub(super) fn take_userland(
     arch: VmArch,
     release: DebianRelease,
@@ -53,19 +49,8 @@ pub(super) fn take_userland(
     to: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Userland> {
-    if let Err(error) = mmdebstrap(arch, release, sources, tree) {
-        let without_security: String = sources
-            .lines()
-            .filter(|line| !line.contains("-security "))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        log(&format!(
-            "vm assets ({}): {error:#}; again without the security suite",
-            arch.debian_arch()
-        ));
-        fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;
-        mmdebstrap(arch, release, &without_security, tree)?;
-    }
+    let options = ["--variant=extract", "--include=openssh-server,python3"];
+    mmdebstrap(arch, release, sources, &options, tree, log)?;
     let mut taken = Taken::new(tree, arch);
     let sshd = find_in_tree(tree, SSHD)?;
     let sshd_bytes = fs::read(&sshd).with_context(|| format!("read {}", sshd.display()))?;
@@ -250,40 +235,6 @@ fn find_in_tree(tree: &Path, path: &str) -> Result<PathBuf> {
         .or_else(|error| resolve_in(tree, &format!("/usr{path}")).map_err(|_| error))
 }
 
-/// `mmdebstrap --variant=extract` of openssh-server, python3 and what they depend on.
-fn mmdebstrap(arch: VmArch, release: DebianRelease, sources: &str, tree: &Path) -> Result<()> {
-    let mut mmdebstrap = Command::new("mmdebstrap");
-    mmdebstrap
-        .args([
-            "--quiet",
-            "--variant=extract",
-            "--include=openssh-server,python3",
-        ])
-        .arg(format!("--arch={}", arch.debian_arch()))
-        .args(["--format=directory", release.suites()[0].0])
-        .arg(tree)
-        .args(sources.lines());
-    let ran = mmdebstrap.output().context("run mmdebstrap")?;
-    if !ran.status.success() {
-        // apt's own lines name what failed; mmdebstrap's last line does not.
-        let said = String::from_utf8_lossy(&ran.stderr);
-        let errors: Vec<&str> = said
-            .lines()
-            .filter(|line| {
-                line.starts_with("E:") || line.starts_with("Err:") || line.contains("404")
-            })
-            .take(4)
-            .collect();
-        bail!(
-            "mmdebstrap {} for {}: {}",
-            release.suites()[0].0,
-            arch.debian_arch(),
-            errors.join(" / ")
-        );
-    }
-    Ok(())
-}
-
 /// The library `name` among the tree's library directories, as the loader
 /// would search them.
 fn find_library(tree: &Path, arch: VmArch, name: &str) -> Result<PathBuf> {
@@ -344,7 +295,7 @@ fn resolve_in(root: &Path, path: &str) -> Result<PathBuf> {
 /// `openssh-server 1:9.2p1-2+deb12u10`: `package` and the version on the
 /// first line of its own changelog (no dpkg database is written by an
 /// extract).
-fn changelog_version(tree: &Path, package: &str) -> Result<String> {
+pub(super) fn changelog_version(tree: &Path, package: &str) -> Result<String> {
     let changelog = tree.join(format!("usr/share/doc/{package}/changelog.Debian.gz"));
     let mut text = String::new();
     GzDecoder::new(fs::File::open(&changelog).with_context(|| changelog.display().to_string())?)

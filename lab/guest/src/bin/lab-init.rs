@@ -24,6 +24,12 @@
 //! need one clock; `{"reset": true}` kills every
 //! process but init and the agent (an environment's end, like a container's);
 //! `{"poweroff": true}` ends the VM.
+//!
+//! A VM booted for systemd (`lab.root=DEVICE` on the kernel command line:
+//! Debian's root filesystem with systemd, see `lab::vm_assets`) takes
+//! steps 1 and 2, mounts that device with the shares inside it, and hands
+//! PID 1 to its systemd, which starts `lab-init` again as a service: not
+//! PID 1, it is the agent alone.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -47,7 +53,22 @@ const LAB_UID: u32 = 1000;
 /// Where cgroup v2 is mounted; the agent's own group is its root.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// The kernel command line's parameter naming the root filesystem to hand
+/// PID 1 over to.
+const ROOT_PARAMETER: &str = "lab.root=";
+/// Where that root filesystem is mounted before the hand-over.
+const NEW_ROOT: &str = "/sysroot";
+/// Its systemd, which becomes PID 1.
+const SYSTEMD: &str = "/lib/systemd/systemd";
+
 fn main() {
+    if std::process::id() != 1 {
+        // Started by systemd as a service: the agent alone.
+        if let Err(error) = serve() {
+            eprintln!("lab-init agent: {error:#}");
+        }
+        power_off();
+    }
     if let Err(error) = set_up() {
         eprintln!("lab-init: {error:#}");
         power_off();
@@ -61,6 +82,11 @@ fn main() {
 
 fn set_up() -> Result<()> {
     mount_system()?;
+    if let Some(device) = root_device()? {
+        load_modules()?;
+        install_busybox()?;
+        return hand_over_to_systemd(&device);
+    }
     write_users()?;
     load_modules()?;
     install_busybox()?;
@@ -174,6 +200,69 @@ fn bring_up_network() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The device `lab.root=` names, if the kernel command line has it.
+fn root_device() -> Result<Option<String>> {
+    let cmdline = fs::read_to_string("/proc/cmdline").context("read /proc/cmdline")?;
+    Ok(cmdline
+        .split_whitespace()
+        .find_map(|parameter| parameter.strip_prefix(ROOT_PARAMETER))
+        .map(str::to_owned))
+}
+
+/// The lab's agent as a unit of the systemd root: started at boot, it
+/// serves the host as PID 1's agent does in the lab's own initramfs.
+const AGENT_UNIT: &str = "[Unit]
+Description=the lab's agent: the host's requests over virtio-serial
+
+[Service]
+ExecStart=/lab/bin/lab-init
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Mounts `device` (ext4) with the host's shares inside it, enables the
+/// agent's unit there, moves the kernel's file systems over and makes its
+/// systemd PID 1 (busybox `switch_root`, which frees the initramfs). The
+/// device's writes go to QEMU's snapshot, never to the cached image.
+fn hand_over_to_systemd(device: &str) -> Result<()> {
+    fs::create_dir_all(NEW_ROOT)?;
+    mount(
+        Some(device),
+        NEW_ROOT,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mount {device} on {NEW_ROOT}"))?;
+    mount_share("bin", &format!("{NEW_ROOT}/lab/bin"), MsFlags::MS_RDONLY)?;
+    mount_share("work", &format!("{NEW_ROOT}/lab/work"), MsFlags::empty())?;
+    let units = format!("{NEW_ROOT}/etc/systemd/system");
+    fs::write(format!("{units}/lab-agent.service"), AGENT_UNIT)?;
+    fs::create_dir_all(format!("{units}/multi-user.target.wants"))?;
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/lab-agent.service",
+        format!("{units}/multi-user.target.wants/lab-agent.service"),
+    )?;
+    for scratch in ["/tmp", "/run"] {
+        nix::mount::umount(scratch).with_context(|| format!("unmount {scratch}"))?;
+    }
+    for kernel_fs in ["/dev", "/proc", "/sys"] {
+        mount(
+            Some(kernel_fs),
+            format!("{NEW_ROOT}{kernel_fs}").as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .with_context(|| format!("move {kernel_fs} into {NEW_ROOT}"))?;
+    }
+    let error = Command::new("/bin/busybox")
+        .args(["switch_root", NEW_ROOT, SYSTEMD])
+        .exec();
+    Err(error).context("exec busybox switch_root")
 }
 
 fn mount_share(tag: &str, target: &str, flags: MsFlags) -> Result<()> {
@@ -347,7 +436,9 @@ fn handle(request: &Value, detached: &mut Vec<Child>) -> Result<Value> {
     let (program, args) = argv.split_first().context("exec needs a program")?;
     let mut command = Command::new(program);
     command.args(args).env_clear().stdin(Stdio::null());
-    command.env("PATH", "/bin");
+    // /bin first: busybox's applets in the lab's initramfs; the rest for a
+    // systemd root whose /bin and /usr are not merged (Debian 11).
+    command.env("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
     match request["user"].as_str().unwrap_or("root") {
         "root" => command.env("HOME", "/root").env("USER", "root"),
         "lab" => command
