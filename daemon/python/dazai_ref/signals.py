@@ -2,6 +2,10 @@
 
 import signal
 
+#: Python names it from 3.11 on; Linux numbers it 16 on x86_64 and aarch64,
+#: so the reference runs on Debian 11's Python 3.9 too.
+SIGSTKFLT = getattr(signal, "SIGSTKFLT", 16)
+
 #: Signals whose default ends a process and which the daemon never uses:
 #: one that arrives is somebody ending it, so it panics rather than die unwiped.
 UNEXPECTED_ENDINGS = (
@@ -13,7 +17,7 @@ UNEXPECTED_ENDINGS = (
     signal.SIGPWR,
     signal.SIGXCPU,
     signal.SIGXFSZ,
-    signal.SIGSTKFLT,
+    SIGSTKFLT,
 )
 
 #: Everything the daemon reads from its wake-up pipe.
@@ -42,6 +46,8 @@ CRASH_OR_KILL = (
 
 def name(number):
     """SIGUSR1 for 10, as the Rust daemon names signals."""
+    if number == SIGSTKFLT:
+        return "SIGSTKFLT"
     try:
         return signal.Signals(number).name
     except ValueError:
