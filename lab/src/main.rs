@@ -12,17 +12,19 @@
 //! `--kernel 6.12`, Debian 13's) (qemu-system, TCG), two at a time. Each leg tests
 //! `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use lab::env::{Lab, Machines};
+use lab::host::ForeignBinaries;
 use lab::report::{Check, Leg, Outcome, Report};
 use lab::runner::{human_ms, Recorder, Scenario};
 use lab::vm::{Vm, VmKernel};
-use lab::vm_assets::{VmArch, VmAssets};
+use lab::vm_assets::{DebianRelease, VmArch, VmAssets};
 
 /// Runs every scenario in every leg and writes the evidence report.
 #[derive(clap::Parser)]
@@ -197,17 +199,11 @@ fn run_vm_legs(
     work: &Path,
     options: &Options,
 ) -> Result<Vec<(Leg, Vec<Check>)>> {
-    let cache = options.out.join("vm-cache");
-    let mut assets: Vec<Option<Result<VmAssets>>> = legs
-        .iter()
-        .map(|(arch, kernel, _)| {
-            Some(vm_arch(arch).and_then(|vm_arch| {
-                lab::vm_assets::fetch(vm_arch, kernel.release, &cache, &mut |line| {
-                    println!("lab: {line}")
-                })
-            }))
-        })
-        .collect();
+    let mut assets: Vec<Option<Result<VmAssets>>> =
+        fetch_assets(legs, &options.out.join("vm-cache"))?
+            .into_iter()
+            .map(Some)
+            .collect();
     let mut results = Vec::new();
     for (batch, first) in legs
         .chunks(VM_LEGS_AT_ONCE)
@@ -235,6 +231,66 @@ fn run_vm_legs(
         }
     }
     Ok(results)
+}
+
+/// How many VM asset fetches run at once. Building an aarch64 systemd root
+/// runs its maintainer scripts under qemu-user, about 2 min of one core.
+const FETCHES_AT_ONCE: usize = 2;
+
+/// The assets of each leg of `legs`, fetched once per architecture and
+/// release, [`FETCHES_AT_ONCE`] at a time, the foreign architecture's first
+/// (the slowest); meanwhile its binaries run through qemu-user
+/// ([`ForeignBinaries`]), for the maintainer scripts of its systemd root.
+fn fetch_assets(
+    legs: &[(String, VmKernel, PathBuf)],
+    cache: &Path,
+) -> Result<Vec<Result<VmAssets>>> {
+    let mut wanted: Vec<(VmArch, DebianRelease)> = Vec::new();
+    for (arch, kernel, _) in legs {
+        let key = (vm_arch(arch)?, kernel.release);
+        if !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    let is_foreign = |arch: &VmArch| arch.rust_arch() != std::env::consts::ARCH;
+    wanted.sort_by_key(|(arch, _)| !is_foreign(arch));
+    let _foreign = match wanted.iter().find(|(arch, _)| is_foreign(arch)) {
+        Some((arch, _)) => Some(ForeignBinaries::runnable(arch.rust_arch())?),
+        None => None,
+    };
+    let queue = Mutex::new(wanted.into_iter());
+    let fetched = Mutex::new(HashMap::new());
+    std::thread::scope(|scope| {
+        for _ in 0..FETCHES_AT_ONCE {
+            scope.spawn(|| loop {
+                let next = queue.lock().expect("queue lock").next();
+                let Some((arch, release)) = next else {
+                    return;
+                };
+                let assets = lab::vm_assets::fetch(arch, release, cache, &mut |line| {
+                    println!("lab: {line}")
+                });
+                // anyhow's error is not Clone; two legs may share a fetch.
+                let assets = assets.map_err(|error| format!("{error:#}"));
+                fetched
+                    .lock()
+                    .expect("fetched lock")
+                    .insert((arch, release), assets);
+            });
+        }
+    });
+    let fetched = fetched.into_inner().expect("fetched lock");
+    Ok(legs
+        .iter()
+        .map(|(arch, kernel, _)| {
+            let key = (vm_arch(arch)?, kernel.release);
+            match fetched.get(&key) {
+                Some(Ok(assets)) => Ok(assets.clone()),
+                Some(Err(error)) => Err(anyhow::anyhow!("{error}")),
+                None => bail!("no fetch of the {arch} assets ran"),
+            }
+        })
+        .collect())
 }
 
 /// Boots the VM of `arch` from `assets` and runs the rows that need no

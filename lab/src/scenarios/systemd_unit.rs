@@ -347,6 +347,12 @@ fn encrypted_credential_is_refused(
     if !unit.contains("LoadCredentialEncrypted=") {
         bail!("the documented unit no longer loads api.key with LoadCredential=");
     }
+    let version = env.exec("root", &["systemctl", "--version"])?;
+    v.note(version.stdout.lines().next().unwrap_or_default().to_owned());
+    let has_creds = env.sh("root", "command -v systemd-creds")?.code == Some(0);
+    if !has_creds {
+        return encrypted_credential_is_unknown(env, uid, &unit, v);
+    }
     let unit = env.put("dazai-encrypted.service", unit.as_bytes())?;
     let plain = env.put("api.plain", canary)?;
     let config = "/home/lab/.config";
@@ -372,6 +378,52 @@ install -o lab -g lab -m 644 {unit} {config}/systemd/user/dazai-encrypted.servic
     );
     v.as_limit();
     v.figure("243/CREDENTIALS");
+    Ok(())
+}
+
+/// Before systemd 250 (Debian 11's 247) there is no `systemd-creds` and no
+/// `LoadCredentialEncrypted=`: systemd ignores the line, so the documented
+/// unit with it runs the daemon without its credential, which must refuse
+/// to start and say why, rather than run with no secret.
+fn encrypted_credential_is_unknown(
+    env: &Env,
+    uid: &str,
+    unit: &str,
+    v: &mut Verdict,
+) -> Result<()> {
+    let unit = env.put("dazai-encrypted.service", unit.as_bytes())?;
+    as_root(
+        env,
+        &format!("install -o lab -g lab -m 644 {unit} /home/lab/.config/systemd/user/dazai-encrypted.service"),
+    )?;
+    let encrypted = Unit::of_lab(env, uid, "dazai-encrypted");
+    encrypted.systemctl(&["daemon-reload"])?;
+    encrypted.systemctl(&["start"])?;
+    let shown = wait_for("the unit to end", PATIENCE, || {
+        let shown = encrypted.show("ActiveState,ExecMainStatus").ok()?;
+        (!shown.contains("ActiveState=active") && !shown.contains("ActiveState=activating"))
+            .then_some(shown)
+    })?;
+    let said = env.exec(
+        "root",
+        &[
+            "journalctl",
+            "--no-pager",
+            "--output",
+            "cat",
+            "_SYSTEMD_USER_UNIT=dazai-encrypted.service",
+        ],
+    )?;
+    v.require(
+        !shown.contains("ExecMainStatus=0")
+            && said.stdout.contains("CREDENTIALS_DIRECTORY is not set"),
+        format!(
+            "systemd: {shown}; the daemon said: {}",
+            said.stdout.lines().last().unwrap_or_default()
+        ),
+    );
+    v.as_limit();
+    v.figure("no LoadCredentialEncrypted= before systemd 250: the daemon refuses to start");
     Ok(())
 }
 

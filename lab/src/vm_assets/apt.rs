@@ -53,8 +53,9 @@ pub(super) fn mmdebstrap(
         .map(|line| format!("{line}\n"))
         .collect();
     log(&format!(
-        "vm assets ({}): {error:#}; again without the security suite",
-        arch.debian_arch()
+        "vm assets ({}, {}): {error:#}; again without the security suite",
+        arch.debian_arch(),
+        release.name()
     ));
     if tree.exists() {
         fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;

@@ -2,7 +2,7 @@
 //! for apt, rustc, qemu, the kernel's console and the ELF check.
 
 /// The two VM architectures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum VmArch {
     /// arm64: the architecture the host cannot run natively.
     Aarch64,

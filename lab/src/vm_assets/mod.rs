@@ -1,6 +1,7 @@
 //! What the lab needs to boot a real Debian kernel under `qemu-system` (TCG)
 //! for both architectures: the kernel, the few modules it must load, a static
-//! busybox, and a writer for the newc initramfs the lab composes around them.
+//! busybox, Debian's sshd and Python, a root filesystem with systemd, and a
+//! writer for the newc initramfs the lab composes around them.
 //!
 //! A real kernel is needed because qemu-user implements neither seccomp nor
 //! ptrace nor `MADV_DONTDUMP` (docs/lab.md): no security property may be
@@ -65,8 +66,9 @@ pub struct VmAssets {
     /// Module files (uncompressed `.ko`) in the order they must be loaded:
     /// dependencies first, built-ins skipped. They are the virtio PCI
     /// transport, `virtio_console` (virtio-serial ports), 9p over virtio,
-    /// `virtio_blk` (the swap disk) and `virtio_net` (SSH from the host),
-    /// which Debian builds as modules.
+    /// `virtio_blk` (the swap disk, the systemd root), `virtio_net` (SSH
+    /// from the host) and ext4 (the systemd root), which Debian builds as
+    /// modules.
     pub modules: Vec<PathBuf>,
     /// `/bin/busybox` from Debian's `busybox-static` of the architecture.
     pub busybox: PathBuf,
@@ -181,7 +183,7 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Downloads the newest kernel of `release`'s series
 /// (`linux-image-6.1.0-*-<arch>`, `linux-image-5.10.0-*-<arch>`), its
-/// `busybox-static`, sshd and Python for `arch`, and extracts what the lab
+/// `busybox-static`, sshd, Python and a systemd root for `arch`, and extracts what the lab
 /// needs, once for each content of its inputs (the cache directory is named
 /// by their hash); a cache whose files no longer hash as recorded is fetched
 /// again. Remove the cache directory to fetch a newer kernel.
@@ -189,6 +191,10 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 /// apt runs with a private state, cache and sources list (and `arch` as its
 /// only architecture), so the host's apt configuration, lists and dpkg
 /// architectures are never changed. `log` receives one line per step.
+///
+/// Building the systemd root of a foreign `arch` runs its maintainer
+/// scripts: its binaries must run through qemu-user meanwhile
+/// ([`crate::host::ForeignBinaries`]).
 pub fn fetch(
     arch: VmArch,
     release: DebianRelease,
@@ -196,12 +202,13 @@ pub fn fetch(
     log: &mut dyn FnMut(&str),
 ) -> Result<VmAssets> {
     let name = arch.debian_arch();
+    let label = format!("{name}, {}", release.name());
     let host = fs::read_to_string(HOST_SOURCES).unwrap_or_default();
     let sources = sources_list(&host, release);
     let dir = cache_dir_for(cache_dir, arch, release, &sources);
     if let Some(assets) = cached(arch, release, &dir) {
         log(&format!(
-            "vm assets ({name}): cached in {}: {}, {}, {}, {}",
+            "vm assets ({label}): cached in {}: {}, {}, {}, {}",
             dir.display(),
             assets.kernel_package,
             assets.openssh_package,
@@ -218,7 +225,7 @@ pub fn fetch(
     remove_other_caches(&dir, arch, release)?;
     let work = dir.join("work");
     log(&format!(
-        "vm assets ({name}): apt-get update (private state in {}): {}",
+        "vm assets ({label}): apt-get update (private state in {}): {}",
         work.display(),
         sources
             .replace(&format!("deb [signed-by={KEYRING}] "), "")
@@ -255,26 +262,22 @@ pub fn fetch(
                 refused.join("; ")
             );
         };
-        log(&format!(
-            "vm assets ({name}): downloading {kernel} ({name})"
-        ));
+        log(&format!("vm assets ({label}): downloading {kernel}"));
         match apt.download(kernel, &debs) {
             Ok(deb) => break (kernel.clone(), deb),
             Err(error) => {
                 log(&format!(
-                    "vm assets ({name}): {kernel} did not download: {error:#}"
+                    "vm assets ({label}): {kernel} did not download: {error:#}"
                 ));
                 refused.push(format!("{kernel}: {error:#}"));
             }
         }
     };
-    log(&format!(
-        "vm assets ({name}): downloading busybox-static ({name})"
-    ));
+    log(&format!("vm assets ({label}): downloading busybox-static"));
     let busybox_deb = apt.download("busybox-static", &debs)?;
 
     log(&format!(
-        "vm assets ({name}): mmdebstrap --variant=extract of {} for its sshd and Python",
+        "vm assets ({label}): mmdebstrap --variant=extract of {} for its sshd and Python",
         release.name()
     ));
     let userland = take_userland(
@@ -286,7 +289,7 @@ pub fn fetch(
         log,
     )?;
     log(&format!(
-        "vm assets ({name}): mmdebstrap --variant=minbase of {} with systemd, into an ext4 image",
+        "vm assets ({label}): mmdebstrap --variant=minbase of {} with systemd, into an ext4 image",
         release.name()
     ));
     let systemd_package = build_systemd_root(
@@ -298,7 +301,7 @@ pub fn fetch(
         log,
     )?;
     log(&format!(
-        "vm assets ({name}): extracting the kernel and its modules"
+        "vm assets ({label}): extracting the kernel and its modules"
     ));
     let root = work.join("root");
     let usr = release.usr();
@@ -360,7 +363,7 @@ pub fn fetch(
     copy(&root.join(&busybox), &assets.busybox)?;
     check_machine(arch, &assets.busybox)?;
     log(&format!(
-        "vm assets ({name}): {}, {}, {}, {}, modules in load order: {}",
+        "vm assets ({label}): {}, {}, {}, {}, modules in load order: {}",
         manifest.kernel_package,
         manifest.openssh_package,
         manifest.python_package,

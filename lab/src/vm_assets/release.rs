@@ -4,7 +4,7 @@
 //! the newest Debian ships.
 
 /// A Debian release the lab takes a kernel (and busybox) from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DebianRelease {
     /// Debian 12: Linux 6.1, `memfd_secret` (booted with `secretmem.enable=1`).
     Bookworm,

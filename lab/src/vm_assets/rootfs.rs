@@ -2,7 +2,8 @@
 //! that starts the documented unit under systemd: Debian of the VM's
 //! architecture and release, installed by `mmdebstrap --variant=minbase`
 //! with its maintainer scripts run (for arm64 on this x86_64 host, through
-//! qemu-user and binfmt_misc: only to build the tree, never to run a test),
+//! qemu-user and binfmt_misc, which the caller makes ready with
+//! `host::ForeignBinaries`: only to build the tree, never to run a test),
 //! with the user `lab`, written into an ext4 image.
 //!
 //! The VM gets the image as a disk of its own, writes kept in a QEMU
@@ -18,7 +19,7 @@ use anyhow::{Context, Result};
 use super::apt::mmdebstrap;
 use super::userland::changelog_version;
 use super::{DebianRelease, VmArch};
-use crate::host::{run, ForeignBinaries};
+use crate::host::run;
 
 /// systemd as PID 1, logind and D-Bus (`loginctl enable-linger` starts a
 /// user's manager as a login would), as in the lab's systemd container; and
@@ -43,7 +44,6 @@ pub(super) fn build_systemd_root(
     image: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<String> {
-    let _binfmt = ForeignBinaries::runnable(arch.rust_arch())?;
     let options = ["--variant=minbase", PACKAGES, ADD_LAB];
     mmdebstrap(arch, release, sources, &options, tree, log)?;
     let systemd = changelog_version(tree, "systemd")?;

@@ -71,8 +71,9 @@ pub(super) fn take_userland(
     let left_out = taken.standard_library(&format!("/usr/lib/{python}"))?;
     if !left_out.is_empty() {
         log(&format!(
-            "vm assets ({}): {python} extension modules left out, their libraries not in the tree: {}",
+            "vm assets ({}, {}): {python} extension modules left out, their libraries not in the tree: {}",
             arch.debian_arch(),
+            release.name(),
             left_out.join(" ")
         ));
     }
