@@ -222,7 +222,7 @@ impl Report {
             }
             out.push('\n');
         }
-        out.push_str("\n— : not part of that leg (SSH sessions, systemd as PID 1 and Python need the containers).\n");
+        out.push_str("\n— : a check that does not apply to that leg: the memfd_secret backend's where the kernel has none and the fallback's where it has one, Yama's `ptrace_scope` 1 where the kernel has Yama, the daemon's integration suite inside the VMs (on this machine it runs in `cargo xtask ci`).\n");
         out.push_str("can fail: a negative control, the row's own check pointed at a broken stand-in; \"turned red\" is the control passing.\n");
         out
     }

@@ -178,6 +178,20 @@ class LockedBuffer:
             self.length -= 1
             self._raw[self._offset + self.length] = 0
 
+    def unlock_unused(self):
+        """Unlocks the pages past the bytes held, never written, and stops the
+        buffer from growing into them: a buffer sized for the largest secret
+        then keeps locked only the pages its secret needs (before Linux 5.16,
+        RLIMIT_MEMLOCK allows 64 KiB by default, the largest secret's size)."""
+        needed = max(1, -(-self.length // PAGE)) * PAGE
+        if self.locked and needed < self._span:
+            tail, size = self._start + needed, self._span - needed
+            _libc.madvise(tail, size, MADV_DODUMP)
+            _libc.madvise(tail, size, MADV_DOFORK)
+            _check(_libc.munlock(tail, size), "munlock")
+            self._span = needed
+        self.capacity = min(self.capacity, max(1, self.length))
+
     def wipe(self):
         """Zeroes every byte with explicit_bzero, which the compiler may not remove."""
         if self._raw is not None:

@@ -69,7 +69,7 @@ def choose_memory(flag):
 
 
 class Vault:
-    """The named secrets the daemon holds, each in a LockedBuffer of its exact size."""
+    """The named secrets the daemon holds, each in a LockedBuffer whose locked pages are those it needs."""
 
     def __init__(self):
         self.secrets = {}
@@ -105,6 +105,9 @@ class Vault:
         return sum(secret.locked_span for secret in self.secrets.values())
 
 
+_TOO_LONG = f"the secret holds more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
+
+
 def _buffer(capacity, insecure):
     try:
         return LockedBuffer(capacity)
@@ -115,36 +118,40 @@ def _buffer(capacity, insecure):
 
 
 def read_secret(spec, insecure=False):
-    """One secret from its source: read into a staging buffer, then copied into
-    one of its exact size (both locked; the staging one is wiped)."""
-    with _buffer(MAX_SECRET_BYTES + 1, insecure) as staging:
-        if spec.kind == "fd":
-            _read_fd(spec.value, staging)
-        elif spec.kind == "env":
-            if not take_environment_variable(spec.value, staging):
-                raise ValueError(f"environment variable {spec.value} is not set; fix: export it first")
-        elif spec.kind == "file":
-            _read_file(spec.value, staging)
-        elif spec.kind == "credential":
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if directory is None:
-                raise ValueError(
-                    "CREDENTIALS_DIRECTORY is not set; fix: credential:NAME is for a systemd service with "
-                    "LoadCredential=NAME:… or LoadCredentialEncrypted=; elsewhere use file:PATH"
-                )
-            _read_file(os.path.join(directory, spec.value), staging)
-        else:
-            _read_prompt(spec.name, staging)
-        if staging.length > MAX_SECRET_BYTES:
-            raise ValueError(
-                f"the secret holds more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
-            )
-        staging.trim_trailing_newline()
-        if staging.length == 0:
+    """One secret from its source, read into a locked buffer of the largest
+    secret's size, whose unused pages are then unlocked: no second copy is
+    made, and the pages locked are those the secret needs."""
+    secret = _buffer(MAX_SECRET_BYTES, insecure)
+    try:
+        _read_source(spec, secret)
+        secret.trim_trailing_newline()
+        if secret.length == 0:
             raise ValueError("the secret is empty; fix: give it at least one byte")
-        secret = _buffer(staging.length, insecure)
-        secret.copy_from(staging)
+        secret.unlock_unused()
         return secret
+    except BaseException:
+        secret.close()
+        raise
+
+
+def _read_source(spec, buffer):
+    if spec.kind == "fd":
+        _read_fd(spec.value, buffer)
+    elif spec.kind == "env":
+        if not take_environment_variable(spec.value, buffer):
+            raise ValueError(f"environment variable {spec.value} is not set; fix: export it first")
+    elif spec.kind == "file":
+        _read_file(spec.value, buffer)
+    elif spec.kind == "credential":
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if directory is None:
+            raise ValueError(
+                "CREDENTIALS_DIRECTORY is not set; fix: credential:NAME is for a systemd service with "
+                "LoadCredential=NAME:… or LoadCredentialEncrypted=; elsewhere use file:PATH"
+            )
+        _read_file(os.path.join(directory, spec.value), buffer)
+    else:
+        _read_prompt(spec.name, buffer)
 
 
 def _read_fd(fd, staging):
@@ -162,9 +169,7 @@ def _read_fd(fd, staging):
 
 def _read_whole(fd, staging):
     if not staging.read_from(fd):
-        raise ValueError(
-            f"the secret holds more than the {MAX_SECRET_BYTES}-byte limit; fix: hold a smaller secret"
-        )
+        raise ValueError(_TOO_LONG)
 
 
 def _read_file(path, staging):
@@ -216,6 +221,8 @@ def _read_prompt(name, staging):
                     staging.wipe()
                 elif staging.length < staging.capacity:
                     staging.copy_from(key)
+                else:
+                    raise ValueError(_TOO_LONG)
     finally:
         os.write(tty, b"\n")
         termios.tcsetattr(tty, termios.TCSAFLUSH, saved)

@@ -100,6 +100,17 @@ def test_an_unprivileged_user_over_rlimit_memlock_is_refused_unless_insecure(sta
     assert status_field(insecure.pid, "VmLck") == "0 kB"
 
 
+def test_an_unprivileged_user_under_the_old_kernels_64_kib_memlock_default_holds_a_secret(start_daemon):
+    """Before Linux 5.16 (Debian 11's 5.10) RLIMIT_MEMLOCK is 64 KiB by default:
+    reading a secret must fit in it, staging buffer and all."""
+
+    def old_default():
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, 64 * 1024))
+
+    daemon = start_daemon(secrets={"api": CANARY}, uid=unprivileged_uid(), preexec_fn=old_default)
+    assert status_field(daemon.pid, "VmLck") == "4 kB"
+
+
 def test_sigterm_wipes_removes_socket_and_pidfile_exits_zero_and_kills_nothing(start_daemon):
     daemon = start_daemon(secrets={"api": CANARY}, exec_=["sh", "-c", RECORD_PID])
     program = daemon.read_pid_file("program.pid")
