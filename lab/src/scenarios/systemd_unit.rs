@@ -89,12 +89,19 @@ fn install_leaky_unit<'env>(env: &'env Env, uid: &str, canary: &[u8]) -> Result<
     if leaky == documented {
         bail!("the documented unit has no [Service] section");
     }
-    let unit = env.put("dazai-leaky.service", leaky.as_bytes())?;
+    install_unit(env, uid, "dazai-leaky", &leaky)
+}
+
+/// Installs `text` as lab's user unit `name` and reloads lab's manager.
+fn install_unit<'env>(env: &'env Env, uid: &str, name: &str, text: &str) -> Result<Unit<'env>> {
+    let file = env.put(&format!("{name}.service"), text.as_bytes())?;
     as_root(
         env,
-        &format!("install -o lab -g lab -m 644 {unit} /home/lab/.config/systemd/user/dazai-leaky.service"),
+        &format!(
+            "install -o lab -g lab -m 644 {file} /home/lab/.config/systemd/user/{name}.service"
+        ),
     )?;
-    let unit = Unit::of_lab(env, uid, "dazai-leaky");
+    let unit = Unit::of_lab(env, uid, name);
     unit.systemctl(&["daemon-reload"])?;
     Ok(unit)
 }
@@ -353,20 +360,17 @@ fn encrypted_credential_is_refused(
     if !has_creds {
         return encrypted_credential_is_unknown(env, uid, &unit, v);
     }
-    let unit = env.put("dazai-encrypted.service", unit.as_bytes())?;
     let plain = env.put("api.plain", canary)?;
-    let config = "/home/lab/.config";
+    let credential = "/home/lab/.config/dazai/api.cred";
     as_root(
         env,
         &format!(
-            "systemd-creds encrypt --name=api {plain} {config}/dazai/api.cred
+            "systemd-creds encrypt --name=api {plain} {credential}
 rm {plain}
-chown lab:lab {config}/dazai/api.cred
-install -o lab -g lab -m 644 {unit} {config}/systemd/user/dazai-encrypted.service"
+chown lab:lab {credential}"
         ),
     )?;
-    let encrypted = Unit::of_lab(env, uid, "dazai-encrypted");
-    encrypted.systemctl(&["daemon-reload"])?;
+    let encrypted = install_unit(env, uid, "dazai-encrypted", &unit)?;
     let started = encrypted.systemctl(&["start"])?;
     let shown = encrypted.show("Result,ExecMainStatus")?;
     v.require(
@@ -391,13 +395,7 @@ fn encrypted_credential_is_unknown(
     unit: &str,
     v: &mut Verdict,
 ) -> Result<()> {
-    let unit = env.put("dazai-encrypted.service", unit.as_bytes())?;
-    as_root(
-        env,
-        &format!("install -o lab -g lab -m 644 {unit} /home/lab/.config/systemd/user/dazai-encrypted.service"),
-    )?;
-    let encrypted = Unit::of_lab(env, uid, "dazai-encrypted");
-    encrypted.systemctl(&["daemon-reload"])?;
+    let encrypted = install_unit(env, uid, "dazai-encrypted", unit)?;
     encrypted.systemctl(&["start"])?;
     let shown = wait_for("the unit to end", PATIENCE, || {
         let shown = encrypted.show("ActiveState,ExecMainStatus").ok()?;
