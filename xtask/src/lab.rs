@@ -12,7 +12,7 @@
 //!    musl, release, `--features seccomp`: `target/built/<target>/dazai`), the
 //!    lab's guest programs and the daemon's integration tests, staged in
 //!    `target/lab/<arch>/bin`;
-//! 4. run every leg (`lab`: x86_64 containers, then per architecture VMs on 6.1 with and without secretmem.enable=1 and on 5.10) →
+//! 4. run every leg (`lab`: x86_64 containers, then per architecture VMs on 6.1 with and without secretmem.enable=1, on 5.10 and on 6.12, every row in each) →
 //!    `target/lab/report.{json,md}`;
 //! 5. the lab's own tests (the report's shape and its rules: a row without a negative control is red);
 //! 6. with `--update-docs`, copy the evidence into docs/threat-model.md.

@@ -31,7 +31,8 @@ pub(super) fn sources_list(host_deb822: &str, release: DebianRelease) -> String 
 }
 
 /// Builds a root filesystem of `arch` and `release` in the directory `tree`
-/// with `mmdebstrap OPTIONS`, from the apt `sources` (one-line style).
+/// with `mmdebstrap OPTIONS`, from the apt `sources` (one-line style);
+/// returns the sources it was built from.
 ///
 /// A mirror can lack a suite's pool for an architecture (seen: every arm64
 /// package of bullseye-security answers 404): then the tree is built again
@@ -43,9 +44,9 @@ pub(super) fn mmdebstrap(
     options: &[&str],
     tree: &Path,
     log: &mut dyn FnMut(&str),
-) -> Result<()> {
+) -> Result<String> {
     let Err(error) = mmdebstrap_once(arch, release, sources, options, tree) else {
-        return Ok(());
+        return Ok(sources.to_owned());
     };
     let without_security: String = sources
         .lines()
@@ -60,7 +61,8 @@ pub(super) fn mmdebstrap(
     if tree.exists() {
         fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;
     }
-    mmdebstrap_once(arch, release, &without_security, options, tree)
+    mmdebstrap_once(arch, release, &without_security, options, tree)?;
+    Ok(without_security)
 }
 
 fn mmdebstrap_once(

@@ -295,7 +295,7 @@ pub fn fetch(
     let systemd_package = build_systemd_root(
         arch,
         release,
-        &sources,
+        &userland.sources,
         &work.join("systemd-root"),
         &dir.join(SYSTEMD_ROOT),
         log,

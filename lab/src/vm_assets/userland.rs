@@ -34,6 +34,9 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// exact versions of the packages, for the evidence report.
 pub(super) struct Userland {
     pub files: Vec<String>,
+    /// The apt sources the tree was built from (without the security suite
+    /// where the mirror lacks its pool), for the next tree of the release.
+    pub sources: String,
     pub openssh_package: String,
     pub python_package: String,
 }
@@ -50,7 +53,7 @@ pub(super) fn take_userland(
     log: &mut dyn FnMut(&str),
 ) -> Result<Userland> {
     let options = ["--variant=extract", "--include=openssh-server,python3"];
-    mmdebstrap(arch, release, sources, &options, tree, log)?;
+    let sources = mmdebstrap(arch, release, sources, &options, tree, log)?;
     let mut taken = Taken::new(tree, arch);
     let sshd = find_in_tree(tree, SSHD)?;
     let sshd_bytes = fs::read(&sshd).with_context(|| format!("read {}", sshd.display()))?;
@@ -85,6 +88,7 @@ pub(super) fn take_userland(
     }
     Ok(Userland {
         files: taken.files.into_iter().map(|(guest, _)| guest).collect(),
+        sources,
         openssh_package: changelog_version(tree, "openssh-server")?,
         python_package: changelog_version(tree, &python)?,
     })
