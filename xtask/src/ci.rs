@@ -191,12 +191,13 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-/// The VM legs CI runs: all but the two `6.1-secretmem-off` ones, which boot
-/// the 6.1 legs' kernel and root filesystems without `secretmem.enable=1`;
-/// with them a run was on course for about 45 minutes, over the 40 it is
-/// kept within.
+/// The VM legs CI runs: Debian 12's 6.1 and Debian 11's 5.10, on both
+/// architectures. With all nine legs a run was on course for about 45
+/// minutes, and with these and 6.12's it took 40 min 29 s, over the 40 it is
+/// kept within; and on aarch64 6.12 the systemd unit row's user manager did
+/// not come up within 180 s in 2 of 4 runs beside another leg (docs/lab.md).
 /// `cargo xtask lab` runs all nine legs, and `--update-docs` needs them.
-const CI_KERNELS: &str = "6.1,5.10,6.12";
+const CI_KERNELS: &str = "6.1,5.10";
 
 /// The Python reference's virtual environment, under the target directory.
 const PYTHON_VENV: &str = "target/python-venv";
