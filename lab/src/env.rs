@@ -218,8 +218,8 @@ impl<'lab> EnvBuilder<'lab> {
 
     /// systemd as PID 1: in the containers, the systemd image, which needs
     /// `CAP_SYS_ADMIN`, a private cgroup namespace, no seccomp profile and
-    /// `/run` on tmpfs; in a VM leg, a VM of the same kernel booted from
-    /// Debian's root filesystem with systemd ([`Vm::boot_systemd`]).
+    /// `/run` on tmpfs. Every VM has it already: it boots Debian's root
+    /// filesystem, whose PID 1 is systemd.
     pub fn systemd(mut self) -> Self {
         self.systemd = true;
         self
@@ -255,19 +255,8 @@ impl<'lab> EnvBuilder<'lab> {
     }
 
     /// In the VM, an environment is its run directory bound at [`RUN`] and
-    /// no process left from the previous one ([`Env`]'s drop resets). One
-    /// with systemd as PID 1 is a VM of its own, booted from the release's
-    /// systemd root filesystem, and powered off with the environment.
-    fn start_in_vm(self, leg_vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
-        let vm = &if self.systemd {
-            Arc::new(
-                leg_vm
-                    .boot_systemd()
-                    .context("boot the VM whose PID 1 is systemd")?,
-            )
-        } else {
-            Arc::clone(leg_vm)
-        };
+    /// no process left from the previous one ([`Env`]'s drop resets).
+    fn start_in_vm(self, vm: &Arc<Vm>, run_dir: PathBuf) -> Result<Env> {
         let name = &self.name;
         let bind = format!(
             "umount {RUN} 2>/dev/null; rm -rf {SOCKETS}; mkdir -p {RUN} && mount --bind /lab/work/{name} {RUN}"
@@ -874,8 +863,8 @@ impl<'env> DaemonBuilder<'env> {
         let socket = format!("{SOCKETS}/{}/dazai.sock", self.name);
         let mut argv: Vec<&str> = if self.reference {
             [
-                // busybox's in a VM, Debian's in a container (merged /usr).
-                ["/bin/env"].as_slice(),
+                // Debian 11's /bin is not merged with /usr/bin.
+                ["/usr/bin/env"].as_slice(),
                 &REFERENCE_ENVIRONMENT,
                 &REFERENCE_COMMAND,
             ]

@@ -233,14 +233,14 @@ fn run_vm_legs(
     Ok(results)
 }
 
-/// How many VM asset fetches run at once. Building an aarch64 systemd root
-/// runs its maintainer scripts under qemu-user, about 2 min of one core.
+/// How many VM asset fetches run at once. Building an aarch64 root
+/// filesystem runs its maintainer scripts under qemu-user, minutes of one core.
 const FETCHES_AT_ONCE: usize = 2;
 
 /// The assets of each leg of `legs`, fetched once per architecture and
 /// release, [`FETCHES_AT_ONCE`] at a time, the foreign architecture's first
 /// (the slowest); meanwhile its binaries run through qemu-user
-/// ([`ForeignBinaries`]), for the maintainer scripts of its systemd root.
+/// ([`ForeignBinaries`]), for the maintainer scripts of its root filesystem.
 fn fetch_assets(
     legs: &[(String, VmKernel, PathBuf)],
     cache: &Path,

@@ -1,13 +1,16 @@
 //! A lab VM: a Debian kernel of the architecture under test, booted by
-//! qemu-system under TCG with `lab-init` as PID 1. The host reaches it
+//! qemu-system under TCG into Debian's root filesystem of the same
+//! architecture and release, whose PID 1 is its systemd (`lab-init`, the
+//! initramfs's `/init`, mounts it and hands over). The host reaches it
 //! through two channels only: a virtio-serial port on which `lab-init`'s
-//! agent runs commands, and two 9p shares (`/lab/bin` read-only, `/lab/work`)
-//! where the evidence files land, exactly as in a container's bind mounts.
-//! It also has one disk, `/dev/vda`, blank: the swap row's swap device; and
-//! one network card on QEMU's user network, which reaches nothing but
-//! forwards a port of the host's 127.0.0.1 to the VM's sshd (Debian's, see
-//! `vm_assets`). The QEMU monitor cuts that card's link for the session
-//! loss row (`set_link`), as a cable pulled out.
+//! agent, a systemd service, runs commands, and two 9p shares (`/lab/bin`
+//! read-only, `/lab/work`) where the evidence files land, exactly as in a
+//! container's bind mounts. Its disks: `/dev/vda`, blank, the swap row's
+//! swap device; `/dev/vdb`, the root filesystem, whose writes stay in a QEMU
+//! snapshot. Its one network card is on QEMU's user network, which reaches
+//! nothing but forwards a port of the host's 127.0.0.1 to the VM's sshd.
+//! The QEMU monitor cuts that card's link for the session loss row
+//! (`set_link`), as a cable pulled out.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -24,14 +27,15 @@ use crate::env::{unix_ms, wait_for, Ran, PATIENCE};
 use crate::host::run;
 use crate::vm_assets::{write_initramfs, DebianRelease, Entry, VmArch, VmAssets};
 
-/// How long a TCG boot may take before the lab gives up on the VM.
-const BOOT_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a TCG boot may take, to the agent's start in systemd's
+/// `multi-user.target`, before the lab gives up on the VM.
+const BOOT_PATIENCE: Duration = Duration::from_secs(180);
 /// The size of the VM's swap disk (sparse on the host until swapped to).
 pub const SWAP_DISK_MIB: u64 = 512;
 /// Where the swap disk is inside the VM: its first disk.
 pub const SWAP_DEVICE: &str = "/dev/vda";
-/// Where a VM booted for systemd has its root filesystem: its second disk.
-const SYSTEMD_ROOT_DEVICE: &str = "/dev/vdb";
+/// Where the VM has its root filesystem: its second disk.
+const ROOT_DEVICE: &str = "/dev/vdb";
 
 /// What a VM leg boots: a Debian release's kernel, and whether its command
 /// line turns `memfd_secret` on (`secretmem.enable=1`): 6.1 leaves it off
@@ -114,8 +118,6 @@ pub struct Vm {
     clock_uncertainty_ms: std::sync::atomic::AtomicU64,
     /// QEMU's human monitor (HMP) socket.
     monitor: PathBuf,
-    /// What it booted from, to boot its systemd sibling ([`Vm::boot_systemd`]).
-    recipe: Recipe,
     qemu: Mutex<Child>,
     agent: Mutex<Agent>,
 }
@@ -125,22 +127,11 @@ struct Agent {
     writer: UnixStream,
 }
 
-/// What a VM boots: the kernel and userland, the init, and the host's
-/// directories it shares.
-#[derive(Clone)]
-struct Recipe {
-    booted: VmKernel,
-    assets: VmAssets,
-    init: PathBuf,
-    bin_dir: PathBuf,
-    work: PathBuf,
-    ssh_dir: PathBuf,
-}
-
 impl Vm {
-    /// Boots `assets`' kernel with an initramfs holding `init` as `/init`;
-    /// shares `bin_dir` at `/lab/bin` and `work` at `/lab/work`; its sshd
-    /// accepts the key of `ssh_dir` (at `/lab/ssh`, as in the containers).
+    /// Boots `assets`' kernel with an initramfs holding `init` as `/init`,
+    /// into `assets`' root filesystem; shares `bin_dir` at `/lab/bin` and
+    /// `work` at `/lab/work`; its sshd accepts the key of `ssh_dir` (at
+    /// `/lab/ssh`, as in the containers).
     pub fn boot(
         booted: VmKernel,
         assets: &VmAssets,
@@ -149,37 +140,7 @@ impl Vm {
         work: &Path,
         ssh_dir: &Path,
     ) -> Result<Vm> {
-        let recipe = Recipe {
-            booted,
-            assets: assets.clone(),
-            init: init.to_path_buf(),
-            bin_dir: bin_dir.to_path_buf(),
-            work: work.to_path_buf(),
-            ssh_dir: ssh_dir.to_path_buf(),
-        };
-        Self::start(&recipe, false)
-    }
-
-    /// Boots another VM of the same kernel and shares whose PID 1 is
-    /// Debian's systemd, on the release's root filesystem
-    /// ([`VmAssets::systemd_root`]), which no run ever changes: the VM's
-    /// writes stay in a QEMU snapshot. Its agent runs as a systemd service.
-    pub fn boot_systemd(&self) -> Result<Vm> {
-        Self::start(&self.recipe, true)
-    }
-
-    fn start(recipe: &Recipe, systemd: bool) -> Result<Vm> {
-        let Recipe {
-            booted,
-            assets,
-            init,
-            bin_dir,
-            work,
-            ssh_dir,
-        } = recipe;
-        let booted = *booted;
-        let suffix = if systemd { "-systemd" } else { "" };
-        let dir = work.join(format!("vm-{}{suffix}", assets.arch.rust_arch()));
+        let dir = work.join(format!("vm-{}", assets.arch.rust_arch()));
         fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.cpio");
         let mut entries = initramfs_entries(assets, init, &dir)?;
@@ -195,22 +156,14 @@ impl Vm {
             .and_then(|disk| disk.set_len(SWAP_DISK_MIB << 20))
             .with_context(|| format!("create {}", swap_disk.display()))?;
         let _ = fs::remove_file(&socket);
-        let mut append = format!("console={} panic=-1 quiet", assets.arch.console());
+        // net.ifnames=0: the card keeps the name eth0 lab-init gave its
+        // address, and udev does not try to rename it under systemd.
+        let mut append = format!(
+            "console={} panic=-1 quiet net.ifnames=0 lab.root={ROOT_DEVICE}",
+            assets.arch.console()
+        );
         if booted.secretmem_enable {
             append.push_str(" secretmem.enable=1");
-        }
-        let mut root_disk = Vec::new();
-        if systemd {
-            append.push_str(&format!(" lab.root={SYSTEMD_ROOT_DEVICE}"));
-            root_disk = vec![
-                "-drive".to_owned(),
-                format!(
-                    "file={},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
-                    assets.systemd_root.display()
-                ),
-                "-device".to_owned(),
-                "virtio-blk-pci,drive=root".to_owned(),
-            ];
         }
         let qemu = Command::new(assets.arch.qemu_system())
             .args(assets.arch.machine_args())
@@ -241,7 +194,13 @@ impl Vm {
                 swap_disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=swap"])
-            .args(&root_disk)
+            // The second disk: the root filesystem, its writes in a snapshot.
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+                assets.root.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=root"])
             // restrict=on: the guest reaches nothing; forwards still work.
             .arg("-netdev")
             .arg(format!(
@@ -272,10 +231,9 @@ impl Vm {
             kernel_package: assets.kernel_package.clone(),
             console_log,
             ssh_port,
-            ssh_dir: ssh_dir.clone(),
+            ssh_dir: ssh_dir.to_path_buf(),
             clock_uncertainty_ms: Default::default(),
             monitor,
-            recipe: recipe.clone(),
             qemu,
             agent: Mutex::new(agent),
         };
@@ -548,29 +506,15 @@ fn with_directories(entries: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
-/// `/init`, busybox, the modules in load order and their list, and the
-/// userland taken from Debian (sshd, Python).
+/// `/init`, busybox and the modules in load order, with their list.
 fn initramfs_entries(assets: &VmAssets, init: &Path, dir: &Path) -> Result<Vec<Entry>> {
-    let mut entries: Vec<Entry> = [
-        "/bin",
-        "/dev",
-        "/etc",
-        "/home",
-        "/lab",
-        "/lib",
-        "/lib/modules",
-        "/proc",
-        "/root",
-        "/run",
-        "/sys",
-        "/tmp",
-    ]
-    .iter()
-    .map(|path| Entry::Dir {
-        path: path.to_string(),
-        mode: 0o755,
-    })
-    .collect();
+    let mut entries: Vec<Entry> = ["/bin", "/dev", "/lib", "/lib/modules", "/proc", "/sys"]
+        .iter()
+        .map(|path| Entry::Dir {
+            path: path.to_string(),
+            mode: 0o755,
+        })
+        .collect();
     entries.push(Entry::File {
         path: "/init".into(),
         source: init.to_path_buf(),
@@ -603,13 +547,6 @@ fn initramfs_entries(assets: &VmAssets, init: &Path, dir: &Path) -> Result<Vec<E
         source: list_file,
         mode: 0o644,
     });
-    for (path, source) in &assets.userland {
-        entries.push(Entry::File {
-            path: path.clone(),
-            source: source.clone(),
-            mode: 0o755,
-        });
-    }
     Ok(entries)
 }
 

@@ -101,8 +101,9 @@ const QEMU_PACKAGES: [(&str, &str); 2] = [
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/ningen-lab-backports.sources";
 
 /// The integration tests that run inside the VMs: the daemon's own, which
-/// need nothing but busybox beside the binary (the others need bash,
-/// util-linux, systemd or the source tree).
+/// need nothing beside the binary but the VM's Debian (most others read
+/// the source tree: snapshots, docs, the reference's Python sources; all
+/// run on this machine in `cargo xtask ci`).
 const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
 
 /// Runs the lab; returns the id written into its `target/lab/report.json`,

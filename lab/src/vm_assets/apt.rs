@@ -31,8 +31,7 @@ pub(super) fn sources_list(host_deb822: &str, release: DebianRelease) -> String 
 }
 
 /// Builds a root filesystem of `arch` and `release` in the directory `tree`
-/// with `mmdebstrap OPTIONS`, from the apt `sources` (one-line style);
-/// returns the sources it was built from.
+/// with `mmdebstrap OPTIONS`, from the apt `sources` (one-line style).
 ///
 /// A mirror can lack a suite's pool for an architecture (seen: every arm64
 /// package of bullseye-security answers 404): then the tree is built again
@@ -44,9 +43,9 @@ pub(super) fn mmdebstrap(
     options: &[&str],
     tree: &Path,
     log: &mut dyn FnMut(&str),
-) -> Result<String> {
+) -> Result<()> {
     let Err(error) = mmdebstrap_once(arch, release, sources, options, tree) else {
-        return Ok(sources.to_owned());
+        return Ok(());
     };
     let without_security: String = sources
         .lines()
@@ -61,8 +60,7 @@ pub(super) fn mmdebstrap(
     if tree.exists() {
         fs::remove_dir_all(tree).with_context(|| format!("remove {}", tree.display()))?;
     }
-    mmdebstrap_once(arch, release, &without_security, options, tree)?;
-    Ok(without_security)
+    mmdebstrap_once(arch, release, &without_security, options, tree)
 }
 
 fn mmdebstrap_once(

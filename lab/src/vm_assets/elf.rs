@@ -1,7 +1,6 @@
 //! The few ELF64 header fields the lab reads, without an ELF library: the
 //! machine of a kernel, module or busybox (a package of the wrong
-//! architecture is refused), a kernel module's `.modinfo`, and the
-//! interpreter and libraries a dynamically linked program (sshd) needs.
+//! architecture is refused) and a kernel module's `.modinfo`.
 
 use std::fs;
 use std::path::Path;
@@ -48,8 +47,6 @@ pub(super) fn le_field(bytes: &[u8], at: usize, len: usize) -> Result<usize> {
 /// One section of an ELF64 file: its header fields the lab reads, and its bytes.
 struct Section<'a> {
     name: usize,
-    kind: usize,
-    link: usize,
     data: &'a [u8],
 }
 
@@ -77,8 +74,6 @@ fn sections(elf: &[u8]) -> Result<Vec<Section<'_>>> {
             };
             Ok(Section {
                 name: le_field(elf, header, 4)?,
-                kind,
-                link: le_field(elf, header + 0x28, 4)?,
                 data,
             })
         })
@@ -105,62 +100,4 @@ pub(super) fn modinfo_section(bytes: &[u8]) -> Result<&[u8]> {
         .find(|section| string_at(names, section.name).is_ok_and(|name| name == ".modinfo"))
         .map(|section| section.data)
         .context("no .modinfo section")
-}
-
-/// The program interpreter (`PT_INTERP`, the dynamic loader's path) of a
-/// dynamically linked executable, `None` for a static one.
-pub(super) fn interpreter(bytes: &[u8]) -> Result<Option<String>> {
-    let elf = elf_header(bytes)?;
-    let table = le_field(elf, 0x20, 8)?;
-    let entry_size = le_field(elf, 0x36, 2)?;
-    let count = le_field(elf, 0x38, 2)?;
-    for index in 0..count {
-        let header = table
-            .checked_add(index * entry_size)
-            .context("ELF program header offset")?;
-        // PT_INTERP
-        if le_field(elf, header, 4)? == 3 {
-            let offset = le_field(elf, header + 8, 8)?;
-            return Ok(Some(string_at(elf, offset)?));
-        }
-    }
-    Ok(None)
-}
-
-/// The libraries an executable or library names as `DT_NEEDED`, in order.
-pub(super) fn needed_libraries(bytes: &[u8]) -> Result<Vec<String>> {
-    let sections = sections(bytes)?;
-    // SHT_DYNAMIC; its sh_link is the string table the entries point into.
-    let Some(dynamic) = sections.iter().find(|section| section.kind == 6) else {
-        return Ok(Vec::new());
-    };
-    let strings = sections
-        .get(dynamic.link)
-        .context("the dynamic section's string table")?
-        .data;
-    let mut needed = Vec::new();
-    for entry in dynamic.data.chunks_exact(16) {
-        match le_field(entry, 0, 8)? {
-            0 => break,
-            1 => needed.push(string_at(strings, le_field(entry, 8, 8)?)?),
-            _ => {}
-        }
-    }
-    Ok(needed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// This test program is itself a dynamically linked glibc executable.
-    #[test]
-    fn a_dynamic_executable_names_its_loader_and_libc() {
-        let bytes = fs::read(std::env::current_exe().unwrap()).unwrap();
-        let loader = interpreter(&bytes).unwrap().unwrap();
-        assert!(loader.starts_with("/lib"), "{loader}");
-        assert!(loader.contains("ld-linux"), "{loader}");
-        let needed = needed_libraries(&bytes).unwrap();
-        assert!(needed.iter().any(|lib| lib == "libc.so.6"), "{needed:?}");
-    }
 }

@@ -1,7 +1,8 @@
 //! What the lab needs to boot a real Debian kernel under `qemu-system` (TCG)
 //! for both architectures: the kernel, the few modules it must load, a static
-//! busybox, Debian's sshd and Python, a root filesystem with systemd, and a
-//! writer for the newc initramfs the lab composes around them.
+//! busybox for the initramfs, Debian's root filesystem the VM boots into
+//! (systemd, sshd, Python), and a writer for the newc initramfs the lab
+//! composes around them.
 //!
 //! A real kernel is needed because qemu-user implements neither seccomp nor
 //! ptrace nor `MADV_DONTDUMP` (docs/lab.md): no security property may be
@@ -16,7 +17,6 @@ mod kernel;
 mod modules;
 mod release;
 mod rootfs;
-mod userland;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,7 +31,7 @@ use crate::images::{input_hash, sha256_file};
 pub use arch::VmArch;
 pub use initramfs::{write_initramfs, Entry};
 pub use release::DebianRelease;
-pub use userland::{PYTHON, SSHD};
+pub use rootfs::{PYTHON, SSHD};
 
 use apt::{
     extract, kernels_newest_first, package_version, sources_list, PrivateApt, HOST_SOURCES, KEYRING,
@@ -42,8 +42,7 @@ use modules::{
     builtin_names, load_order, modinfo_depends, module_index, write_module, MODULE_ROOTS,
     MODULE_ROOTS_IF_PRESENT,
 };
-use rootfs::build_systemd_root;
-use userland::take_userland;
+use rootfs::build_root;
 
 /// A Debian kernel, its modules the lab needs, and a static busybox, for one architecture.
 #[derive(Clone, Debug)]
@@ -66,31 +65,27 @@ pub struct VmAssets {
     /// Module files (uncompressed `.ko`) in the order they must be loaded:
     /// dependencies first, built-ins skipped. They are the virtio PCI
     /// transport, `virtio_console` (virtio-serial ports), 9p over virtio,
-    /// `virtio_blk` (the swap disk, the systemd root), `virtio_net` (SSH
-    /// from the host) and ext4 (the systemd root), which Debian builds as
-    /// modules.
+    /// `virtio_blk` (the swap disk, the root filesystem), `virtio_net` (SSH
+    /// from the host) and ext4 (the root filesystem), which Debian builds
+    /// as modules.
     pub modules: Vec<PathBuf>,
     /// `/bin/busybox` from Debian's `busybox-static` of the architecture.
     pub busybox: PathBuf,
     /// The exact package and version busybox came from, for the evidence report.
     pub busybox_package: String,
-    /// Debian's sshd and Python (with its standard library), their loader
-    /// and libraries, from a root filesystem of the architecture and
-    /// release: (path inside the VM, file in the cache).
-    pub userland: Vec<(String, PathBuf)>,
+    /// An ext4 image of Debian of the architecture and release, with
+    /// systemd, sshd and Python, which the VM boots into (see `rootfs.rs`).
+    pub root: PathBuf,
     /// The exact `openssh-server` version, for the evidence report.
     pub openssh_package: String,
     /// The exact Python package and version (`python3.11 3.11.2-6+deb12u8`).
     pub python_package: String,
-    /// An ext4 image of Debian with systemd, of the architecture and
-    /// release, for a VM whose PID 1 is systemd (see `rootfs.rs`).
-    pub systemd_root: PathBuf,
     /// The exact systemd package and version in it.
     pub systemd_package: String,
 }
 
-/// The ext4 image with systemd, in the cache.
-const SYSTEMD_ROOT: &str = "systemd-root.ext4";
+/// The root filesystem's ext4 image, in the cache.
+const ROOT_IMAGE: &str = "root.ext4";
 
 /// Written last: its presence marks a complete cache.
 const MANIFEST: &str = "assets.json";
@@ -103,9 +98,6 @@ struct Manifest {
     busybox_package: String,
     /// Module names in load order; each is `modules/<name>.ko`.
     modules: Vec<String>,
-    /// Paths inside the VM of sshd, Python and what they load; each is
-    /// `userland/<path>`.
-    userland_files: Vec<String>,
     openssh_package: String,
     python_package: String,
     systemd_package: String,
@@ -124,7 +116,6 @@ const RECIPE: &[&str] = &[
     include_str!("modules.rs"),
     include_str!("release.rs"),
     include_str!("rootfs.rs"),
-    include_str!("userland.rs"),
 ];
 
 /// The cache directory of `arch` and `release` for these inputs:
@@ -183,8 +174,8 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Downloads the newest kernel of `release`'s series
 /// (`linux-image-6.1.0-*-<arch>`, `linux-image-5.10.0-*-<arch>`), its
-/// `busybox-static`, sshd, Python and a systemd root for `arch`, and extracts what the lab
-/// needs, once for each content of its inputs (the cache directory is named
+/// `busybox-static` and a root filesystem for `arch`, and extracts what the
+/// lab needs, once for each content of its inputs (the cache directory is named
 /// by their hash); a cache whose files no longer hash as recorded is fetched
 /// again. Remove the cache directory to fetch a newer kernel.
 ///
@@ -192,7 +183,7 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 /// only architecture), so the host's apt configuration, lists and dpkg
 /// architectures are never changed. `log` receives one line per step.
 ///
-/// Building the systemd root of a foreign `arch` runs its maintainer
+/// Building the root filesystem of a foreign `arch` runs its maintainer
 /// scripts: its binaries must run through qemu-user meanwhile
 /// ([`crate::host::ForeignBinaries`]).
 pub fn fetch(
@@ -277,27 +268,15 @@ pub fn fetch(
     let busybox_deb = apt.download("busybox-static", &debs)?;
 
     log(&format!(
-        "vm assets ({label}): mmdebstrap --variant=extract of {} for its sshd and Python",
+        "vm assets ({label}): mmdebstrap --variant=minbase of {} with systemd, sshd and Python, into an ext4 image",
         release.name()
     ));
-    let userland = take_userland(
+    let packages = build_root(
         arch,
         release,
         &sources,
         &work.join("rootfs"),
-        &dir.join("userland"),
-        log,
-    )?;
-    log(&format!(
-        "vm assets ({label}): mmdebstrap --variant=minbase of {} with systemd, into an ext4 image",
-        release.name()
-    ));
-    let systemd_package = build_systemd_root(
-        arch,
-        release,
-        &userland.sources,
-        &work.join("systemd-root"),
-        &dir.join(SYSTEMD_ROOT),
+        &dir.join(ROOT_IMAGE),
         log,
     )?;
     log(&format!(
@@ -340,10 +319,9 @@ pub fn fetch(
         busybox_package: package_version(&busybox_deb)?,
         kernel_release,
         modules: order,
-        userland_files: userland.files,
-        openssh_package: userland.openssh_package,
-        python_package: userland.python_package,
-        systemd_package,
+        openssh_package: packages.openssh,
+        python_package: packages.python,
+        systemd_package: packages.systemd,
         sha256: BTreeMap::new(),
     };
     let assets = assets(arch, release, &dir, &manifest);
@@ -388,12 +366,11 @@ fn cached(arch: VmArch, release: DebianRelease, dir: &Path) -> Option<VmAssets> 
         return None;
     }
     let assets = assets(arch, release, dir, &manifest);
-    let complete = [&assets.vmlinuz, &assets.busybox, &assets.systemd_root]
+    let complete = [&assets.vmlinuz, &assets.busybox, &assets.root]
         .into_iter()
         .chain(&assets.modules)
-        .chain(assets.userland.iter().map(|(_, file)| file))
         .all(|path| path.is_file());
-    (complete && !assets.userland.is_empty()).then_some(assets)
+    complete.then_some(assets)
 }
 
 /// Where each asset of `manifest` lives in the cache directory `dir`.
@@ -411,19 +388,9 @@ fn assets(arch: VmArch, release: DebianRelease, dir: &Path, manifest: &Manifest)
             .collect(),
         busybox: dir.join("busybox"),
         busybox_package: manifest.busybox_package.clone(),
-        userland: manifest
-            .userland_files
-            .iter()
-            .map(|path| {
-                (
-                    path.clone(),
-                    dir.join("userland").join(path.trim_start_matches('/')),
-                )
-            })
-            .collect(),
+        root: dir.join(ROOT_IMAGE),
         openssh_package: manifest.openssh_package.clone(),
         python_package: manifest.python_package.clone(),
-        systemd_root: dir.join(SYSTEMD_ROOT),
         systemd_package: manifest.systemd_package.clone(),
     }
 }
@@ -439,15 +406,14 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A cache of one module and one sshd file, its manifest written as
+    /// A cache of one module, its manifest written as
     /// `fetch` writes it.
     fn make_cache(dir: &Path) {
         for (path, text) in [
             ("vmlinuz", "kernel"),
             ("busybox", "busybox"),
             ("modules/virtio_pci.ko", "module"),
-            ("userland/usr/sbin/sshd", "sshd"),
-            (SYSTEMD_ROOT, "ext4"),
+            (ROOT_IMAGE, "ext4"),
         ] {
             let path = dir.join(path);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -458,7 +424,6 @@ mod tests {
             kernel_package: "linux-image-6.1.0-41-amd64 6.1.158-1".into(),
             busybox_package: "busybox-static 1:1.35.0-4+b3".into(),
             modules: vec!["virtio_pci".into()],
-            userland_files: vec!["/usr/sbin/sshd".into()],
             openssh_package: "openssh-server 1:9.2p1-2+deb12u7".into(),
             python_package: "python3.11 3.11.2-6+deb12u8".into(),
             systemd_package: "systemd 252.38-1~deb12u1".into(),
@@ -485,13 +450,13 @@ mod tests {
         );
 
         make_cache(cache.path());
-        fs::write(cache.path().join("userland/usr/sbin/extra"), "").unwrap();
+        fs::write(cache.path().join("modules/extra.ko"), "").unwrap();
         assert!(
             cached(arch, release, cache.path()).is_none(),
             "an added file"
         );
 
-        fs::remove_file(cache.path().join("userland/usr/sbin/extra")).unwrap();
+        fs::remove_file(cache.path().join("modules/extra.ko")).unwrap();
         assert!(cached(arch, release, cache.path()).is_some());
         fs::remove_file(cache.path().join("busybox")).unwrap();
         assert!(
