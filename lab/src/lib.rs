@@ -7,8 +7,8 @@
 //! - `lab_guest`: what runs inside the machines (probes, observer, the VM init);
 //! - [`images`]: the locally built images, cached by input hash;
 //! - [`host`]: guards that restore every host setting a scenario changes;
-//! - [`vm`]: a lab VM (qemu-system, a Debian kernel, `lab-init` as PID 1);
-//! - [`vm_assets`]: Debian kernels, modules and busybox for the qemu VMs, and their initramfs;
+//! - [`vm`]: a lab VM (qemu-system, a Debian kernel and root filesystem, systemd as PID 1);
+//! - [`vm_assets`]: Debian kernels, modules, busybox and root filesystems for the qemu VMs, and their initramfs;
 //! - [`report`]: the evidence report (JSON and Markdown).
 
 pub mod env;

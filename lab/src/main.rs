@@ -3,13 +3,14 @@
 //! binaries, installs what is missing and calls this; run by hand:
 //!
 //! ```text
-//! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--only wipe,swap] [--run-id ID] [--verbose]
+//! lab --bin-root target/lab --out target/lab [--arch x86_64,aarch64] [--kernel 6.1,5.10] [--only wipe,swap] [--run-id ID] [--verbose]
 //! ```
 //!
 //! The legs: x86_64 containers on this machine's kernel, first and alone;
 //! then the x86_64 and aarch64 VMs on Debian 12's 6.1 with and without
-//! `secretmem.enable=1` and Debian 11's 5.10 (and, asked for with
-//! `--kernel 6.12`, Debian 13's) (qemu-system, TCG), two at a time. Each leg tests
+//! `secretmem.enable=1`, Debian 11's 5.10 and Debian 13's 6.12
+//! (qemu-system, TCG; `--kernel` selects), each booted into its release's
+//! root filesystem, two at a time. Each leg tests
 //! `<bin-root>/<arch>/bin/dazai` and names its SHA-256.
 
 use std::collections::HashMap;

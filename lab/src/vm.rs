@@ -125,6 +125,10 @@ pub struct Vm {
 struct Agent {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The id of the last request sent.
+    last_id: u64,
+    /// What was read of an answer line not yet complete when a wait ended.
+    partial: Vec<u8>,
 }
 
 impl Vm {
@@ -223,6 +227,8 @@ impl Vm {
         let agent = Agent {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            last_id: 0,
+            partial: Vec::new(),
         };
         let mut vm = Vm {
             arch: assets.arch,
@@ -252,31 +258,50 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Sends one request to the agent and waits up to `patience` for its answer.
+    /// Sends one request to the agent and waits up to `patience` for its
+    /// answer. The agent serves one request at a time: a request given up
+    /// on still gets its answer later, which the next request skips (every
+    /// request carries an id its answer repeats).
     pub fn request(&self, request: &Value, patience: Duration) -> Result<Value> {
         let mut agent = self.agent.lock().expect("agent lock");
-        let mut line = serde_json::to_vec(request)?;
+        agent.last_id += 1;
+        let id = agent.last_id;
+        let mut request = request.clone();
+        request["id"] = json!(id);
+        let mut line = serde_json::to_vec(&request)?;
         line.push(b'\n');
         agent
             .writer
             .write_all(&line)
             .context("write to the VM agent")?;
-        agent.reader.get_ref().set_read_timeout(Some(patience))?;
-        let mut answer = String::new();
-        let read = agent.reader.read_line(&mut answer);
-        match read {
-            Ok(0) => bail!("the VM went away; {}", self.console_tail()),
-            Ok(_) => {}
-            Err(error) => {
-                return Err(error).with_context(|| {
-                    format!(
-                        "no answer from the VM within {patience:?}; {}",
-                        self.console_tail()
-                    )
-                })
+        let deadline = std::time::Instant::now() + patience;
+        let answer = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // A zero timeout would mean none.
+            let left = left.max(Duration::from_millis(1));
+            agent.reader.get_ref().set_read_timeout(Some(left))?;
+            let Agent {
+                reader, partial, ..
+            } = &mut *agent;
+            match reader.read_until(b'\n', partial) {
+                Ok(0) => bail!("the VM went away; {}", self.console_tail()),
+                Ok(_) if !partial.ends_with(b"\n") => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "no answer from the VM within {patience:?}; {}",
+                            self.console_tail()
+                        )
+                    })
+                }
             }
-        }
-        let answer: Value = serde_json::from_str(&answer).context("agent answer")?;
+            let line = std::mem::take(&mut agent.partial);
+            let answer: Value = serde_json::from_slice(&line).context("agent answer")?;
+            if answer["id"] == json!(id) {
+                break answer;
+            }
+        };
         if let Some(error) = answer.get("error") {
             bail!("VM agent: {}", error.as_str().unwrap_or_default());
         }
@@ -307,8 +332,10 @@ impl Vm {
             .iter()
             .map(|(k, v)| (k.to_string(), Value::from(*v)))
             .collect();
+        // The agent ends the command when the lab stops waiting for it.
+        let patience_ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX);
         let answer = self.request(
-            &json!({ "exec": argv, "user": user, "env": env, "cgroup": cgroup }),
+            &json!({ "exec": argv, "user": user, "env": env, "cgroup": cgroup, "patience_ms": patience_ms }),
             patience,
         )?;
         Ok(Ran {

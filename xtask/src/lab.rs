@@ -76,7 +76,7 @@ const DEBIAN_PACKAGES: [(&str, &str, &str); 9] = [
     (
         "qemu-user-static",
         "qemu-aarch64-static",
-        "running the arm64 packages' maintainer scripts while building the aarch64 VMs' systemd root filesystems (never a test)",
+        "running the arm64 packages' maintainer scripts while building the aarch64 VMs' root filesystems (never a test)",
     ),
     (
         "arch-test",
@@ -86,7 +86,7 @@ const DEBIAN_PACKAGES: [(&str, &str, &str); 9] = [
     (
         "e2fsprogs",
         "mkfs.ext4",
-        "the ext4 images of the VMs' systemd root filesystems",
+        "the ext4 images of the VMs' root filesystems",
     ),
 ];
 

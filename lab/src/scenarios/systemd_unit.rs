@@ -49,13 +49,16 @@ pub fn run(lab: &Lab, rec: &mut Recorder) -> Result<()> {
     install_for_lab(&env, &canary)?;
     let user_unit = Unit::of_lab(&env, &uid, "dazai");
     // Under TCG, beside another leg's VM, the manager has taken over 20 s.
-    wait_for("lab's systemd user manager", BOOT_PATIENCE, || {
-        let manager = format!("user@{uid}.service");
+    let manager = format!("user@{uid}.service");
+    let started = wait_for("lab's systemd user manager", BOOT_PATIENCE, || {
         let active = env
             .exec("root", &["systemctl", "is-active", &manager])
             .ok()?;
         (active.stdout.trim() == "active").then_some(())
-    })?;
+    });
+    if let Err(error) = started {
+        bail!("{error:#}; {}", systemd_said(&env, &manager));
+    }
 
     rec.check(
         "the documented user unit (LoadCredential=) starts under systemd as PID 1, and a heartbeat arms it",
@@ -135,6 +138,25 @@ fn wait_until_booted(env: &Env) -> Result<String> {
         );
     }
     Ok(state)
+}
+
+/// What systemd says of `unit` and of the jobs it has not finished: why a
+/// unit did not come up.
+fn systemd_said(env: &Env, unit: &str) -> String {
+    let said = |argv: &[&str]| match env.exec("root", argv) {
+        Ok(ran) => format!("{}{}", ran.stdout, ran.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        Err(error) => format!("({error:#})"),
+    };
+    format!(
+        "`systemctl status {unit}`: {}; `systemctl list-jobs`: {}",
+        said(&["systemctl", "status", unit, "--no-pager", "--lines=15"]),
+        said(&["systemctl", "list-jobs", "--no-pager"])
+    )
 }
 
 /// `systemd-analyze time`'s account of the boot, and its slowest units.

@@ -29,7 +29,8 @@
 //! need one clock; `{"reset": true}` kills every process the agent started
 //! and their descendants, every one in the agent's groups (an environment's
 //! end, like a container's), and nothing of systemd's;
-//! `{"poweroff": true}` ends the VM.
+//! `{"poweroff": true}` ends the VM. An exec with `"patience_ms"` is
+//! killed when that has passed. A request's `"id"` comes back in its answer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -296,9 +297,12 @@ fn serve() -> Result<()> {
             answer(&mut writer, &json!({ "poweroff": true }))?;
             return Ok(());
         }
-        let response = agent
+        let mut response = agent
             .handle(&request)
             .unwrap_or_else(|error| json!({ "error": format!("{error:#}") }));
+        // The host matches answers to requests by it: one it gave up
+        // waiting for is not taken for the next one's.
+        response["id"] = request["id"].clone();
         answer(&mut writer, &response)?;
     }
     Ok(())
@@ -308,6 +312,24 @@ fn answer(writer: &mut File, response: &Value) -> Result<()> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
     writer.write_all(&line).context("write to the agent port")
+}
+
+/// Waits for `child` and its output; after `patience_ms`, if given, kills
+/// it (the host has given up on it by then, and the agent serves one
+/// request at a time).
+fn wait_at_most(child: Child, patience_ms: Option<u64>) -> std::io::Result<std::process::Output> {
+    let pid = Pid::from_raw(child.id() as i32);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    if let Some(ms) = patience_ms {
+        std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_millis(ms)).is_err() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        });
+    }
+    let out = child.wait_with_output();
+    let _ = done.send(());
+    out
 }
 
 /// `/dev/vportNpM` of the port named [`PORT_NAME`].
@@ -466,8 +488,7 @@ impl Agent {
             self.detached.push(child);
             return Ok(json!({ "pid": pid }));
         }
-        let out = child
-            .wait_with_output()
+        let out = wait_at_most(child, request["patience_ms"].as_u64())
             .with_context(|| format!("run {program}"))?;
         Ok(json!({
             "code": out.status.code(),
