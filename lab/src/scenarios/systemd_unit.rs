@@ -143,34 +143,39 @@ fn wait_until_booted(env: &Env) -> Result<String> {
 /// What systemd says of `unit` and of the jobs it has not finished: why a
 /// unit did not come up.
 fn systemd_said(env: &Env, unit: &str) -> String {
-    let said = |argv: &[&str]| match env.exec("root", argv) {
-        Ok(ran) => format!("{}{}", ran.stdout, ran.stderr)
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .collect::<Vec<_>>()
-            .join(" / "),
-        Err(error) => format!("({error:#})"),
-    };
     format!(
         "`systemctl status {unit}`: {}; `systemctl list-jobs`: {}",
-        said(&["systemctl", "status", unit, "--no-pager", "--lines=15"]),
-        said(&["systemctl", "list-jobs", "--no-pager"])
+        said(
+            env,
+            &["systemctl", "status", unit, "--no-pager", "--lines=15"],
+            usize::MAX
+        ),
+        said(env, &["systemctl", "list-jobs", "--no-pager"], usize::MAX)
     )
 }
 
 /// `systemd-analyze time`'s account of the boot, and its slowest units.
 fn startup_time(env: &Env) -> String {
-    let said = |argv: &[&str]| {
-        env.exec("root", argv)
-            .map(|ran| ran.stdout.lines().take(4).collect::<Vec<_>>().join(" / "))
-            .unwrap_or_default()
-    };
     format!(
         "{}; slowest: {}",
-        said(&["systemd-analyze", "time"]),
-        said(&["systemd-analyze", "blame", "--no-pager"])
+        said(env, &["systemd-analyze", "time"], 4),
+        said(env, &["systemd-analyze", "blame", "--no-pager"], 4)
     )
+}
+
+/// The first `lines` non-empty lines `argv` printed (stdout, then
+/// stderr), on one line; or why it could not run.
+fn said(env: &Env, argv: &[&str], lines: usize) -> String {
+    match env.exec("root", argv) {
+        Ok(ran) => format!("{}\n{}", ran.stdout, ran.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .take(lines)
+            .collect::<Vec<_>>()
+            .join(" / "),
+        Err(error) => format!("({error:#})"),
+    }
 }
 
 /// One of the documented units, and the manager that runs it.
