@@ -489,6 +489,32 @@ impl Mapping {
         advise(self.data_start(), self.data_len(), Advice::DontDump)
     }
 
+    /// Has the kernel write every data page (`getrandom(2)` into them), so
+    /// that each is allocated now. A page the kernel refuses is then an error
+    /// of that call (`EFAULT`), where a first write from user space would
+    /// die by SIGBUS.
+    fn commit_data_pages(&self) -> Result<(), Errno> {
+        let mut committed = 0;
+        while committed < self.data_len() {
+            // SAFETY: the range is the rest of the data pages of a mapping
+            // this value owns, readable and writable, with no Rust reference
+            // into it yet; the kernel writes only inside it.
+            let wrote = unsafe {
+                libc::getrandom(
+                    self.data_start().byte_add(committed).as_ptr(),
+                    self.data_len() - committed,
+                    0,
+                )
+            };
+            match Errno::result(wrote) {
+                Ok(bytes) => committed += bytes.unsigned_abs(),
+                Err(Errno::EINTR) => {}
+                Err(errno) => return Err(errno),
+            }
+        }
+        Ok(())
+    }
+
     fn lock_data(&self) -> Result<(), Errno> {
         // SAFETY: locking only pins pages of a mapping this value owns; it
         // changes no contents or protection.

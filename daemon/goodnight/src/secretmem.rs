@@ -35,6 +35,20 @@ pub enum SecretMemUnavailable {
         /// The soft `RLIMIT_MEMLOCK` at the time, in bytes; `None` when unlimited or unreadable.
         soft_limit: Option<u64>,
     },
+    /// The kernel granted the mapping but refused its pages when they were
+    /// first written (by the kernel itself, so that the refusal is an error
+    /// and not a SIGBUS). Kernels that charge secret memory against
+    /// `RLIMIT_MEMLOCK` at that moment instead of at mmap (Debian's 6.1)
+    /// refuse here when the limit is too small; any kernel does when it is
+    /// out of memory.
+    FirstTouchRefused {
+        /// Bytes that were to be committed (the capacity rounded up to whole pages).
+        requested: usize,
+        /// The soft `RLIMIT_MEMLOCK` at the time, in bytes; `None` when unlimited or unreadable.
+        soft_limit: Option<u64>,
+        /// What the kernel's write returned (`EFAULT`).
+        errno: Errno,
+    },
     /// A call on the way refused for another reason.
     Refused {
         /// The call, e.g. `"memfd_secret(2)"` or `"mmap(2)"`.
@@ -57,7 +71,8 @@ impl SecretMemUnavailable {
                  where it is off by default), or use the locked backend (--memory locked, \
                  DAZAI_MEMORY=locked)"
             }
-            SecretMemUnavailable::OverMemlockLimit { .. } => {
+            SecretMemUnavailable::OverMemlockLimit { .. }
+            | SecretMemUnavailable::FirstTouchRefused { .. } => {
                 "raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or run with CAP_IPC_LOCK"
             }
             SecretMemUnavailable::Refused { .. } => {
@@ -93,6 +108,25 @@ impl fmt::Display for SecretMemUnavailable {
                 f,
                 "mapping {requested} bytes of secret memory was refused (EAGAIN: locked memory \
                  exhausted)"
+            ),
+            SecretMemUnavailable::FirstTouchRefused {
+                requested,
+                soft_limit: Some(limit),
+                errno,
+            } => write!(
+                f,
+                "the kernel refused {requested} bytes of secret memory at their first touch \
+                 ({errno:?}): over RLIMIT_MEMLOCK ({limit} bytes; this kernel charges secret \
+                 memory there), or out of memory"
+            ),
+            SecretMemUnavailable::FirstTouchRefused {
+                requested,
+                soft_limit: None,
+                errno,
+            } => write!(
+                f,
+                "the kernel refused {requested} bytes of secret memory at their first touch \
+                 ({errno:?}: out of memory)"
             ),
             SecretMemUnavailable::Refused { call, errno } => {
                 write!(f, "{call} failed ({errno:?}: {})", errno.desc())

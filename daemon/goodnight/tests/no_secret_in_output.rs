@@ -77,6 +77,16 @@ fn every_error_displays_as_one_line_with_a_cause_and_a_fix() {
             requested: 65536,
             soft_limit: None,
         }),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::FirstTouchRefused {
+            requested: 65536,
+            soft_limit: Some(8192),
+            errno: Errno::EFAULT,
+        }),
+        SecretError::SecretMemUnavailable(SecretMemUnavailable::FirstTouchRefused {
+            requested: 65536,
+            soft_limit: None,
+            errno: Errno::EFAULT,
+        }),
         SecretError::SecretMemUnavailable(SecretMemUnavailable::Refused {
             call: "memfd_secret(2)",
             errno: Errno::EPERM,

@@ -160,6 +160,15 @@ impl SecretBuffer {
                     soft_limit,
                     errno: Errno::EAGAIN,
                 },
+                SecretMemFailure::Unavailable(SecretMemUnavailable::FirstTouchRefused {
+                    requested,
+                    soft_limit,
+                    errno,
+                }) => SecretError::LockRefused {
+                    requested,
+                    soft_limit,
+                    errno,
+                },
                 SecretMemFailure::Unavailable(why) => SecretError::SecretMemUnavailable(why),
                 SecretMemFailure::Fatal(error) => error,
             }),
@@ -258,10 +267,21 @@ impl SecretBuffer {
                 ))
             }
         }
-        // Secret memory is VM_LOCKED from mmap on, and charged against
-        // RLIMIT_MEMLOCK there: there is no mlock(2) to add. (On Linux 6.18
-        // mlock of such a mapping even fails, with ENOMEM: mlock populates the
-        // pages through get_user_pages, which refuses secret memory.)
+        // Secret memory is locked by the kernel itself: there is no mlock(2)
+        // to add. (On Linux 6.18 mlock of such a mapping even fails, with
+        // ENOMEM: mlock populates the pages through get_user_pages, which
+        // refuses secret memory.) Kernels charge it against RLIMIT_MEMLOCK at
+        // different moments: 6.18 at mmap (EAGAIN, in `into_secret_memory`),
+        // Debian's 6.1 when a page is first touched, where a touch from user
+        // space over the limit dies by SIGBUS. So the kernel commits every
+        // page now, at creation, and its refusal is an error to report.
+        mapping.commit_data_pages().map_err(|errno| {
+            SecretMemFailure::Unavailable(SecretMemUnavailable::FirstTouchRefused {
+                requested: data_len,
+                soft_limit: memlock_limit().ok().and_then(|(soft, _hard)| soft),
+                errno,
+            })
+        })?;
         let mut buffer = SecretBuffer {
             mapping,
             capacity,
@@ -272,10 +292,7 @@ impl SecretBuffer {
             enlisted: None,
         }
         .enlisted();
-        // A secret-memory page is allocated (and taken out of the direct map)
-        // at its first touch. Touch them all now, as mlock does for the locked
-        // backend, so that the memory is committed at creation rather than in
-        // the middle of reading a secret.
+        // The commit left the kernel's random bytes in the pages.
         buffer.wipe();
         Ok(buffer)
     }
