@@ -160,7 +160,10 @@ fn integration_suite(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> {
         let ran = env.exec_with_env(
             "root",
             &[&format!("/lab/bin/{suite}"), "--test-threads", "2"],
-            &[("CARGO_BIN_EXE_dazai", "/lab/bin/dazai")],
+            &[
+                ("CARGO_BIN_EXE_dazai", "/lab/bin/dazai"),
+                ("DAZAI_E2E_SHIPPED_BINARY", "1"),
+            ],
             SUITE_PATIENCE,
         )?;
         let summary = ran
@@ -176,17 +179,37 @@ fn integration_suite(lab: &Lab, env: &Env, v: &mut Verdict) -> Result<()> {
             .unwrap_or(0);
         v.require(ran.code == Some(0), format!("{suite}: {summary}"));
         if ran.code != Some(0) {
-            for line in ran
-                .stdout
-                .lines()
-                .filter(|l| l.contains("FAILED") || l.contains("panicked"))
-            {
+            for line in failures(&ran.stdout) {
                 v.note(line.to_owned());
             }
         }
     }
     v.figure(format!("{passed} tests pass"));
     Ok(())
+}
+
+/// The lines of a test binary's output that say what failed: each failed
+/// test's name, and each panic with the first lines of its message (an
+/// `assert_eq!` gives its two sides on the lines after "panicked at").
+fn failures(output: &str) -> Vec<&str> {
+    const MESSAGE_LINES: usize = 4;
+    let mut picked = Vec::new();
+    let mut message_left = 0;
+    for line in output.lines() {
+        if line.contains("panicked at") {
+            picked.push(line);
+            message_left = MESSAGE_LINES;
+        } else if message_left > 0 && !line.trim().is_empty() && !line.starts_with("note:") {
+            picked.push(line);
+            message_left -= 1;
+        } else {
+            message_left = 0;
+            if line.contains("FAILED") {
+                picked.push(line);
+            }
+        }
+    }
+    picked
 }
 
 /// The number of `syscall` on the environment's architecture, as its
