@@ -350,12 +350,7 @@ fn stops_cleanly(env: &Env, unit: &Unit<'_>, v: &mut Verdict) -> Result<()> {
             stopped.stderr.trim()
         ),
     );
-    let shown = unit.systemctl(&["show", "--property", "ActiveState,Result,ExecMainStatus"])?;
-    let shown = shown
-        .stdout
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let shown = unit.show("ActiveState,Result,ExecMainStatus")?;
     v.require(
         ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"]
             .iter()
