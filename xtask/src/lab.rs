@@ -100,11 +100,21 @@ const QEMU_PACKAGES: [(&str, &str); 2] = [
 /// The apt source added for [`QEMU_PACKAGES`] and removed again right after.
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/ningen-lab-backports.sources";
 
-/// The integration tests that run inside the VMs: the daemon's own, which
-/// need nothing beside the binary but the VM's Debian (most others read
-/// the source tree: snapshots, docs, the reference's Python sources; all
-/// run on this machine in `cargo xtask ci`).
-const VM_TEST_SUITES: [&str; 3] = ["confinement", "lifecycle", "session"];
+/// The integration tests that run inside the VMs: those that need nothing
+/// beside the binary but the VM's Debian, so that `dazai run` with real
+/// programs, the capability rule, the faults and the switch that cannot
+/// stall are evidenced on each architecture's seccomp allowlist and each
+/// kernel (the others read the source tree: snapshots, docs, the
+/// reference's Python sources; all run on this machine in `cargo xtask ci`).
+const VM_TEST_SUITES: [&str; 7] = [
+    "capability",
+    "confinement",
+    "faults",
+    "lifecycle",
+    "run",
+    "session",
+    "stall",
+];
 
 /// Runs the lab; returns the id written into its `target/lab/report.json`,
 /// checked there after the run, so a caller reads its own run's report.
