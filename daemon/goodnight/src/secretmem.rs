@@ -38,7 +38,7 @@ pub enum SecretMemUnavailable {
     /// The kernel granted the mapping but refused its pages when they were
     /// first written (by the kernel itself, so that the refusal is an error
     /// and not a SIGBUS). Kernels that charge secret memory against
-    /// `RLIMIT_MEMLOCK` at that moment instead of at mmap (Debian's 6.1)
+    /// `RLIMIT_MEMLOCK` at that moment instead of at mmap (Debian's 6.1 and 6.12)
     /// refuse here when the limit is too small; any kernel does when it is
     /// out of memory.
     FirstTouchRefused {

@@ -272,7 +272,7 @@ impl SecretBuffer {
         // ENOMEM: mlock populates the pages through get_user_pages, which
         // refuses secret memory.) Kernels charge it against RLIMIT_MEMLOCK at
         // different moments: 6.18 at mmap (EAGAIN, in `into_secret_memory`),
-        // Debian's 6.1 when a page is first touched, where a touch from user
+        // Debian's 6.1 and 6.12 when a page is first touched, where a touch from user
         // space over the limit dies by SIGBUS. So the kernel commits every
         // page now, at creation, and its refusal is an error to report.
         mapping.commit_data_pages().map_err(|errno| {
